@@ -1,0 +1,47 @@
+"""Encoders and the one factory that resolves an encoder id.
+
+Ids, in the order they are tried:
+
+- ``lite``: the embedded offline default (weights ship with the package).
+- ``open_clip:ARCH[/PRETRAINED]``, ``hf-hub:org/repo``, ``local-dir:/path``: open_clip. A bare
+  ``ARCH/PRETRAINED`` also works when ARCH is an open_clip architecture (``ViT-B-32/laion2b_s34b_b79k``);
+  PRETRAINED may be a tag or a checkpoint file.
+- a local directory: saved by open_clip (``open_clip_config.json``), by the lite trainer
+  (``config.json`` with ``model_type: lite``) or by transformers (``config.json``).
+- ``transformers:org/name`` or any other ``org/name``: a transformers CLIP/SigLIP from the Hub or its cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .base import Encoder
+from .hf_encoder import TransformersEncoder, is_transformers_dir
+from .lite import LiteEncoder
+from .open_clip_encoder import OpenClipEncoder, is_open_clip_id
+
+__all__ = ["Encoder", "LiteEncoder", "OpenClipEncoder", "TransformersEncoder", "load_encoder"]
+
+
+def load_encoder(model_id: str = "lite", **kwargs: Any) -> Encoder:
+    """Returns a ready encoder for ``model_id``; ``kwargs`` go to its constructor (device, precision...)."""
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model id must be a non-empty string, got {model_id!r}")
+    if model_id == "lite":
+        return LiteEncoder(**kwargs)
+    if model_id.startswith("transformers:"):
+        return TransformersEncoder(model_id, **kwargs)
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if (path / "open_clip_config.json").is_file():
+            return OpenClipEncoder(f"local-dir:{path}", **kwargs)
+        if (path / "config.json").is_file():
+            if json.loads((path / "config.json").read_text()).get("model_type") == "lite":
+                return LiteEncoder(path, **kwargs)
+            return TransformersEncoder(str(path), **kwargs)
+        raise FileNotFoundError(f"{path} holds neither open_clip_config.json nor config.json")
+    if is_open_clip_id(model_id):
+        return OpenClipEncoder(model_id, **kwargs)
+    return TransformersEncoder(model_id, **kwargs)

@@ -1,0 +1,142 @@
+"""One interface for every image-text dual encoder.
+
+Subclasses supply preprocessing and the two forward passes; this class owns what must be the
+same everywhere: input validation with the offending index named, batching, parallel image
+decoding, device and dtype choice, ``torch.inference_mode``, progress bars and L2 normalisation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..images import ImageInput, load_image
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """Rejects what no text encoder can embed meaningfully, naming the index.
+
+    Over-long texts are not an error: each encoder truncates to its context length.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not a single string; wrap it in a list")
+    out = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty or whitespace only")
+        out.append(text)
+    return out
+
+
+class Encoder(ABC):
+    """Embeds images and texts into one space; outputs are float32, L2-normalised, shape (n, dim).
+
+    ``device`` defaults to CUDA when present; ``precision`` defaults to fp16 on CUDA, fp32 on CPU.
+    """
+
+    #: Identifier that :func:`retrieval.load_encoder` resolves back to this encoder.
+    model_id: str = ""
+
+    def __init__(self, device: str | torch.device | None = None, precision: str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        if precision is None:
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.precision = precision
+
+    # -- what a backend provides -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def preprocess_image(self, image: Any) -> torch.Tensor:
+        """RGB PIL image -> (C, H, W) float tensor, with this model's own preprocessing."""
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    # -- shared machinery ----------------------------------------------------------------------
+    def autocast(self) -> Any:
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _load_and_preprocess(self, indexed: tuple[int, ImageInput]) -> torch.Tensor:
+        index, item = indexed
+        return self.preprocess_image(load_image(item, index))
+
+    def encode_images(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 64,
+        progress: bool | None = None,
+        num_workers: int = 4,
+    ) -> np.ndarray:
+        """Paths, PIL images or HWC arrays -> (n, dim) float32 unit vectors."""
+        if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+            raise TypeError("images must be a sequence (list of paths, PIL images or arrays)")
+        n = len(images)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        bar = tqdm(total=n, desc="encode images", unit="img", disable=not show(progress, n, batch_size))
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
+            for start in range(0, n, batch_size):
+                chunk = list(enumerate(images[start:start + batch_size], start))
+                pixels = torch.stack(list(pool.map(self._load_and_preprocess, chunk)))
+                with self.autocast():
+                    features = self.forward_images(pixels.to(self.device))
+                out[start:start + len(chunk)] = normalize(features)
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None
+    ) -> np.ndarray:
+        """Strings -> (n, dim) float32 unit vectors; texts over the context length are truncated."""
+        texts = check_texts(texts)
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        bar = tqdm(total=n, desc="encode texts", unit="txt", disable=not show(progress, n, batch_size))
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                chunk = texts[start:start + batch_size]
+                tokens = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
+                with self.autocast():
+                    features = self.forward_texts(tokens)
+                out[start:start + len(chunk)] = normalize(features)
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device})"
+
+
+def normalize(features: torch.Tensor) -> np.ndarray:
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy()
+
+
+def show(progress: bool | None, n: int, batch_size: int) -> bool:
+    """Progress bars by default only when there is more than one batch."""
+    return n > batch_size if progress is None else progress
