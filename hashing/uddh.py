@@ -1,0 +1,760 @@
+"""UDDH: Unsupervised Dual Deep Hashing with Semantic-Index and Content-Code (TPAMI 2024).
+
+Source: ``../shared/papers/003_26615b46db2c8eea.txt`` §III (notes: ``../shared/papers/NOTES.md`` §1.7).
+Every item gets a *head* code, the id of its semantic-index bucket (binary k-means over the
+modality-shared content code B^c), and a *tail* code ``[B^c | B_i^s]`` (shared content bits, then
+modality-specific bits) that is ranked by Hamming distance inside the query's buckets.
+
+Our inputs are precomputed features, not raw images, so the paper's ResNet18 becomes a small MLP
+per modality; the text MLP is the encoder of an autoencoder whose reconstruction loss is part of
+Net_2 (eq. 4). Training is Algorithm 1: networks regress onto the current codes, then the
+closed-form code updates (eq. 12 for B^c, eq. 16 for the centres C, eq. 19 for H, eq. 22 for B_i^s).
+What the paper leaves open, and what we chose, is written down in ``hashing/UDDH.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Literal
+
+import numpy as np
+
+from .base import Hasher, as_features, check_modality, register_hasher
+
+GraphMode = Literal["aligned", "paper"]
+GRAPH_MODES: tuple[str, ...] = ("aligned", "paper")
+
+_KMEANS_INIT_ROUNDS = 50
+_POLISH_ROUNDS = 100
+_ROW_CHUNK = 1024  # rows of one within-cluster affinity block; memory is _ROW_CHUNK x cluster size
+
+
+# -- semantic index: binary k-means in Hamming space ------------------------------------------------
+def _sign(x: np.ndarray) -> np.ndarray:
+    """sign with sign(0) = +1, as int8 {-1, +1} (the convention of :func:`hashing.base.pack_signs`)."""
+    return np.where(x >= 0, 1, -1).astype(np.int8)
+
+
+def hamming_to_centres(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(n, k) Hamming distances between {-1,+1} codes (n, l) and centres (k, l): (l - b.c) / 2.
+
+    Eq. 19 prints ``l^c - b^T c`` (the /2 is missing, the argmin is the same).
+    """
+    codes = np.asarray(codes, dtype=np.int32)
+    centres = np.asarray(centres, dtype=np.int32)
+    return (codes.shape[1] - codes @ centres.T) // 2
+
+
+def nearest_centres(codes: np.ndarray, centres: np.ndarray, top_e: int = 1) -> np.ndarray:
+    """(n, top_e) int64 ids of the nearest centres by Hamming distance; ties go to the lower id."""
+    dist = hamming_to_centres(codes, centres)
+    return np.argsort(dist, axis=1, kind="stable")[:, :top_e].astype(np.int64)
+
+
+def majority_vote_centres(
+    codes: np.ndarray, assignments: np.ndarray, previous: np.ndarray
+) -> np.ndarray:
+    """Eq. 16 (discrete cyclic coordinate descent on C) for a multi-hot H.
+
+    ``assignments`` is (n, e): the e clusters of each sample (e = 1 for single-label data). Updating
+    one centre column at a time, c_r = sign(q_r - sum_{s != r} c_s (H H^T)_{s r}) with Q = B^c H^T.
+    For one-hot H (e = 1) H H^T is diagonal, the cross term vanishes and c_r is the bitwise majority
+    vote of the cluster's members. A tie (and an empty cluster) keeps the previous bit, which leaves
+    the objective unchanged and keeps the update deterministic.
+    """
+    codes = np.asarray(codes, dtype=np.int64)
+    assignments = np.asarray(assignments, dtype=np.int64).reshape(len(codes), -1)
+    centres = np.array(previous, dtype=np.int8, copy=True)
+    k = centres.shape[0]
+    q = np.zeros((k, codes.shape[1]), dtype=np.int64)  # Q^T = H B^c^T, one row per centre
+    for col in assignments.T:
+        np.add.at(q, col, codes)
+    if assignments.shape[1] == 1:
+        gram = None
+    else:
+        gram = np.zeros((k, k), dtype=np.int64)  # H H^T: co-membership counts
+        for a in assignments.T:
+            for b in assignments.T:
+                np.add.at(gram, (a, b), 1)
+    for r in range(k):
+        score = q[r].copy()
+        if gram is not None:
+            others = np.arange(k) != r
+            score -= gram[r, others] @ centres[others].astype(np.int64)
+        centres[r] = np.where(score > 0, 1, np.where(score < 0, -1, centres[r]))
+    return centres
+
+
+def _reseed_empty(codes: np.ndarray, assignments: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Gives each empty cluster the code of the sample farthest from its own centre (lowest index on
+    ties), the usual k-means repair; the paper does not say what happens to an empty cluster."""
+    counts = np.bincount(assignments[:, 0], minlength=len(centres))
+    empty = np.flatnonzero(counts == 0)
+    if len(empty) == 0:
+        return centres
+    centres = centres.copy()
+    own = hamming_to_centres(codes, centres)[np.arange(len(codes)), assignments[:, 0]]
+    order = np.argsort(-own, kind="stable")
+    taken: set[bytes] = {c.tobytes() for c in centres}
+    pos = 0
+    for r in empty:
+        while pos < len(order) and codes[order[pos]].tobytes() in taken:
+            pos += 1
+        if pos == len(order):
+            break
+        centres[r] = codes[order[pos]]
+        taken.add(centres[r].tobytes())
+        pos += 1
+    return centres
+
+
+def binary_kmeans(
+    codes: np.ndarray,
+    centres: np.ndarray,
+    assignments: np.ndarray,
+    top_e: int = 1,
+    max_rounds: int = _KMEANS_INIT_ROUNDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd rounds of eq. 16 (centres) then eq. 19 (assignment) until H stops changing.
+
+    On return the centres are the majority vote of the returned assignment whenever it converged.
+    """
+    for _ in range(max_rounds):
+        centres = majority_vote_centres(codes, assignments, centres)
+        new = nearest_centres(codes, centres, top_e)
+        centres = _reseed_empty(codes, new, centres)
+        new = nearest_centres(codes, centres, top_e)
+        if np.array_equal(new, assignments):
+            break
+        assignments = new
+    return centres, assignments
+
+
+def _kmeanspp_centres(codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding in Hamming space (D^2 sampling), restricted to distinct codes."""
+    uniq = np.unique(codes, axis=0)
+    if len(uniq) < k:
+        raise ValueError(
+            f"n_buckets={k} but the initial content codes hold only {len(uniq)} distinct values; "
+            "lower n_buckets or raise content_bits"
+        )
+    first = int(rng.integers(len(uniq)))
+    chosen = [first]
+    dist = hamming_to_centres(uniq, uniq[[first]])[:, 0].astype(np.float64)
+    for _ in range(1, k):
+        w = dist**2
+        nxt = int(rng.choice(len(uniq), p=w / w.sum()))
+        chosen.append(nxt)
+        dist = np.minimum(dist, hamming_to_centres(uniq, uniq[[nxt]])[:, 0])
+    return uniq[chosen].astype(np.int8)
+
+
+# -- cluster-guided affinity (eq. 8), blockwise ------------------------------------------------------
+def _cluster_members(primary: np.ndarray, k: int) -> list[np.ndarray]:
+    order = np.argsort(primary, kind="stable")
+    bounds = np.searchsorted(primary[order], np.arange(k + 1))
+    return [order[bounds[r] : bounds[r + 1]] for r in range(k)]
+
+
+def within_cluster_sigma2(features: np.ndarray, members: list[np.ndarray]) -> float:
+    """Mean squared distance over all within-cluster pairs, in closed form (O(n d), no pairs).
+
+    For one cluster, mean_{p,q} |f_p - f_q|^2 = 2 (mean |f|^2 - |mean f|^2); clusters are weighted by
+    their number of pairs m^2, i.e. the mean over exactly the pairs that eq. 8 makes non-zero.
+    """
+    total, pairs = 0.0, 0.0
+    for idx in members:
+        m = len(idx)
+        if m < 2:
+            continue
+        f = features[idx].astype(np.float64)
+        msd = 2.0 * (np.mean(np.sum(f * f, axis=1)) - np.sum(f.mean(axis=0) ** 2))
+        total += m * m * max(msd, 0.0)
+        pairs += m * m
+    return total / pairs if pairs > 0 and total > 0 else 1.0
+
+
+def cluster_affinity_product(
+    feats: tuple[np.ndarray, np.ndarray],
+    sigma2: tuple[float, float],
+    codes: np.ndarray,
+    members: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns ``(codes^T (A_1 + A_2), degree of A_1 + A_2)`` without forming an n x n matrix.
+
+    A_i^{pq} = exp(-|f_i(p) - f_i(q)|^2 / (2 sigma_i^2)) if p and q share a cluster, else 0 (eq. 8,
+    with the minus sign the printed formula lacks). A is block diagonal over clusters, so the product
+    costs O(sum_r m_r^2 (d + l)) and at most _ROW_CHUNK x m_r floats at a time. ``codes`` is (n, l).
+    """
+    n, l = codes.shape
+    prod = np.zeros((n, l), dtype=np.float64)
+    degree = np.zeros(n, dtype=np.float64)
+    codes_f = codes.astype(np.float32)
+    for idx in members:
+        m = len(idx)
+        if m == 0:
+            continue
+        fa = [f[idx].astype(np.float32) for f in feats]
+        sq = [np.sum(f * f, axis=1) for f in fa]
+        block_codes = codes_f[idx]
+        for start in range(0, m, _ROW_CHUNK):
+            stop = min(m, start + _ROW_CHUNK)
+            s = np.zeros((stop - start, m), dtype=np.float32)
+            for f, n2, s2 in zip(fa, sq, sigma2):
+                d2 = n2[start:stop, None] + n2[None, :] - 2.0 * (f[start:stop] @ f.T)
+                s += np.exp(-np.maximum(d2, 0.0) / (2.0 * s2))
+            prod[idx[start:stop]] = s @ block_codes
+            degree[idx[start:stop]] = s.sum(axis=1)
+    return prod, degree
+
+
+# -- reference bucket-restricted search (evaluation only; the production index is hashing/index) -----
+def bucket_hamming_rank(
+    query_codes: np.ndarray,
+    query_buckets: np.ndarray,
+    item_codes: np.ndarray,
+    item_buckets: np.ndarray,
+    topk: int,
+    outside: Literal["exclude", "after"] = "exclude",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks items by Hamming distance of packed codes, scanning only the query's buckets.
+
+    ``query_buckets`` (nq, e) are the query's top-e buckets, ``item_buckets`` (n,) or (n, e') the
+    items'. An item is scanned when any of its buckets is among the query's. ``outside="exclude"``
+    drops unscanned items (the paper's hierarchical matching: lists may be shorter than topk and
+    are padded with -1); ``"after"`` ranks them after every scanned item. Ties go to the lower index.
+    Returns (ranked ids (nq, topk) int64, fraction of the items scanned per query (nq,)).
+    A brute-force reference: O(128 n) memory per chunk of queries, for evaluation-sized databases.
+    """
+    if outside not in ("exclude", "after"):
+        raise ValueError(f"outside must be 'exclude' or 'after', got {outside!r}")
+    query_codes, item_codes = np.asarray(query_codes), np.asarray(item_codes)
+    if query_codes.dtype != np.uint8 or item_codes.dtype != np.uint8:
+        raise TypeError("query_codes and item_codes must be packed uint8 codes")
+    if query_codes.shape[1] != item_codes.shape[1]:
+        raise ValueError(
+            f"query_codes have {query_codes.shape[1]} bytes per code, item_codes {item_codes.shape[1]}"
+        )
+    qb = np.asarray(query_buckets, dtype=np.int64).reshape(len(query_codes), -1)
+    ib = np.asarray(item_buckets, dtype=np.int64).reshape(len(item_codes), -1)
+    n = len(item_codes)
+    topk = int(min(topk, n))
+    q_bits = np.unpackbits(query_codes, axis=1).astype(np.int16)
+    i_bits = np.unpackbits(item_codes, axis=1).astype(np.int16)
+    if (qb < 0).any() or (ib < 0).any():
+        raise ValueError("bucket ids must be >= 0")
+    n_ids = int(max(qb.max(initial=0), ib.max(initial=0))) + 1
+    ranks = np.full((len(query_codes), topk), -1, dtype=np.int64)
+    scanned = np.zeros(len(query_codes), dtype=np.float64)
+    i_ones = i_bits.sum(1)
+    chunk = 128
+    for s in range(0, len(query_codes), chunk):
+        qs = q_bits[s : s + chunk]
+        # Hamming = popcount(xor) = |q| + |i| - 2 q.i on 0/1 bits
+        dist = qs.sum(1)[:, None] + i_ones[None, :] - 2 * (qs @ i_bits.T)
+        wanted = np.zeros((len(qs), n_ids), dtype=bool)  # the query's buckets, one-hot
+        np.put_along_axis(wanted, qb[s : s + chunk], True, axis=1)
+        inside = wanted[:, ib].any(axis=2)  # (chunk, n): does any item bucket match?
+        scanned[s : s + chunk] = inside.mean(axis=1)
+        key = dist.astype(np.int64) + np.where(inside, 0, dist.max(initial=0) + 1)
+        order = np.argsort(key, axis=1, kind="stable")[:, :topk]
+        if outside == "exclude":
+            keep = np.take_along_axis(inside, order, axis=1)
+            order = np.where(keep, order, -1)
+        ranks[s : s + chunk] = order
+    return ranks, scanned
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily sets torch's intra-op thread count (restored on exit); None leaves it alone."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- networks ----------------------------------------------------------------------------------------
+def _build_net(in_dim: int, hidden: int, content_bits: int, specific_bits: int, autoencoder: bool):
+    import torch.nn as nn
+
+    class ModalityNet(nn.Module):
+        """Shared trunk (the "last hidden FC layer" of eq. 8), a content head N^c, a specific head
+        N^s (both tanh-relaxed, eqs. 3-4), and for text the decoder of the autoencoder."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+            )
+            self.content = nn.Linear(hidden, content_bits)
+            self.specific = nn.Linear(hidden, specific_bits) if specific_bits else None
+            self.decoder = (
+                nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, in_dim))
+                if autoencoder
+                else None
+            )
+
+        def forward(self, x):
+            import torch
+
+            z = self.encoder(x)
+            nc = torch.tanh(self.content(z))
+            ns = torch.tanh(self.specific(z)) if self.specific is not None else None
+            rec = self.decoder(z) if self.decoder is not None else None
+            return z, nc, ns, rec
+
+    return ModalityNet()
+
+
+def _cca_projections(x1: np.ndarray, x2: np.ndarray, reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Regularised linear CCA of centred inputs; returns unit-variance canonical variates (n, r)."""
+    n = len(x1)
+
+    def inv_sqrt(c: np.ndarray) -> np.ndarray:
+        c = c + reg * (np.trace(c) / len(c) + 1e-12) * np.eye(len(c))
+        w, v = np.linalg.eigh(c)
+        return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+
+    a, b = x1.astype(np.float64), x2.astype(np.float64)
+    w1, w2 = inv_sqrt(a.T @ a / n), inv_sqrt(b.T @ b / n)
+    u, _, vt = np.linalg.svd(w1 @ (a.T @ b / n) @ w2, full_matrices=False)
+    r = min(u.shape[1], vt.shape[0], n - 1)
+    return a @ (w1 @ u[:, :r]), b @ (w2 @ vt.T[:, :r])
+
+
+def _random_rotation(r: int, l: int, rng: np.random.Generator) -> np.ndarray:
+    """(r, l) projection: an orthogonal rotation of the top l dims when l <= r, else r-dim
+    Gaussian hyperplanes (LSH in the shared space)."""
+    if l <= r:
+        q, _ = np.linalg.qr(rng.standard_normal((l, l)))
+        proj = np.zeros((r, l))
+        proj[:l] = q
+        return proj
+    return rng.standard_normal((r, l))
+
+
+# -- the hasher --------------------------------------------------------------------------------------
+@register_hasher
+class UDDHHasher(Hasher):
+    """UDDH: head code = semantic-index bucket, tail code = [shared content | modality-specific].
+
+    ``encode`` returns the packed tail code (``content_bits`` shared bits first, then
+    ``bits - content_bits`` modality-specific bits); ``assign_buckets`` the head code.
+    ``graph_mode="paper"`` applies eq. 22 as printed (image codes only, unnormalised Laplacians),
+    ``"aligned"`` (default) the sign-corrected cross-modal affinity term; see ``hashing/UDDH.md``.
+    """
+
+    method = "uddh"
+
+    def __init__(
+        self,
+        bits: int = 64,
+        seed: int = 0,
+        *,
+        content_bits: int | None = None,
+        n_buckets: int = 10,
+        n_iter: int = 10,
+        epochs_per_iter: int = 5,
+        batch_size: int = 20,
+        lr_image: float = 3e-4,
+        lr_text: float = 3e-3,
+        lr_decay_epochs: int = 3,
+        weight_decay: float = 1e-4,
+        hidden_dim: int = 512,
+        sigma: float | None = None,
+        graph_weight: float = 1.0,
+        graph_mode: GraphMode = "aligned",
+        train_top_e: int = 1,
+        standardize: bool = True,
+        progress: bool = True,
+        num_threads: int | None = 1,
+    ) -> None:
+        super().__init__(bits=bits, seed=seed)
+        lc = self.bits // 2 if content_bits is None else content_bits
+        if not isinstance(lc, (int, np.integer)) or not 1 <= lc <= self.bits:
+            raise ValueError(f"content_bits must be an int in [1, bits={self.bits}], got {content_bits!r}")
+        for name, value, low in (
+            ("n_buckets", n_buckets, 1),
+            ("n_iter", n_iter, 1),
+            ("epochs_per_iter", epochs_per_iter, 0),
+            ("batch_size", batch_size, 1),
+            ("lr_decay_epochs", lr_decay_epochs, 1),
+            ("hidden_dim", hidden_dim, 1),
+            ("train_top_e", train_top_e, 1),
+        ):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if train_top_e > n_buckets:
+            raise ValueError(f"train_top_e={train_top_e} exceeds n_buckets={n_buckets}")
+        for name, value in (("lr_image", lr_image), ("lr_text", lr_text)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if not weight_decay >= 0 or not graph_weight >= 0:
+            raise ValueError(f"weight_decay and graph_weight must be >= 0, got {weight_decay!r}, {graph_weight!r}")
+        if sigma is not None and not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be None (automatic) or a positive float, got {sigma!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
+        if graph_mode not in GRAPH_MODES:
+            raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
+        self.content_bits = int(lc)
+        self.specific_bits = self.bits - self.content_bits
+        self.n_buckets = int(n_buckets)
+        self.n_iter = int(n_iter)
+        self.epochs_per_iter = int(epochs_per_iter)
+        self.batch_size = int(batch_size)
+        self.lr_image = float(lr_image)
+        self.lr_text = float(lr_text)
+        self.lr_decay_epochs = int(lr_decay_epochs)
+        self.weight_decay = float(weight_decay)
+        self.hidden_dim = int(hidden_dim)
+        self.sigma = None if sigma is None else float(sigma)
+        self.graph_weight = float(graph_weight)
+        self.graph_mode = graph_mode
+        self.train_top_e = int(train_top_e)
+        self.standardize = bool(standardize)
+        self.progress = bool(progress)
+        # Runtime only (not saved): batch-20 MLP steps gain nothing from more threads, and on a
+        # shared CPU OpenMP spin-waiting made them ~20x slower with 2 threads than with 1.
+        self.num_threads = num_threads
+        self.centres: np.ndarray | None = None  # (k, content_bits) int8 {-1, +1}
+        self._nets: dict[str, Any] = {}
+        self._norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.history_: list[dict[str, float]] = []
+
+    # -- config / persistence ---------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "content_bits": self.content_bits,
+            "n_buckets": self.n_buckets,
+            "n_iter": self.n_iter,
+            "epochs_per_iter": self.epochs_per_iter,
+            "batch_size": self.batch_size,
+            "lr_image": self.lr_image,
+            "lr_text": self.lr_text,
+            "lr_decay_epochs": self.lr_decay_epochs,
+            "weight_decay": self.weight_decay,
+            "hidden_dim": self.hidden_dim,
+            "sigma": self.sigma,
+            "graph_weight": self.graph_weight,
+            "graph_mode": self.graph_mode,
+            "train_top_e": self.train_top_e,
+            "standardize": self.standardize,
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        if self.centres is None:
+            raise RuntimeError("UDDHHasher is not fitted: nothing to save")
+        state: dict[str, np.ndarray] = {"centres": self.centres.astype(np.int8)}
+        for mod, net in self._nets.items():
+            for name, tensor in net.state_dict().items():
+                state[f"{mod}.{name}"] = tensor.detach().cpu().numpy().astype(np.float32)
+            mean, std = self._norm[mod]
+            state[f"{mod}.input_mean"] = mean
+            state[f"{mod}.input_std"] = std
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        import torch
+
+        if not self.input_dims:
+            raise RuntimeError("set input_dims before load_state_dict (from_pretrained does this)")
+        if "centres" not in state:
+            raise ValueError("UDDH state is missing 'centres'")
+        centres = np.asarray(state["centres"])
+        if centres.shape != (self.n_buckets, self.content_bits) or not np.isin(centres, (-1, 1)).all():
+            raise ValueError(
+                f"'centres' must be ({self.n_buckets}, {self.content_bits}) of -1/+1, got {centres.shape}"
+            )
+        nets, norm = {}, {}
+        for mod in ("image", "text"):
+            if mod not in self.input_dims:
+                raise ValueError(f"input_dims has no {mod!r} entry")
+            net = self._new_net(mod)
+            own = net.state_dict()
+            loaded = {}
+            for name, ref in own.items():
+                key = f"{mod}.{name}"
+                if key not in state:
+                    raise ValueError(f"UDDH state is missing {key!r}")
+                arr = np.asarray(state[key], dtype=np.float32)
+                if tuple(arr.shape) != tuple(ref.shape):
+                    raise ValueError(f"UDDH state {key!r} has shape {arr.shape}, expected {tuple(ref.shape)}")
+                loaded[name] = torch.from_numpy(arr.copy())
+            net.load_state_dict(loaded)
+            net.eval()
+            nets[mod] = net
+            d = self.input_dims[mod]
+            for key in (f"{mod}.input_mean", f"{mod}.input_std"):
+                if key not in state or np.asarray(state[key]).shape != (d,):
+                    raise ValueError(f"UDDH state {key!r} is missing or not of shape ({d},)")
+            norm[mod] = (
+                np.asarray(state[f"{mod}.input_mean"], dtype=np.float32),
+                np.asarray(state[f"{mod}.input_std"], dtype=np.float32),
+            )
+        self.centres = centres.astype(np.int8)
+        self._nets, self._norm = nets, norm
+
+    def _new_net(self, modality: str):
+        return _build_net(
+            self.input_dims[modality],
+            self.hidden_dim,
+            self.content_bits,
+            self.specific_bits,
+            autoencoder=(modality == "text"),
+        )
+
+    # -- inference --------------------------------------------------------------------------------
+    def _forward_all(self, x: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(hidden features, N^c, N^s) for already-standardised float32 input, in eval mode."""
+        import torch
+
+        net = self._nets[modality]
+        net.eval()
+        zs, ncs, nss = [], [], []
+        with torch.no_grad(), _torch_threads(self.num_threads):
+            for s in range(0, len(x), 8192):
+                z, nc, ns, _ = net(torch.from_numpy(np.ascontiguousarray(x[s : s + 8192])))
+                zs.append(z.numpy())
+                ncs.append(nc.numpy())
+                if ns is not None:
+                    nss.append(ns.numpy())
+        cat = lambda parts, w: np.concatenate(parts) if parts else np.zeros((0, w), np.float32)  # noqa: E731
+        return (
+            cat(zs, self.hidden_dim),
+            cat(ncs, self.content_bits),
+            cat(nss, self.specific_bits) if self.specific_bits else None,
+        )
+
+    def _standardise(self, x: np.ndarray, modality: str) -> np.ndarray:
+        mean, std = self._norm[modality]
+        return ((x - mean) / std).astype(np.float32)
+
+    def _project(self, features: np.ndarray, modality: str) -> np.ndarray:
+        _, nc, ns = self._forward_all(self._standardise(features, modality), modality)
+        return nc if ns is None else np.concatenate([nc, ns], axis=1)
+
+    def _check_fitted(self, what: str) -> None:
+        if self.centres is None or not self.input_dims:
+            raise RuntimeError(f"UDDHHasher is not fitted: call fit() before {what}()")
+
+    def content_codes(self, features: np.ndarray, modality: str) -> np.ndarray:
+        """(n, content_bits) int8 {-1, +1}: the shared content code sign(N^c(x)) of new samples."""
+        check_modality(modality)
+        self._check_fitted("content_codes")
+        x = as_features(features, f"{modality} features", self.input_dims[modality])
+        _, nc, _ = self._forward_all(self._standardise(x, modality), modality)
+        return _sign(nc)
+
+    def assign_buckets(self, features: np.ndarray, modality: str, top_e: int = 1) -> np.ndarray:
+        """(n, top_e) int64 bucket ids: the nearest centres by Hamming distance of the content code.
+
+        The paper does not say how a new sample gets its head code; we use eq. 19 on
+        B^c = sign(N^c(x)), with the top-e centres for multi-label (§III-B). Ties: lower bucket id.
+        """
+        if isinstance(top_e, bool) or not isinstance(top_e, (int, np.integer)) or not 1 <= top_e <= self.n_buckets:
+            raise ValueError(f"top_e must be an int in [1, n_buckets={self.n_buckets}], got {top_e!r}")
+        codes = self.content_codes(features, modality)
+        return nearest_centres(codes, self.centres, int(top_e))
+
+    # -- learning ---------------------------------------------------------------------------------
+    def fit(
+        self,
+        image_features: np.ndarray,
+        text_features: np.ndarray,
+        labels: np.ndarray | None = None,
+    ) -> "UDDHHasher":
+        """Algorithm 1 on paired rows. Unsupervised: ``labels`` is accepted and ignored."""
+        with _torch_threads(self.num_threads):
+            return self._fit(image_features, text_features)
+
+    def _fit(self, image_features: np.ndarray, text_features: np.ndarray) -> "UDDHHasher":
+        import torch
+        from tqdm.auto import trange
+
+        x_img = as_features(image_features, "image_features")
+        x_txt = as_features(text_features, "text_features")
+        n = len(x_img)
+        if len(x_txt) != n:
+            raise ValueError(f"image_features has {n} rows but text_features has {len(x_txt)}; rows must be pairs")
+        k = self.n_buckets
+        if n < max(2, k):
+            raise ValueError(f"need at least max(2, n_buckets={k}) training pairs, got {n}")
+
+        rng = np.random.default_rng(self.seed)
+        self.input_dims = {}
+        norm = {}
+        xs = {}
+        for mod, x in (("image", x_img), ("text", x_txt)):
+            if self.standardize:
+                mean = x.mean(axis=0).astype(np.float32)
+                std = x.std(axis=0).astype(np.float32)
+                std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+            else:
+                mean = np.zeros(x.shape[1], np.float32)
+                std = np.ones(x.shape[1], np.float32)
+            norm[mod] = (mean, std)
+            xs[mod] = ((x - mean) / std).astype(np.float32)
+        dims = {"image": x_img.shape[1], "text": x_txt.shape[1]}
+
+        # Initial codes (unspecified by the paper): sign of random rotations of the CCA variates.
+        z1, z2 = _cca_projections(xs["image"] - xs["image"].mean(0), xs["text"] - xs["text"].mean(0))
+        r = z1.shape[1]
+        b_c = _sign(((z1 + z2) / 2.0) @ _random_rotation(r, self.content_bits, rng))
+        b_s: dict[str, np.ndarray] = {}
+        if self.specific_bits:
+            rot = _random_rotation(r, self.specific_bits, rng)
+            b_s = {"image": _sign(z1 @ rot), "text": _sign(z2 @ rot)}
+        centres = _kmeanspp_centres(b_c, k, rng)
+        assign = nearest_centres(b_c, centres, self.train_top_e)
+        centres, assign = binary_kmeans(b_c, centres, assign, self.train_top_e)
+
+        torch_gen = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.input_dims = dims
+            nets = {mod: self._new_net(mod) for mod in ("image", "text")}
+        self._nets, self._norm = nets, norm
+        lrs = {"image": self.lr_image, "text": self.lr_text}
+        opts = {
+            mod: torch.optim.Adam(nets[mod].parameters(), lr=lrs[mod], betas=(0.9, 0.999), weight_decay=self.weight_decay)
+            for mod in nets
+        }
+        tx = {mod: torch.from_numpy(xs[mod]) for mod in xs}
+        self.history_ = []
+        try:
+            for it in trange(self.n_iter, desc="UDDH", disable=not self.progress):
+                # 1. networks regress onto the current codes (eqs. 3-4)
+                tb_c = torch.from_numpy(b_c.astype(np.float32))
+                tb_s = {mod: torch.from_numpy(v.astype(np.float32)) for mod, v in b_s.items()}
+                for epoch in range(self.epochs_per_iter):
+                    decay = 0.1 ** (epoch // self.lr_decay_epochs)
+                    for mod in nets:
+                        nets[mod].train()
+                        for g in opts[mod].param_groups:
+                            g["lr"] = lrs[mod] * decay
+                    perm = torch.randperm(n, generator=torch_gen)
+                    for s in range(0, n, self.batch_size):
+                        idx = perm[s : s + self.batch_size]
+                        for mod in nets:
+                            _, nc, ns, rec = nets[mod](tx[mod][idx])
+                            loss = ((nc - tb_c[idx]) ** 2).sum(1).mean()
+                            if ns is not None:
+                                loss = loss + ((ns - tb_s[mod][idx]) ** 2).sum(1).mean()
+                            if rec is not None:
+                                loss = loss + ((rec - tx[mod][idx]) ** 2).sum(1).mean()
+                            opts[mod].zero_grad()
+                            loss.backward()
+                            opts[mod].step()
+                out = {mod: self._forward_all(xs[mod], mod) for mod in nets}
+                # 2. shared content code, eq. 12: B^c = sign(CH + sum_i N_i^c)
+                ch = np.zeros((n, self.content_bits), dtype=np.float32)
+                for col in assign.T:
+                    ch += centres[col]
+                b_c = _sign(ch + out["image"][1] + out["text"][1])
+                # 3-4. centres (eq. 16, a majority vote for one-hot H) and semantic index (eq. 19)
+                centres = majority_vote_centres(b_c, assign, centres)
+                assign = nearest_centres(b_c, centres, self.train_top_e)
+                centres = _reseed_empty(b_c, assign, centres)
+                assign = nearest_centres(b_c, centres, self.train_top_e)
+                # 5. modality-specific codes with the cluster-guided affinity (eqs. 8, 22)
+                graph = 0.0
+                if self.specific_bits:
+                    b_s, graph = self._update_specific(out, b_s, assign[:, 0])
+                self.history_.append(self._objective(it, out, xs, b_c, b_s, centres, assign, graph))
+            # Final consistency of the head code on the final B^c (a fixed point of eqs. 16/19).
+            centres, assign = binary_kmeans(b_c, centres, assign, self.train_top_e, _POLISH_ROUNDS)
+        except BaseException:
+            self.input_dims, self._nets, self._norm, self.centres = {}, {}, {}, None
+            raise
+        for net in nets.values():
+            net.eval()
+        self.centres = centres.astype(np.int8)
+        self.train_content_codes_ = b_c
+        self.train_specific_codes_ = b_s
+        self.train_buckets_ = assign
+        return self
+
+    def _update_specific(
+        self, out: dict[str, tuple], b_s: dict[str, np.ndarray], primary: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """Eq. 22 with the within-cluster affinities of eq. 8 on the last hidden layer.
+
+        ``"paper"``: B_1^s = sign(2 N_1^s - B_2^s (L_1 + L_2)) and B_2^s = sign(N_2^s) (the printed
+        sum over j > i is empty for the text side), unnormalised Laplacians, weight graph_weight.
+        ``"aligned"``: each modality in turn, B_i^s = sign(2 N_i^s + (lambda / d) B_j^s (A_1 + A_2)),
+        the exact minimiser of |N_i^s - B_i^s|^2 - (lambda / d) Tr(B_i^s (A_1 + A_2) B_j^s^T), i.e.
+        of sum_pq A_pq |b_i(p) - b_j(q)|^2 (d = mean degree, so lambda is scale free).
+        Returns the new codes and the graph term of the objective at them.
+        """
+        members = _cluster_members(primary, self.n_buckets)
+        feats = (out["image"][0], out["text"][0])
+        if self.sigma is not None:
+            sigma2 = (self.sigma**2, self.sigma**2)
+        else:
+            sigma2 = tuple(within_cluster_sigma2(f, members) for f in feats)
+        ns = {"image": out["image"][2], "text": out["text"][2]}
+        lam = self.graph_weight
+        new = dict(b_s)
+        if self.graph_mode == "paper":
+            prod, degree = cluster_affinity_product(feats, sigma2, new["text"], members)
+            lap = degree[:, None] * new["text"] - prod  # rows of (L_1 + L_2) B_2^T
+            new["image"] = _sign(2.0 * ns["image"] - lam * lap)
+            new["text"] = _sign(ns["text"])
+            prod, degree = cluster_affinity_product(feats, sigma2, new["text"], members)
+            lap = degree[:, None] * new["text"] - prod
+            graph = lam * float(np.sum(new["image"] * lap))
+        else:
+            for mod, other in (("image", "text"), ("text", "image")):
+                prod, degree = cluster_affinity_product(feats, sigma2, new[other], members)
+                scale = lam / max(float(degree.mean()), 1e-12)
+                new[mod] = _sign(2.0 * ns[mod] + scale * prod)
+            graph = -scale * float(np.sum(new["text"] * prod))
+        return new, graph
+
+    def _objective(self, it, out, xs, b_c, b_s, centres, assign, graph) -> dict[str, float]:
+        """Eq. 9 at the current iterate (sums over samples and bits), plus diagnostics."""
+        ch = np.zeros_like(b_c, dtype=np.float32)
+        for col in assign.T:
+            ch += centres[col]
+        kmeans = float(np.sum((b_c - ch) ** 2))
+        reg = 0.0
+        for mod in ("image", "text"):
+            reg += float(np.sum((out[mod][1] - b_c) ** 2))
+            if self.specific_bits:
+                reg += float(np.sum((out[mod][2] - b_s[mod]) ** 2))
+        import torch
+
+        with torch.no_grad():
+            _, _, _, rec = self._nets["text"](torch.from_numpy(xs["text"]))
+        ae = float(((rec.numpy() - xs["text"]) ** 2).sum())
+        img = np.concatenate([_sign(out["image"][1])] + ([_sign(out["image"][2])] if self.specific_bits else []), 1)
+        txt = np.concatenate([_sign(out["text"][1])] + ([_sign(out["text"][2])] if self.specific_bits else []), 1)
+        sizes = np.bincount(assign[:, 0], minlength=self.n_buckets)
+        return {
+            "iter": it + 1,
+            "objective": kmeans + reg + ae + graph,
+            "kmeans": kmeans,
+            "regression": reg,
+            "autoencoder": ae,
+            "graph": graph,
+            # fraction of equal bits between sign(N_1(x)) and sign(N_2(y)) of the same pair
+            "pair_agreement": float(np.mean(img == txt)),
+            "content_agreement": float(np.mean(_sign(out["image"][1]) == _sign(out["text"][1]))),
+            "largest_bucket": float(sizes.max() / len(assign)),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"UDDHHasher(bits={self.bits}, content_bits={self.content_bits}, n_buckets={self.n_buckets}, "
+            f"graph_mode={self.graph_mode!r})"
+        )

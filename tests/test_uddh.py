@@ -1,0 +1,244 @@
+"""UDDH (hashing/uddh.py): semantic index, content codes, bucket search, persistence, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hashing.base import Hasher, hasher_class, unpack_codes
+from hashing.uddh import (
+    UDDHHasher,
+    bucket_hamming_rank,
+    cluster_affinity_product,
+    hamming_to_centres,
+    majority_vote_centres,
+    nearest_centres,
+)
+
+K = 4
+
+
+def clustered_pairs(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paired image/text features generated from K shared latent clusters plus modality noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(K, size=n)
+    means = rng.standard_normal((K, 8)) * 3.0
+    latent = means[labels] + rng.standard_normal((n, 8))
+    img = latent @ rng.standard_normal((8, 24)) + 0.5 * rng.standard_normal((n, 24))
+    txt = np.tanh(latent @ rng.standard_normal((8, 12))) + 0.2 * rng.standard_normal((n, 12))
+    return img.astype(np.float32), txt.astype(np.float32), labels
+
+
+def small(**kw) -> UDDHHasher:
+    base = dict(bits=16, n_buckets=K, n_iter=4, epochs_per_iter=2, batch_size=40, hidden_dim=16, progress=False)
+    base.update(kw)
+    return UDDHHasher(**base)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[UDDHHasher, np.ndarray, np.ndarray]:
+    img, txt, _ = clustered_pairs()
+    return small().fit(img, txt), img, txt
+
+
+def test_registered_and_split() -> None:
+    assert hasher_class("uddh") is UDDHHasher
+    h = UDDHHasher(bits=64)
+    assert (h.content_bits, h.specific_bits, h.n_buckets) == (32, 32, 10)
+    assert UDDHHasher(bits=32, content_bits=8).specific_bits == 24
+
+
+def test_majority_vote_with_ties_keeping_previous_bit() -> None:
+    codes = np.array([[1, 1, -1], [1, -1, -1], [-1, -1, 1], [1, 1, 1]], dtype=np.int8)
+    assign = np.array([[0], [0], [0], [1]])
+    prev = np.array([[-1, 1, 1], [-1, -1, -1], [1, 1, 1]], dtype=np.int8)
+    c = majority_vote_centres(codes, assign, prev)
+    np.testing.assert_array_equal(c[0], [1, -1, -1])  # 2-1 votes on every bit
+    np.testing.assert_array_equal(c[1], [1, 1, 1])  # single member
+    np.testing.assert_array_equal(c[2], prev[2])  # empty cluster keeps its centre
+    tie = majority_vote_centres(codes[:2], assign[:2], prev)
+    np.testing.assert_array_equal(tie[0], [1, 1, -1])  # bit 1 is a 1-1 tie: keeps previous +1
+
+
+def test_fitted_centres_are_majority_vote_of_members(fitted) -> None:
+    h, _, _ = fitted
+    codes, assign = h.train_content_codes_, h.train_buckets_[:, 0]
+    for r in range(h.n_buckets):
+        members = codes[assign == r].astype(np.int64)
+        assert len(members), "no bucket should be empty on clustered data"
+        votes = members.sum(axis=0)
+        decided = votes != 0
+        np.testing.assert_array_equal(h.centres[r][decided], np.sign(votes[decided]))
+    # and every training code sits in its nearest bucket
+    dist = hamming_to_centres(codes, h.centres)
+    np.testing.assert_array_equal(dist[np.arange(len(codes)), assign], dist.min(axis=1))
+
+
+def test_assign_buckets_is_nearest_centre_by_hamming(fitted) -> None:
+    h, img, txt = fitted
+    for x, mod in ((img, "image"), (txt, "text")):
+        content = unpack_codes(h.encode(x, mod), h.bits)[:, : h.content_bits]
+        dist = ((content[:, None, :] != h.centres[None, :, :].astype(np.float32)).sum(-1))
+        got = h.assign_buckets(x, mod, top_e=2)
+        assert got.dtype == np.int64 and got.shape == (len(x), 2)
+        np.testing.assert_array_equal(dist[np.arange(len(x)), got[:, 0]], dist.min(axis=1))
+        assert np.all(dist[np.arange(len(x)), got[:, 0]] <= dist[np.arange(len(x)), got[:, 1]])
+        assert np.all(got[:, 0] != got[:, 1])
+
+
+def test_pair_agreement_and_objective_improve_over_iterations() -> None:
+    img, txt, _ = clustered_pairs(seed=1)
+    h = small(n_iter=5).fit(img, txt)
+    hist = h.history_
+    assert len(hist) == 5
+    assert hist[-1]["content_agreement"] > hist[0]["content_agreement"]
+    assert hist[-1]["objective"] < hist[0]["objective"]
+
+
+def test_paper_graph_mode_runs_and_differs() -> None:
+    img, txt, _ = clustered_pairs(seed=2)
+    a = small(graph_mode="paper", n_iter=2).fit(img, txt)
+    b = small(graph_mode="aligned", n_iter=2).fit(img, txt)
+    assert not np.array_equal(a.encode(img, "image"), b.encode(img, "image"))
+
+
+def test_affinity_is_blockwise_and_matches_dense() -> None:
+    rng = np.random.default_rng(0)
+    n = 30
+    f1, f2 = rng.standard_normal((n, 5)), rng.standard_normal((n, 3))
+    codes = np.where(rng.standard_normal((n, 6)) >= 0, 1, -1).astype(np.int8)
+    primary = rng.integers(3, size=n)
+    members = [np.flatnonzero(primary == r) for r in range(3)]
+    prod, deg = cluster_affinity_product((f1, f2), (2.0, 0.5), codes, members)
+    same = primary[:, None] == primary[None, :]
+    d1 = ((f1[:, None] - f1[None]) ** 2).sum(-1)
+    d2 = ((f2[:, None] - f2[None]) ** 2).sum(-1)
+    a = np.where(same, np.exp(-d1 / 4.0) + np.exp(-d2 / 1.0), 0.0)
+    np.testing.assert_allclose(prod, a @ codes, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(deg, a.sum(1), rtol=1e-4)
+
+
+def test_bucket_search_scans_only_top_e_buckets(fitted) -> None:
+    h, img, txt = fitted
+    qc, dc = h.encode(img[:50], "image"), h.encode(txt, "text")
+    item_b = h.assign_buckets(txt, "text")[:, 0]
+    sizes = np.bincount(item_b, minlength=h.n_buckets)
+    for e in (1, 2, h.n_buckets):
+        qb = h.assign_buckets(img[:50], "image", top_e=e)
+        ranks, scanned = bucket_hamming_rank(qc, qb, dc, item_b, topk=len(txt), outside="exclude")
+        np.testing.assert_allclose(scanned, sizes[qb].sum(axis=1) / len(txt))
+        for q in range(50):
+            got = ranks[q][ranks[q] >= 0]
+            assert len(got) == sizes[qb[q]].sum()
+            assert set(item_b[got]) <= set(qb[q])
+        if e == h.n_buckets:
+            np.testing.assert_allclose(scanned, 1.0)
+    # "after": the scanned items come first, in Hamming order, then the rest
+    qb = h.assign_buckets(img[:5], "image", top_e=1)
+    ranks, _ = bucket_hamming_rank(qc[:5], qb, dc, item_b, topk=len(txt), outside="after")
+    dist = (unpack_codes(qc[:5], 16)[:, None] != unpack_codes(dc, 16)[None]).sum(-1)
+    for q in range(5):
+        m = sizes[qb[q, 0]]
+        assert np.all(item_b[ranks[q, :m]] == qb[q, 0]) and np.all(item_b[ranks[q, m:]] != qb[q, 0])
+        assert np.all(np.diff(dist[q, ranks[q, :m]]) >= 0)
+
+
+def test_save_load_round_trip(fitted, tmp_path) -> None:
+    h, img, txt = fitted
+    h.save_pretrained(tmp_path / "uddh")
+    g = Hasher.from_pretrained(tmp_path / "uddh")
+    assert isinstance(g, UDDHHasher) and g.get_config() == h.get_config()
+    for x, mod in ((img, "image"), (txt, "text")):
+        np.testing.assert_array_equal(g.encode(x, mod), h.encode(x, mod))
+        np.testing.assert_array_equal(g.assign_buckets(x, mod, 3), h.assign_buckets(x, mod, 3))
+    assert set(h.state_dict()) == set(g.state_dict())
+
+
+def test_seeded_fit_is_deterministic() -> None:
+    img, txt, _ = clustered_pairs(n=120, seed=3)
+    a = small(n_iter=2).fit(img, txt)
+    b = small(n_iter=2).fit(img, txt)
+    np.testing.assert_array_equal(a.encode(txt, "text"), b.encode(txt, "text"))
+    np.testing.assert_array_equal(a.centres, b.centres)
+
+
+def test_encode_shape_and_packing(fitted) -> None:
+    h, img, _ = fitted
+    codes = h.encode(img, "image")
+    assert codes.dtype == np.uint8 and codes.shape == (len(img), 2)
+    bits = unpack_codes(codes, 16)
+    np.testing.assert_array_equal(bits > 0, h._project(img, "image") >= 0)  # [content | specific]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(bits=12), "bits"),
+        (dict(bits=16, content_bits=17), "content_bits"),
+        (dict(bits=16, content_bits=0), "content_bits"),
+        (dict(n_buckets=0), "n_buckets"),
+        (dict(graph_mode="dense"), "graph_mode"),
+        (dict(sigma=-1.0), "sigma"),
+        (dict(n_buckets=3, train_top_e=4), "train_top_e"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        UDDHHasher(**kwargs)
+
+
+def test_bad_inputs(fitted) -> None:
+    h, img, txt = fitted
+    with pytest.raises(RuntimeError, match="not fitted"):
+        small().assign_buckets(img, "image")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        small().encode(img, "image")
+    with pytest.raises(ValueError, match="rows must be pairs"):
+        small().fit(img, txt[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        bad = img.copy()
+        bad[3, 2] = np.nan
+        small().fit(bad, txt)
+    with pytest.raises(ValueError, match="at least"):
+        small(n_buckets=10).fit(img[:5], txt[:5])
+    with pytest.raises(ValueError, match="dimension"):
+        h.assign_buckets(txt, "image")
+    with pytest.raises(ValueError, match="modality"):
+        h.assign_buckets(img, "audio")
+    with pytest.raises(ValueError, match="top_e"):
+        h.assign_buckets(img, "image", top_e=h.n_buckets + 1)
+    with pytest.raises(ValueError, match="2-D"):
+        h.encode(img[0], "image")
+    with pytest.raises(ValueError, match="outside"):
+        bucket_hamming_rank(h.encode(img, "image"), np.zeros((len(img), 1)), h.encode(txt, "text"),
+                            np.zeros(len(txt)), 5, outside="skip")
+
+
+def test_load_state_dict_rejects_bad_arrays(fitted) -> None:
+    h, _, _ = fitted
+    state = h.state_dict()
+    g = small()
+    g.input_dims = dict(h.input_dims)
+    with pytest.raises(ValueError, match="centres"):
+        g.load_state_dict({k: v for k, v in state.items() if k != "centres"})
+    bad = dict(state)
+    key = next(k for k in state if k.startswith("image.encoder"))
+    bad[key] = bad[key][:1]
+    with pytest.raises(ValueError, match="shape"):
+        g.load_state_dict(bad)
+
+
+def test_multi_hot_centre_update_does_not_increase_kmeans_error() -> None:
+    rng = np.random.default_rng(5)
+    codes = np.where(rng.standard_normal((60, 12)) >= 0, 1, -1).astype(np.int8)
+    prev = np.where(rng.standard_normal((5, 12)) >= 0, 1, -1).astype(np.int8)
+    assign = nearest_centres(codes, prev, top_e=2)
+
+    def err(c: np.ndarray) -> float:
+        ch = c[assign[:, 0]].astype(np.int64) + c[assign[:, 1]]
+        return float(((codes - ch) ** 2).sum())
+
+    new = majority_vote_centres(codes, assign, prev)
+    assert err(new) <= err(prev)
+    h = small(train_top_e=2, n_iter=1).fit(*clustered_pairs(n=80, seed=6)[:2])
+    assert h.train_buckets_.shape == (80, 2) and np.all(h.train_buckets_[:, 0] != h.train_buckets_[:, 1])
