@@ -106,25 +106,61 @@ def text_trunk_features(model: LiteModel, captions: list[str], cache: Path) -> t
 
 
 # -- the trainable tops on cached inputs ----------------------------------------------------------
-def image_top(model: LiteModel, trunk: torch.Tensor) -> torch.Tensor:
-    """The last stage, conv head and image head on cached trunk outputs (frozen parts without grad)."""
-    tower, k = model.image_tower, model.config["image_trainable_stages"]
-    with torch.set_grad_enabled(torch.is_grad_enabled() and k > 0):
-        x = tower.bn2(tower.conv_head(tower.blocks[IMAGE_STAGES - IMAGE_CACHED_STAGES:](trunk.float())))
+def image_top(model: LiteModel, x: torch.Tensor, cached_stages: int = IMAGE_CACHED_STAGES) -> torch.Tensor:
+    """The last ``cached_stages`` stages, conv head and image head on cached activations.
+
+    ``cached_stages=0`` means ``x`` is already the final feature map. Frozen parts run without grad.
+    """
+    tower, trainable = model.image_tower, model.config["image_trainable_stages"]
+    x = x.float()
+    if cached_stages:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable > 0):
+            x = tower.bn2(tower.conv_head(tower.blocks[IMAGE_STAGES - cached_stages:](x)))
     return model.image_head(x)
 
 
-def text_top(model: LiteModel, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The last text layers and text head on cached hidden states."""
+def text_layers(model: LiteModel, hidden: torch.Tensor, mask: torch.Tensor, layers: range) -> torch.Tensor:
+    """Runs BERT layers ``layers`` on hidden states (transformers 4.x returns tuples, 5.x tensors)."""
+    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    trainable_from = TEXT_LAYERS - model.config["text_trainable_layers"]
+    for i in layers:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and i >= trainable_from):
+            out = model.text_tower.encoder.layer[i](hidden, attention_mask=additive)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def text_top(model: LiteModel, hidden: torch.Tensor, mask: torch.Tensor,
+             cached_layers: int = TEXT_CACHED_LAYERS) -> torch.Tensor:
+    """The last ``cached_layers`` text layers and the text head on cached hidden states."""
     length = int(mask.sum(1).max())
     hidden, mask = hidden[:, :length].float(), mask[:, :length]
-    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-    trainable = model.config["text_trainable_layers"]
-    for i, layer in enumerate(model.text_tower.encoder.layer[TEXT_LAYERS - TEXT_CACHED_LAYERS:]):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and i >= TEXT_CACHED_LAYERS - trainable):
-            out = layer(hidden, attention_mask=additive)
-        hidden = out[0] if isinstance(out, tuple) else out
+    hidden = text_layers(model, hidden, mask, range(TEXT_LAYERS - cached_layers, TEXT_LAYERS))
     return model.text_head(hidden, mask)
+
+
+@torch.inference_mode()
+def advance_frozen(model: LiteModel, image_x: torch.Tensor, hidden: torch.Tensor,
+                   mask: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor, int]:
+    """Runs the cached activations through every frozen layer once, so epochs only run trainable ones."""
+    image_stages, text_cached = IMAGE_CACHED_STAGES, TEXT_CACHED_LAYERS
+    tower = model.image_tower
+    if model.config["image_trainable_stages"] == 0:
+        image_x = torch.cat([
+            tower.bn2(tower.conv_head(tower.blocks[IMAGE_STAGES - image_stages:](image_x[s:s + 256].float()))).half()
+            for s in tqdm(range(0, len(image_x), 256), desc="frozen image top")
+        ])
+        image_stages = 0
+    trainable = model.config["text_trainable_layers"]
+    if trainable < text_cached:
+        frozen = range(TEXT_LAYERS - text_cached, TEXT_LAYERS - trainable)
+        out = hidden.clone()
+        for s in tqdm(range(0, len(hidden), 512), desc="frozen text layers"):
+            length = max(int(mask[s:s + 512].sum(1).max()), 1)
+            out[s:s + 512, :length] = text_layers(
+                model, hidden[s:s + 512, :length].float(), mask[s:s + 512, :length], frozen).half()
+        hidden, text_cached = out, trainable
+    return image_x, image_stages, hidden, text_cached
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -135,11 +171,12 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor,
-             caption_image: np.ndarray) -> dict[str, float]:
+def evaluate(model: LiteModel, image_x: torch.Tensor, image_stages: int, hidden: torch.Tensor, mask: torch.Tensor,
+             text_cached: int, caption_image: np.ndarray) -> dict[str, float]:
     model.eval()
-    img = torch.cat([image_top(model, image_trunk[s:s + 256]) for s in range(0, len(image_trunk), 256)])
-    txt = torch.cat([text_top(model, hidden[s:s + 512], mask[s:s + 512]) for s in range(0, len(hidden), 512)])
+    img = torch.cat([image_top(model, image_x[s:s + 256], image_stages) for s in range(0, len(image_x), 256)])
+    txt = torch.cat([text_top(model, hidden[s:s + 512], mask[s:s + 512], text_cached)
+                     for s in range(0, len(hidden), 512)])
     sim = (F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T).numpy()
     return retrieval_recall(sim, caption_image)
 
@@ -172,6 +209,7 @@ def main() -> None:
     train = load_karpathy(args.annotations, args.images, "train")
     image_trunk = image_trunk_features(model, train.image_paths, args.cache)
     hidden, mask = text_trunk_features(model, train.captions, args.cache)
+    image_trunk, image_stages, hidden, text_cached = advance_frozen(model, image_trunk, hidden, mask)
 
     order = rng.permutation(train.n_images)
     val_ids, fit_ids = np.sort(order[: args.val_images]), np.sort(order[args.val_images:])
@@ -205,16 +243,16 @@ def main() -> None:
             decay = 0.5 * (1 + math.cos(math.pi * step / total))
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * warm * decay
-            img = image_top(model, image_trunk[torch.as_tensor(images)])
-            txt = text_top(model, hidden[torch.as_tensor(caps)], mask[torch.as_tensor(caps)])
+            img = image_top(model, image_trunk[torch.as_tensor(images)], image_stages)
+            txt = text_top(model, hidden[torch.as_tensor(caps)], mask[torch.as_tensor(caps)], text_cached)
             loss = clip_loss(img, txt, model.logit_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
             step += 1
-        metrics = evaluate(model, image_trunk[torch.as_tensor(val_ids)], hidden[torch.as_tensor(val_caps)],
-                           mask[torch.as_tensor(val_caps)], val_owner)
+        metrics = evaluate(model, image_trunk[torch.as_tensor(val_ids)], image_stages, hidden[torch.as_tensor(val_caps)],
+                           mask[torch.as_tensor(val_caps)], text_cached, val_owner)
         score = metrics["rsum"]
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics,
                         "seconds": round(time.time() - start_time, 1)})
