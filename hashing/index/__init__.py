@@ -1,0 +1,38 @@
+"""Stage-1 binary indexes: top-k Hamming search over packed codes, ready for reranking.
+
+``create_index(kind, bits, **params)`` builds one of :func:`available_indexes`:
+
+* ``flat``: exact, faiss IndexBinaryFlat (the reference)
+* ``hnsw``: faiss IndexBinaryHNSW graph (removal by tombstones)
+* ``ivf``: faiss IndexBinaryIVF, ``nlist`` cells trained on codes, ``nprobe`` scanned
+* ``buckets``: UDDH-style bucketed search, each query scans only its buckets
+* ``gpu_flat``: exact search on a GPU (faiss-gpu, else torch on CUDA)
+
+``load_index(path)`` restores any of them from :meth:`BinaryIndex.save`. Candidates can then be
+rescored with float vectors by :func:`rescore` / :class:`Rescorer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import PAD_DISTANCE, PAD_ID, BinaryIndex, SearchResult, available_indexes, index_class
+from .buckets import BucketIndex, assign_buckets, binary_kmeans
+from .flat import FlatIndex
+from .gpu import GpuFlatIndex, hamming_knn_torch
+from .hnsw import HNSWIndex
+from .io import load_index
+from .ivf import IVFIndex
+from .rescore import RescoreResult, Rescorer, rescore
+
+
+def create_index(kind: str, bits: int, **params: Any) -> BinaryIndex:
+    """``create_index("ivf", 64, nlist=1024, nprobe=128)``: an empty index of a registered kind."""
+    return index_class(kind)(bits, **params)
+
+
+__all__ = [
+    "PAD_DISTANCE", "PAD_ID", "BinaryIndex", "BucketIndex", "FlatIndex", "GpuFlatIndex", "HNSWIndex",
+    "IVFIndex", "RescoreResult", "Rescorer", "SearchResult", "assign_buckets", "available_indexes",
+    "binary_kmeans", "create_index", "hamming_knn_torch", "load_index", "rescore",
+]

@@ -1,0 +1,417 @@
+"""Stage-1 binary indexes: exactness against numpy brute force (tie-aware), ids, persistence, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from faiss.contrib.evaluation import check_ref_knn_with_draws
+
+from hashing.index import (
+    PAD_DISTANCE,
+    BinaryIndex,
+    BucketIndex,
+    FlatIndex,
+    GpuFlatIndex,
+    HNSWIndex,
+    Rescorer,
+    assign_buckets,
+    binary_kmeans,
+    create_index,
+    hamming_knn_torch,
+    load_index,
+    rescore,
+)
+from hashing.index import io as index_io
+
+BITS = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_faiss_thread():
+    """Tiny searches gain nothing from threads, and OpenMP spin-waits crawl on a busy machine."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def clustered_codes(n: int, bits: int = BITS, seed: int = 0, flip: float = 0.15) -> np.ndarray:
+    """Codes near a few prototypes: distances concentrate on a few values, so ties are everywhere."""
+    rng = np.random.default_rng(seed)
+    protos = rng.random((8, bits)) < 0.5
+    noise = rng.random((n, bits)) < flip
+    return np.packbits(protos[rng.integers(0, 8, n)] ^ noise, axis=1)
+
+
+def brute_force(queries: np.ndarray, db: np.ndarray, k: int, ids: np.ndarray | None = None):
+    """Exact top-k by numpy popcount; ties broken by row (insertion order)."""
+    dist = np.unpackbits(queries[:, None, :] ^ db[None, :, :], axis=2).sum(axis=2).astype(np.int32)
+    rows = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    ids = np.arange(len(db)) if ids is None else ids
+    return np.take_along_axis(dist, rows, axis=1), ids[rows]
+
+
+def assert_knn_equal(ref_d, ref_i, res) -> None:
+    """Tie-aware: same distances; same id sets at every distance but the last (tied at the k-th)."""
+    check_ref_knn_with_draws(ref_d, ref_i, res.distances, res.ids)
+
+
+def torch_cpu_index(bits: int = BITS) -> GpuFlatIndex:
+    pytest.importorskip("torch")
+    return GpuFlatIndex(bits, backend="torch", device="cpu")
+
+
+# Every kind, configured so that its search is exhaustive (hence exact) on the small test sets.
+def make_index(kind: str, bits: int = BITS):
+    if kind == "gpu_torch_cpu":
+        return torch_cpu_index(bits)
+    if kind == "ivf":
+        index = create_index("ivf", bits, nlist=8, nprobe=8)
+        return index.train(clustered_codes(500, bits, seed=9))
+    if kind == "buckets":
+        return create_index("buckets", bits, nbuckets=4)
+    if kind == "hnsw":
+        return create_index("hnsw", bits, M=16, ef_construction=200, ef_search=400)
+    return create_index(kind, bits)
+
+
+ALL_KINDS = ["flat", "hnsw", "ivf", "buckets", "gpu_torch_cpu"]
+
+
+def add(index, codes, ids=None):
+    """``index.add``; a BucketIndex gets a bucket per item derived from its first byte."""
+    if isinstance(index, BucketIndex):
+        return index.add(codes, ids, buckets=codes[:, 0] % index.nbuckets)
+    return index.add(codes, ids)
+
+
+def search(index, queries, k):
+    """``index.search``; a BucketIndex query names every bucket, so the search is exhaustive."""
+    if isinstance(index, BucketIndex):
+        return index.search(queries, k, buckets=np.tile(np.arange(index.nbuckets), (len(queries), 1)))
+    return index.search(queries, k)
+
+
+# -- exactness ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [16, 64, 128])
+@pytest.mark.parametrize("use_heap", [True, False])
+def test_flat_matches_brute_force_tie_aware(bits, use_heap):
+    db, q = clustered_codes(3000, bits), clustered_codes(40, bits, seed=1)
+    index = create_index("flat", bits, use_heap=use_heap)
+    index.add(db)
+    res = index.search(q, 50)
+    assert res.ids.dtype == np.int64 and res.distances.dtype == np.int32 and res.ids.shape == (40, 50)
+    assert_knn_equal(*brute_force(q, db, 50), res)
+
+
+@pytest.mark.parametrize("use_heap", [True, False])
+@pytest.mark.parametrize("nq", [1, 40])
+def test_flat_breaks_ties_by_insertion_order(use_heap, nq):
+    """The documented tie order, relied on for reproducible stage-1 candidate lists."""
+    db, q = clustered_codes(2000, flip=0.05), clustered_codes(nq, seed=1, flip=0.05)
+    index = FlatIndex(BITS, use_heap=use_heap)
+    index.add(db)
+    ref_d, ref_i = brute_force(q, db, 200)
+    res = index.search(q, 200)
+    assert (ref_d[:, :-1] == ref_d[:, 1:]).any(), "the data must contain ties for this test to mean anything"
+    np.testing.assert_array_equal(res.ids, ref_i)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "buckets", "gpu_torch_cpu"])
+def test_exhaustive_settings_are_exact(kind):
+    db, q = clustered_codes(2000), clustered_codes(30, seed=1)
+    index = make_index(kind)
+    add(index, db)
+    res = search(index, q, 64)
+    assert_knn_equal(*brute_force(q, db, 64), res)
+    assert res.scanned_fraction == pytest.approx(1.0)
+
+
+def test_hnsw_recall_is_high_on_small_data():
+    db, q = clustered_codes(2000), clustered_codes(30, seed=1)
+    index = make_index("hnsw")
+    index.add(db)
+    ref_d, _ = brute_force(q, db, 32)
+    res = index.search(q, 32)
+    true_d = np.unpackbits(q[:, None, :] ^ db[res.ids], axis=2).sum(axis=2)
+    np.testing.assert_array_equal(true_d, res.distances)  # distances are the items' own
+    assert (res.distances <= ref_d[:, -1:]).mean() >= 0.98  # tie-aware recall
+
+
+def test_torch_kernel_chunking_matches_brute_force():
+    torch = pytest.importorskip("torch")
+    db, q = clustered_codes(700, 24), clustered_codes(9, 24, seed=1)  # 3 bytes: exercises word padding
+    d, rows = hamming_knn_torch(torch.from_numpy(q), torch.from_numpy(db), 100, max_elements=9 * 64)
+    ref_d, ref_i = brute_force(q, db, 100)
+    np.testing.assert_array_equal(d.numpy(), ref_d)
+    np.testing.assert_array_equal(rows.numpy(), ref_i)  # ties by row, like faiss' flat index
+
+
+def test_popcount_handles_the_sign_bit():
+    torch = pytest.importorskip("torch")
+    from hashing.index.gpu import _popcount64
+
+    x = torch.tensor([-1, np.iinfo(np.int64).min, 0, 0x5555555555555555, -2], dtype=torch.int64)
+    assert _popcount64(x).tolist() == [64, 1, 0, 32, 63]
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs CUDA")
+def test_gpu_flat_on_cuda_matches_brute_force():
+    db, q = clustered_codes(5000), clustered_codes(50, seed=1)
+    index = create_index("gpu_flat", BITS)
+    index.add(db)
+    assert_knn_equal(*brute_force(q, db, 128), index.search(q, 128))
+
+
+# -- ids, removal, padding ---------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_custom_ids_and_removal(kind):
+    db, q = clustered_codes(1500), clustered_codes(25, seed=1)
+    ids = 10_000 + 7 * np.arange(len(db), dtype=np.int64)
+    index = make_index(kind)
+    assert list(add(index, db, ids)) == list(ids)
+    gone = ids[::3]
+    assert index.remove(np.concatenate([gone, [5, -1]])) == len(gone)  # absent ids are ignored
+    assert index.ntotal == len(db) - len(gone) == len(index)
+    assert index.remove(gone) == 0
+    res = search(index, q, 100)
+    assert not np.isin(res.ids, gone).any()
+    keep = ~np.isin(ids, gone)
+    ref_d, ref_i = brute_force(q, db[keep], 100, ids[keep])
+    if kind == "hnsw":
+        assert (res.distances <= ref_d[:, -1:]).mean() >= 0.95
+    else:
+        assert_knn_equal(ref_d, ref_i, res)
+    # default ids continue after the largest one in use
+    new = add(index, db[:2])
+    assert list(new) == [ids.max() + 1, ids.max() + 2]
+
+
+def test_hnsw_readding_a_removed_id_compacts():
+    db = clustered_codes(600)
+    index = HNSWIndex(BITS, ef_search=300)
+    index.add(db)
+    index.remove(np.arange(100))
+    assert index.n_deleted == 100 and index.ntotal == 500
+    index.remove(np.array([599]))
+    assert list(index.add(db[1:2])) == [600] and index.n_deleted == 101  # default ids skip tombstones
+    index.add(db[:1], np.array([0]))
+    assert index.n_deleted == 0 and index.ntotal == 501
+    res = index.search(db[:1], 1)
+    assert res.ids[0, 0] == 0 and res.distances[0, 0] == 0
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_padding_when_k_exceeds_ntotal(kind):
+    db = clustered_codes(5, seed=3)
+    index = make_index(kind)
+    empty = search(index, db[:2], 4)
+    assert (empty.ids == -1).all() and (empty.distances == PAD_DISTANCE).all()
+    add(index, db, np.arange(100, 105))
+    res = search(index, db[:2], 12)
+    assert res.ids.shape == (2, 12)
+    assert (res.ids[:, 5:] == -1).all() and (res.distances[:, 5:] == PAD_DISTANCE).all()
+    assert sorted(res.ids[0, :5]) == list(range(100, 105))
+    assert res.ids[0, 0] == 100 and res.distances[0, 0] == 0
+
+
+def test_add_rejects_bad_ids():
+    index = FlatIndex(BITS)
+    index.add(clustered_codes(3), np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="already in the index.*3"):
+        index.add(clustered_codes(2), np.array([3, 4]))
+    with pytest.raises(ValueError, match="unique"):
+        index.add(clustered_codes(2), np.array([7, 7]))
+    with pytest.raises(ValueError, match=">= 0"):
+        index.add(clustered_codes(1), np.array([-1]))
+    with pytest.raises(ValueError, match="2 entries, expected 3"):
+        index.add(clustered_codes(3), np.array([8, 9]))
+    with pytest.raises(TypeError, match="float64"):
+        index.add(clustered_codes(1), np.array([1.5]))
+    assert index.ntotal == 3  # nothing partial was added
+
+
+# -- validation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "buckets"])
+def test_wrong_dtype_shape_bits_are_clear_errors(kind):
+    index = make_index(kind)
+    good = clustered_codes(4)
+    with pytest.raises(TypeError, match=r"uint8.*float32.*\(4, 8\)"):
+        index.add(good.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(4, 16\).*\(n, 8\).*64-bit.*128-bit"):
+        index.add(clustered_codes(4, 128))
+    with pytest.raises(ValueError, match=r"shape \(8,\)"):
+        index.search(good[0], 3)
+    with pytest.raises(TypeError, match="numpy"):
+        index.search(good.tolist(), 3)
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be"):
+            index.search(good, bad_k)
+
+
+def test_factory_errors():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        create_index("flat", 12)
+    with pytest.raises(ValueError, match="unknown index kind 'lsh'.*flat"):
+        create_index("lsh", 64)
+    with pytest.raises(RuntimeError, match="not trained"):
+        create_index("ivf", 64, nlist=4).add(clustered_codes(10))
+    with pytest.raises(ValueError, match="at least 16 codes"):
+        create_index("ivf", 64, nlist=16).train(clustered_codes(10))
+    with pytest.raises(ValueError, match="nprobe"):
+        create_index("ivf", 64, nprobe=0)
+
+
+def test_gpu_flat_without_cuda_says_so():
+    torch = pytest.importorskip("torch")
+    from hashing.index.gpu import faiss_gpu_available
+
+    if torch.cuda.is_available() or faiss_gpu_available():
+        pytest.skip("a GPU is available")
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        create_index("gpu_flat", 64)
+
+
+# -- buckets -----------------------------------------------------------------------------------
+def test_bucket_search_scans_only_query_buckets():
+    rng = np.random.default_rng(4)
+    db, q = clustered_codes(3000), clustered_codes(40, seed=1)
+    item_buckets = rng.integers(0, 10, len(db))
+    query_buckets = rng.integers(0, 10, (40, 3))
+    query_buckets[::4, 1] = query_buckets[::4, 0]  # repeats are scanned once
+    query_buckets[::5, 1] = -1  # -1: no bucket
+    query_buckets[1::5, 0] = -1
+    index = BucketIndex(BITS, nbuckets=10)
+    index.add(db, np.arange(len(db)) * 2, buckets=item_buckets)
+    res = index.search(q, 60, buckets=query_buckets)
+    bucket_of = dict(zip(np.arange(len(db)) * 2, item_buckets))
+    sizes = np.bincount(item_buckets, minlength=10)
+    for row in range(len(q)):
+        allowed = set(query_buckets[row][query_buckets[row] >= 0])
+        assert {bucket_of[i] for i in res.ids[row] if i >= 0} <= allowed
+        in_b = np.isin(item_buckets, list(allowed))
+        ref_d, ref_i = brute_force(q[row:row + 1], db[in_b], 60, np.flatnonzero(in_b) * 2)
+        check_ref_knn_with_draws(ref_d, ref_i, res.distances[row:row + 1], res.ids[row:row + 1])
+    expected = np.mean([sizes[list(set(b[b >= 0]))].sum() for b in query_buckets]) / len(db)
+    assert res.scanned_fraction == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        index.search(q, 5, buckets=np.full(len(q), 10))
+    with pytest.raises(TypeError, match="buckets are required"):
+        index.search(q, 5)
+    with pytest.raises(TypeError, match="buckets are required"):
+        index.add(db[:2])
+    with pytest.raises(ValueError, match=r"one id in \[0, 10\)"):
+        index.add(db[:2], buckets=[3, 11])
+
+
+def test_assign_buckets_picks_the_nearest_centres():
+    db, centers = clustered_codes(300), clustered_codes(16, seed=7, flip=0.5)
+    got = assign_buckets(db, centers, 3)
+    got_d = np.take_along_axis(np.unpackbits(db[:, None] ^ centers[None], axis=2).sum(axis=2), got, axis=1)
+    check_ref_knn_with_draws(*brute_force(db, centers, 3), got_d, got)
+
+
+def test_binary_kmeans_centres_are_member_majorities():
+    db = clustered_codes(1000, seed=5)
+    first = binary_kmeans(db, 8, iters=1, seed=0)
+    second = binary_kmeans(db, 8, iters=2, seed=0)  # one more step from `first`
+    assert first.shape == (8, 8) and first.dtype == np.uint8
+    assign = assign_buckets(db, first)[:, 0]
+    for c in np.unique(assign):
+        members = np.unpackbits(db[assign == c], axis=1)
+        np.testing.assert_array_equal(second[c], np.packbits(2 * members.sum(0) >= len(members)))
+
+
+# -- persistence -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_save_load_round_trip(kind, tmp_path):
+    db, q = clustered_codes(1200), clustered_codes(20, seed=1)
+    index = make_index(kind)
+    add(index, db, np.arange(len(db)) + 50)
+    index.remove(np.arange(50, 250))
+    before = search(index, q, 40)
+    index.save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert meta["format_version"] == index_io.FORMAT_VERSION and meta["ntotal"] == 1000
+    for loaded in (load_index(tmp_path / "idx"), BinaryIndex.load(tmp_path / "idx"), type(index).load(tmp_path / "idx")):
+        assert type(loaded) is type(index) and loaded.ntotal == 1000 and loaded.bits == BITS
+        assert loaded.get_params() == index.get_params()
+        after = search(loaded, q, 40)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_array_equal(after.distances, before.distances)
+    with pytest.raises(ValueError, match="holds a"):
+        (HNSWIndex if kind != "hnsw" else FlatIndex).load(tmp_path / "idx")
+
+
+def test_failed_save_leaves_the_previous_save(tmp_path, monkeypatch):
+    db, q = clustered_codes(800), clustered_codes(10, seed=1)
+    index = FlatIndex(BITS)
+    index.add(db[:500])
+    target = tmp_path / "idx"
+    index.save(target)
+    saved = index.search(q, 30)
+    index.add(db[500:])
+
+    def crash(native, path):  # a writer that dies half-way through its file
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(index_io.faiss, "write_index_binary", crash)
+    with pytest.raises(OSError, match="simulated"):
+        index.save(target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary left behind
+    loaded = load_index(target)
+    assert loaded.ntotal == 500
+    np.testing.assert_array_equal(loaded.search(q, 30).ids, saved.ids)
+
+
+def test_load_checks_version_type_and_bits(tmp_path):
+    index = FlatIndex(BITS)
+    index.add(clustered_codes(10))
+    path = index.save(tmp_path / "idx")
+    meta_file = path / "index.json"
+    meta = json.loads(meta_file.read_text())
+    for change, message in (
+        ({"format_version": 99}, "format_version 99"),
+        ({"type": "annoy"}, "unknown index kind 'annoy'"),
+        ({"bits": 128}, "64-bit codes but index.json says bits=128"),
+        ({"ntotal": 11}, "ntotal=11"),
+    ):
+        meta_file.write_text(json.dumps({**meta, **change}))
+        with pytest.raises(ValueError, match=message):
+            load_index(path)
+    with pytest.raises(FileNotFoundError, match="index.json"):
+        load_index(tmp_path / "nothing")
+
+
+# -- rescoring ---------------------------------------------------------------------------------
+def test_rescore_orders_candidates_by_cosine():
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32) * rng.uniform(0.5, 3, (300, 1)).astype(np.float32)
+    ids = rng.permutation(10_000)[:300]
+    queries = rng.standard_normal((5, 16)).astype(np.float32)
+    cand = np.stack([rng.choice(ids, 20, replace=False) for _ in range(5)])
+    cand[:, -3:] = -1  # stage-1 padding
+    res = Rescorer(vectors, ids).rescore(queries, cand, k=18)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    for q in range(5):
+        expected = sorted(cand[q, :17], key=lambda i: -float(unit[row_of[int(i)]] @ queries[q]) / np.linalg.norm(queries[q]))
+        assert list(res.ids[q, :17]) == expected
+        cos = np.array([unit[row_of[int(i)]] @ queries[q] for i in res.ids[q, :17]]) / np.linalg.norm(queries[q])
+        np.testing.assert_allclose(res.scores[q, :17], cos, rtol=1e-5, atol=1e-6)
+        assert res.ids[q, 17] == -1 and res.scores[q, 17] == -np.inf
+    with pytest.raises(KeyError, match="without a stored vector"):
+        rescore(queries, np.full((5, 2), 10_001), vectors, ids)
+
+
+def test_rescore_keeps_hamming_order_among_equal_scores():
+    vectors = np.ones((4, 3), dtype=np.float32)  # all cosines equal
+    res = rescore(np.ones((1, 3), np.float32), np.array([[2, 0, 3, 1]]), vectors)
+    assert res.ids.tolist() == [[2, 0, 3, 1]]
