@@ -89,20 +89,35 @@ def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.unpackbits(codes, axis=1, count=bits).astype(np.float32) * 2.0 - 1.0
 
 
-def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
-    """Calls ``write(tmp_dir)`` then swaps the result into ``target`` in one rename.
+def fsync_tree(root: Path) -> None:
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(root)
 
-    A crash or exception inside ``write`` leaves any previous ``target`` untouched.
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
+    """Calls ``write(tmp_dir)`` then swaps the result into ``target`` by rename.
+
+    A crash or exception inside ``write`` leaves any previous ``target`` untouched. Replacing an
+    existing directory takes two renames (POSIX has no atomic directory swap); between them the
+    previous version survives as ``.NAME.old-PID`` beside the target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)
-        for f in tmp.iterdir():
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+        fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -110,6 +125,7 @@ def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
