@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,32 +43,10 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
+from .machine import machine
 from hashing.index import BinaryIndex, assign_buckets, binary_kmeans, create_index
 
 GOALS = {"recall": 0.95, "batch_x_float": 20.0, "single_x_float": 100.0}
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "faiss": faiss.__version__,
-        "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "numpy": np.__version__,
-    }
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-        info["cpu_model"] = models[0] if models else platform.processor()
-        flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-        info["popcnt_avx2_avx512"] = [f for f in ("popcnt", "avx2", "avx512f", "avx512_vpopcntdq") if f" {f}" in flags]
-        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-        info["mem_gib"] = round(int(mem.split()[1]) / 2**20, 1)
-    except (OSError, StopIteration):
-        info["cpu_model"] = platform.processor()
-    return info
 
 
 def make_data(n: int, nq: int, dim: int, clusters: int, spread: float, seed: int):

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from hashing import available_methods, create_hasher

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .machine import machine
 from .karpathy import CaptionDataset, load_karpathy
 from .recall import DEFAULT_KS, retrieval_recall
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": {"load_model": load_seconds, **emb.seconds, "score": time.perf_counter() - t0,
                     "total": time.perf_counter() - start},
         "device": str(encoder.device),
-        "machine": f"{platform.machine()} {platform.processor() or ''}, {__import__('os').cpu_count()} cores".strip(),
+        "machine": machine(),
         "tie_convention": "expected value over random order of tied scores",
     }
     label = f"{args.model} on {dataset.name} {args.split} ({dataset.n_images} images, {len(dataset.captions)} captions)"

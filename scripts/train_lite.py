@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=ROOT / "retrieval" / "weights" / "lite")
     p.add_argument("--cache", type=Path, default=ROOT / "cache")
     p.add_argument("--val-images", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="heads")
     p.add_argument("--tower-lr", type=float, default=5e-5, help="trainable tower tops")
@@ -209,7 +209,12 @@ def main() -> None:
     train = load_karpathy(args.annotations, args.images, "train")
     image_trunk = image_trunk_features(model, train.image_paths, args.cache)
     hidden, mask = text_trunk_features(model, train.captions, args.cache)
-    image_trunk, image_stages, hidden, text_cached = advance_frozen(model, image_trunk, hidden, mask)
+    advanced = args.cache / f"lite_advanced_{cache_key(len(train.captions), config['image_trainable_stages'], config['text_trainable_layers'])}.pt"
+    if advanced.exists():
+        image_trunk, image_stages, hidden, text_cached = torch.load(advanced)
+    else:
+        image_trunk, image_stages, hidden, text_cached = advance_frozen(model, image_trunk, hidden, mask)
+        torch.save((image_trunk, image_stages, hidden, text_cached), advanced)
 
     order = rng.permutation(train.n_images)
     val_ids, fit_ids = np.sort(order[: args.val_images]), np.sort(order[args.val_images:])
@@ -266,7 +271,9 @@ def main() -> None:
     from hashing.base import atomic_write_dir
 
     def write(tmp: Path) -> None:
-        save_file(best_state, str(tmp / "model.safetensors"))
+        # fp16 storage halves the shipped file; the encoder loads it into fp32 parameters.
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in best_state.items()},
+                  str(tmp / "model.safetensors"))
         record = {**config, "training": {
             "data": "Flickr8K train (Karpathy split), minus a seeded validation draw",
             "val_images": args.val_images, "epochs": args.epochs, "batch_size": args.batch_size,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Encoder
-from .hf_encoder import TransformersEncoder, is_transformers_dir
+from .hf_encoder import TransformersEncoder
 from .lite import LiteEncoder
 from .open_clip_encoder import OpenClipEncoder, is_open_clip_id
 

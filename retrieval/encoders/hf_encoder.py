@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,10 +10,6 @@ from PIL import Image
 
 from ..hub import resolve_pretrained_dir
 from .base import Encoder
-
-
-def is_transformers_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / "config.json").is_file() and not (Path(path) / "open_clip_config.json").is_file()
 
 
 def pooled(output: Any) -> torch.Tensor:

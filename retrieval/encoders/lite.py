@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as T
@@ -128,8 +127,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "image_std": [0.5, 0.5, 0.5],
     "image_resize": "shortest_side_then_center_crop",
     "image_interpolation": "bicubic",
-    "image_trainable_stages": 1,
-    "image_pool": "attention",
+    "image_trainable_stages": 0,
+    "image_pool": "avg",
     "image_pool_heads": 4,
     "text_tower": "sentence-transformers/all-MiniLM-L6-v2",
     "text_max_length": 64,

@@ -56,7 +56,7 @@ class OpenClipEncoder(Encoder):
         except RuntimeError as e:
             if name.startswith("hf-hub:") and "HF Hub" in str(e):
                 raise ModelNotAvailableError(not_available_message(model_id, "open_clip_config.json not found")) from e
-            if "Unknown model" in str(e) or "Pretrained weights" in str(e):
+            if any(m in str(e) for m in ("Unknown model", "not a known tag", "Pretrained weights")):
                 raise ValueError(f"open_clip cannot resolve {model_id!r}: {e}") from e
             raise
         except OSError as e:

@@ -1,0 +1,140 @@
+"""Stage-1 quality on Flickr8K-1K: how much of the float ranking survives the Hamming top-128.
+
+    python -m eval.stage1 --embeddings cache/flickr8k-lite.npz --model lite \\
+        --method lsh itq contrastive uddh --bits 16 32 64 128 --output runs/stage1.json
+
+For each hasher (fitted on Flickr8K train pairs) and bit length, both directions:
+
+- ``top10_in_candidates``: the fraction of the exhaustive float-cosine top-10 that lands inside
+  the Hamming top-``candidates`` (default 128);
+- R@1/5/10 of Hamming ranking alone (tie-aware), and after exact float rescoring of the candidates,
+  beside exhaustive float search.
+
+Candidates are exactly what faiss ``IndexBinaryFlat`` returns for k = ``candidates``: at the k-th
+distance, ties are broken by faiss's scan order, as they are for a user of the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hashing import available_methods, create_hasher
+from hashing.index import create_index
+
+from .datasets_hashing import encode_flickr8k, load_flickr8k
+from .hash_metrics import hamming_distances
+from .recall import DEFAULT_KS, expected_hits
+
+
+def float_topk(scores: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def candidate_scores(candidates: np.ndarray, float_scores: np.ndarray) -> np.ndarray:
+    """Float scores on the candidates, -inf elsewhere: the rescored ranking as a score matrix."""
+    out = np.full_like(float_scores, -np.inf)
+    rows = np.arange(len(candidates))[:, None]
+    valid = candidates >= 0
+    out[np.broadcast_to(rows, candidates.shape)[valid], candidates[valid]] = float_scores[
+        np.broadcast_to(rows, candidates.shape)[valid], candidates[valid]]
+    return out
+
+
+def recalls(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+    hits = expected_hits(scores, relevant, ks)
+    return {f"R@{k}": float(hits[k].mean()) for k in ks}
+
+
+def evaluate_direction(q_float: np.ndarray, db_float: np.ndarray, q_codes: np.ndarray, db_codes: np.ndarray,
+                       relevant: np.ndarray, bits: int, candidates: int) -> dict[str, float]:
+    index = create_index("flat", bits)
+    index.add(db_codes)
+    t0 = time.perf_counter()
+    result = index.search(q_codes, candidates)
+    search_seconds = time.perf_counter() - t0
+    cand = result.ids
+    float_scores = q_float @ db_float.T
+    top10 = float_topk(float_scores, 10)
+    in_cand = np.array([np.isin(t, c).mean() for t, c in zip(top10, cand)])
+    hamming = hamming_distances(q_codes, db_codes)
+    out = {"top10_in_candidates": float(in_cand.mean()), "search_seconds": search_seconds}
+    out.update({f"hash_{k}": v for k, v in recalls(-hamming.astype(np.float64), relevant).items()})
+    out.update({f"rescored_{k}": v for k, v in recalls(candidate_scores(cand, float_scores), relevant).items()})
+    out.update({f"float_{k}": v for k, v in recalls(float_scores, relevant).items()})
+    return out
+
+
+def markdown(results: dict, candidates: int) -> str:
+    head = ("| method | bits | dir | float top-10 in Hamming top-" + str(candidates)
+            + " | hash R@1/5/10 | rescored R@1/5/10 | float R@1/5/10 |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for method, by_bits in results.items():
+        for bits, by_dir in by_bits.items():
+            for d, m in by_dir.items():
+                trip = lambda p: "/".join(f"{100 * m[f'{p}_R@{k}']:.1f}" for k in DEFAULT_KS)  # noqa: E731
+                lines.append(f"| {method} | {bits} | {d} | {m['top10_in_candidates']:.3f} | {trip('hash')} | "
+                             f"{trip('rescored')} | {trip('float')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m eval.stage1", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+    p.add_argument("--annotations", type=Path, default=data / "dataset_flickr8k.json")
+    p.add_argument("--images", type=Path, default=None)
+    p.add_argument("--embeddings", type=Path, required=True, help=".npz cache (created from --model if absent)")
+    p.add_argument("--model", default=None, help="encoder id to create the cache")
+    p.add_argument("--method", nargs="+", default=["itq"])
+    p.add_argument("--bits", type=int, nargs="+", default=[64])
+    p.add_argument("--candidates", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, default=None)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.method) - set(available_methods()))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; available: {available_methods()}")
+    if not args.embeddings.is_file():
+        if not args.model:
+            raise SystemExit(f"{args.embeddings} not found; pass --model to create it")
+        encode_flickr8k(args.model, args.annotations, args.images, args.embeddings)
+    data = load_flickr8k(args.embeddings, args.annotations, args.images)
+    test = data.query
+    caption_image = test.text_labels
+    i2t_relevant = caption_image[None, :] == np.arange(len(test.image))[:, None]
+    results: dict = {}
+    for method in args.method:
+        for bits in args.bits:
+            t0 = time.perf_counter()
+            hasher = create_hasher(method, bits, seed=args.seed).fit(data.train.image, data.train.text)
+            fit_seconds = time.perf_counter() - t0
+            img_codes, txt_codes = hasher.encode(test.image, "image"), hasher.encode(test.text, "text")
+            row = {
+                "i2t": evaluate_direction(test.image, test.text, img_codes, txt_codes, i2t_relevant, bits,
+                                          args.candidates),
+                "t2i": evaluate_direction(test.text, test.image, txt_codes, img_codes, i2t_relevant.T, bits,
+                                          args.candidates),
+            }
+            for d in row.values():
+                d["fit_seconds"] = fit_seconds
+            results.setdefault(method, {})[bits] = row
+            print(f"{method} {bits} bits: top-10 in candidates i2t {row['i2t']['top10_in_candidates']:.3f}, "
+                  f"t2i {row['t2i']['top10_in_candidates']:.3f} (fit {fit_seconds:.0f}s)", flush=True)
+    table = markdown(results, args.candidates)
+    print(table)
+    report = {"dataset": "flickr8k-1k test", "embeddings": str(args.embeddings), "model": args.model,
+              "candidates": args.candidates, "results": results,
+              "tie_convention": "R@K: expected value over random order of ties; candidates: faiss order"}
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
