@@ -28,6 +28,7 @@ from hashing.index import create_index
 
 from .datasets_hashing import encode_flickr8k, load_flickr8k
 from .hash_metrics import hamming_distances
+from .machine import machine
 from .recall import DEFAULT_KS, expected_hits
 
 
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bits", type=int, nargs="+", default=[64])
     p.add_argument("--candidates", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-pairs", type=int, default=None,
+                   help="fit each hasher on a seeded sample of this many train (image, caption) pairs")
+    p.add_argument("--hasher-arg", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="constructor argument for one method, e.g. contrastive.epochs=20 (JSON value)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     unknown = sorted(set(args.method) - set(available_methods()))
@@ -104,6 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{args.embeddings} not found; pass --model to create it")
         encode_flickr8k(args.model, args.annotations, args.images, args.embeddings)
     data = load_flickr8k(args.embeddings, args.annotations, args.images)
+    fit_rows = np.arange(len(data.train.image))
+    if args.fit_pairs and args.fit_pairs < len(fit_rows):
+        fit_rows = np.sort(np.random.default_rng(args.seed).choice(fit_rows, args.fit_pairs, replace=False))
+    hasher_args: dict[str, dict] = {}
+    for item in args.hasher_arg:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        if not (method and name and value):
+            raise SystemExit(f"--hasher-arg takes METHOD.KEY=VALUE, got {item!r}")
+        hasher_args.setdefault(method, {})[name] = json.loads(value)
     test = data.query
     caption_image = test.text_labels
     i2t_relevant = caption_image[None, :] == np.arange(len(test.image))[:, None]
@@ -111,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     for method in args.method:
         for bits in args.bits:
             t0 = time.perf_counter()
-            hasher = create_hasher(method, bits, seed=args.seed).fit(data.train.image, data.train.text)
+            hasher = create_hasher(method, bits, seed=args.seed, **hasher_args.get(method, {}))
+            hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows])
             fit_seconds = time.perf_counter() - t0
             img_codes, txt_codes = hasher.encode(test.image, "image"), hasher.encode(test.text, "text")
             row = {
@@ -128,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(results, args.candidates)
     print(table)
     report = {"dataset": "flickr8k-1k test", "embeddings": str(args.embeddings), "model": args.model,
-              "candidates": args.candidates, "results": results,
+              "candidates": args.candidates, "fit_pairs": len(fit_rows), "hasher_args": hasher_args,
+              "results": results, "machine": machine(),
               "tie_convention": "R@K: expected value over random order of ties; candidates: faiss order"}
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,40 @@
+import numpy as np
+
+from eval.stage1 import candidate_scores, evaluate_direction
+from hashing.base import pack_signs
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_all_candidates_rescored_equals_float_and_overlap_is_one():
+    rng = np.random.default_rng(0)
+    db = unit(rng.standard_normal((40, 16)))
+    q = unit(db[:20] + 0.3 * rng.standard_normal((20, 16)))
+    relevant = np.zeros((20, 40), bool)
+    relevant[np.arange(20), np.arange(20)] = True
+    m = evaluate_direction(q, db, pack_signs(q[:, :8]), pack_signs(db[:, :8]), relevant, bits=8, candidates=40)
+    assert m["top10_in_candidates"] == 1.0
+    for k in (1, 5, 10):
+        assert m[f"rescored_R@{k}"] == m[f"float_R@{k}"]
+    assert m["hash_R@1"] <= m["float_R@1"]
+
+
+def test_few_candidates_lose_float_neighbours():
+    rng = np.random.default_rng(1)
+    db = unit(rng.standard_normal((300, 32)))
+    q = unit(db[:50] + 0.2 * rng.standard_normal((50, 32)))
+    relevant = np.zeros((50, 300), bool)
+    relevant[np.arange(50), np.arange(50)] = True
+    proj = rng.standard_normal((32, 8)).astype(np.float32)
+    m = evaluate_direction(q, db, pack_signs(q @ proj), pack_signs(db @ proj), relevant, bits=8, candidates=12)
+    assert 0 < m["top10_in_candidates"] < 1
+    assert m["rescored_R@10"] <= m["float_R@10"]
+
+
+def test_candidate_scores_masks_non_candidates():
+    scores = np.arange(12, dtype=np.float32).reshape(2, 6)
+    out = candidate_scores(np.array([[5, 0, -1], [2, 3, 4]]), scores)
+    assert np.isneginf(out[0, [1, 2, 3, 4]]).all() and out[0, 5] == 5 and out[0, 0] == 0
+    assert np.isneginf(out[1, [0, 1, 5]]).all() and out[1, 2:5].tolist() == [8, 9, 10]
