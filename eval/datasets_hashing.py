@@ -198,23 +198,11 @@ def load_flickr8k(
 
 
 def save_embeddings(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Writes an embedding cache atomically (temporary sibling, fsync, rename); no pickle."""
-    import os
-    import tempfile
+    """Writes an embedding cache atomically; no pickle."""
+    from retrieval.atomic import atomic_write_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_file(path, lambda fh: np.savez(
+        fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}))
 
 
 def encode_flickr8k(

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +26,7 @@ from tqdm.auto import tqdm
 
 from hashing import available_methods, create_hasher
 from hashing.base import check_bits
+from retrieval.atomic import atomic_write_file
 
 from . import hash_metrics as hm
 from .datasets_hashing import DATASETS, HashingData, encode_flickr8k, load_flickr8k, load_wiki
@@ -152,18 +151,7 @@ def save_plots(curves: dict[str, dict[str, Any]], folder: Path, title: str) -> l
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic: temporary sibling, fsync, rename; a failed write leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_file(path, lambda fh: json.dump(obj, fh, indent=2), mode="w")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

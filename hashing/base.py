@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from retrieval.atomic import atomic_write_dir
 
 Modality = Literal["image", "text"]
 MODALITIES: tuple[str, ...] = ("image", "text")
@@ -87,49 +88,6 @@ def pack_signs(real_codes: np.ndarray) -> np.ndarray:
 def unpack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`pack_signs` as {-1, +1} float32, for code-space arithmetic."""
     return np.unpackbits(codes, axis=1, count=bits).astype(np.float32) * 2.0 - 1.0
-
-
-def fsync_tree(root: Path) -> None:
-    for f in sorted(root.rglob("*")):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(root)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_dir(target: str | os.PathLike, write: Any) -> Path:
-    """Calls ``write(tmp_dir)`` then swaps the result into ``target`` by rename.
-
-    A crash or exception inside ``write`` leaves any previous ``target`` untouched. Replacing an
-    existing directory takes two renames (POSIX has no atomic directory swap); between them the
-    previous version survives as ``.NAME.old-PID`` beside the target.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        fsync_tree(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 class Hasher(ABC):
