@@ -16,7 +16,6 @@ MAP@K normalisation (see :mod:`eval.hash_metrics`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hashing import available_methods, create_hasher
 from hashing.base import check_bits
-from retrieval.atomic import atomic_write_file
+from retrieval.atomic import write_json
 
 from . import hash_metrics as hm
 from .datasets_hashing import DATASETS, HashingData, encode_flickr8k, load_flickr8k, load_wiki
@@ -148,10 +147,6 @@ def save_plots(curves: dict[str, dict[str, Any]], folder: Path, title: str) -> l
             fig.savefig(path, dpi=100)
             written.append(path)
     return written
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_file(path, lambda fh: json.dump(obj, fh, indent=2), mode="w")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -12,7 +12,6 @@ Prints a markdown table and writes JSON with CLIP_benchmark's keys
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .machine import machine
+from retrieval.atomic import write_json
+
 from .karpathy import CaptionDataset, load_karpathy
+from .machine import machine
 from .recall import DEFAULT_KS, retrieval_recall
 
 
@@ -103,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown_table([(label, metrics)]))
     print(f"wall time {result['seconds']['total']:.1f}s")
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2))
+        write_json(args.output, result)
     return result
 
 

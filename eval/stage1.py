@@ -25,6 +25,7 @@ import numpy as np
 
 from hashing import available_methods, create_hasher
 from hashing.index import create_index
+from retrieval.atomic import write_json
 
 from .datasets_hashing import encode_flickr8k, load_flickr8k
 from .hash_metrics import hamming_distances
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
               "results": results, "machine": machine(),
               "tie_convention": "R@K: expected value over random order of ties; candidates: faiss order"}
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2))
+        write_json(args.output, report)
     return report
 
 

@@ -72,3 +72,10 @@ def atomic_write_file(target: str | os.PathLike, write: Callable[[IO[Any]], None
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> Path:
+    """Results and configs: indented JSON, written atomically."""
+    import json
+
+    return atomic_write_file(target, lambda fh: json.dump(obj, fh, indent=2), mode="w")
