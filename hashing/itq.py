@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .base import register_hasher
-from .lsh import CENTERINGS, SHARED_SPACES, LinearHasher, check_choice, fit_shared_space
+from .lsh import LinearHasher, fit_shared_space
 
 
 def pca_basis(z: np.ndarray, k: int) -> np.ndarray:
@@ -79,14 +79,11 @@ class ITQHasher(LinearHasher):
         image_transform: str = "auto",
         text_transform: str = "auto",
     ) -> None:
-        super().__init__(bits, seed, image_transform=image_transform, text_transform=text_transform)
+        super().__init__(bits, seed, shared_space=shared_space, center=center, cca_reg=cca_reg,
+                         cca_power=cca_power, image_transform=image_transform, text_transform=text_transform)
         if not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
             raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
         self.n_iter = int(n_iter)
-        self.shared_space = check_choice(shared_space, "shared_space", SHARED_SPACES)
-        self.center = check_choice(center, "center", CENTERINGS)
-        self.cca_reg = float(cca_reg)
-        self.cca_power = float(cca_power)
         #: quantisation error per ITQ iteration of the last fit (diagnostic, not saved)
         self.quantization_errors_: list[float] = []
 
@@ -113,8 +110,4 @@ class ITQHasher(LinearHasher):
         return {
             **super().get_config(),
             "n_iter": self.n_iter,
-            "shared_space": self.shared_space,
-            "center": self.center,
-            "cca_reg": self.cca_reg,
-            "cca_power": self.cca_power,
         }

@@ -134,7 +134,7 @@ class LinearHasher(Hasher):
     """Base of hashers whose code is ``sign((t(x) - mean_m) @ W_m)`` for modality ``m``.
 
     Subclasses fill ``self._mean`` and ``self._weight`` (float32) in ``fit``; projection,
-    persistence and validation are shared.
+    persistence, validation and the shared-space settings (see the module docstring) are shared.
     """
 
     def __init__(
@@ -142,10 +142,18 @@ class LinearHasher(Hasher):
         bits: int = 64,
         seed: int = 0,
         *,
+        shared_space: str = "auto",
+        center: str = "modality",
+        cca_reg: float = 1e-3,
+        cca_power: float = 1.0,
         image_transform: str = "auto",
         text_transform: str = "auto",
     ) -> None:
         super().__init__(bits=bits, seed=seed)
+        self.shared_space = check_choice(shared_space, "shared_space", SHARED_SPACES)
+        self.center = check_choice(center, "center", CENTERINGS)
+        self.cca_reg = float(cca_reg)
+        self.cca_power = float(cca_power)
         self.transforms = {
             "image": check_choice(image_transform, "image_transform", TRANSFORMS),
             "text": check_choice(text_transform, "text_transform", TRANSFORMS),
@@ -173,7 +181,14 @@ class LinearHasher(Hasher):
         return (z - self._mean[modality]) @ self._weight[modality]
 
     def get_config(self) -> dict[str, Any]:
-        return {"image_transform": self.transforms["image"], "text_transform": self.transforms["text"]}
+        return {
+            "image_transform": self.transforms["image"],
+            "text_transform": self.transforms["text"],
+            "shared_space": self.shared_space,
+            "center": self.center,
+            "cca_reg": self.cca_reg,
+            "cca_power": self.cca_power,
+        }
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {}
@@ -241,24 +256,6 @@ class LSHHasher(LinearHasher):
 
     method = "lsh"
 
-    def __init__(
-        self,
-        bits: int = 64,
-        seed: int = 0,
-        *,
-        shared_space: str = "auto",
-        center: str = "modality",
-        cca_reg: float = 1e-3,
-        cca_power: float = 1.0,
-        image_transform: str = "auto",
-        text_transform: str = "auto",
-    ) -> None:
-        super().__init__(bits, seed, image_transform=image_transform, text_transform=text_transform)
-        self.shared_space = check_choice(shared_space, "shared_space", SHARED_SPACES)
-        self.center = check_choice(center, "center", CENTERINGS)
-        self.cca_reg = float(cca_reg)
-        self.cca_power = float(cca_power)
-
     def fit(
         self, image_features: np.ndarray, text_features: np.ndarray, labels: np.ndarray | None = None
     ) -> "LSHHasher":
@@ -270,11 +267,3 @@ class LSHHasher(LinearHasher):
             self._set(m, means[m], maps[m] @ planes)
         return self
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "shared_space": self.shared_space,
-            "center": self.center,
-            "cca_reg": self.cca_reg,
-            "cca_power": self.cca_power,
-        }
