@@ -64,18 +64,32 @@ def retrieval_recall(
     ``caption_image[j]`` is the index of the image that caption ``j`` describes.
     """
     similarity = np.asarray(similarity)
+    return two_way_recall(similarity, similarity.T, caption_image, ks)
+
+
+def two_way_recall(
+    text_to_image: np.ndarray, image_to_text: np.ndarray, caption_image: np.ndarray, ks: Iterable[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """R@K when each direction has its own scores: (n_captions, n_images) and (n_images, n_captions).
+
+    A reranked pipeline scores only each query's candidates, so the two directions no longer share
+    one matrix (use ``-inf`` for items outside a query's candidates).
+    """
+    text_to_image, image_to_text = np.asarray(text_to_image), np.asarray(image_to_text)
     caption_image = np.asarray(caption_image)
-    if similarity.ndim != 2 or similarity.shape[0] != len(caption_image):
+    if text_to_image.ndim != 2 or text_to_image.shape[0] != len(caption_image):
         raise ValueError(
-            f"similarity must be (n_captions, n_images) = ({len(caption_image)}, n_images), got {similarity.shape}"
+            f"similarity must be (n_captions, n_images) = ({len(caption_image)}, n_images), got {text_to_image.shape}"
         )
-    if caption_image.min(initial=0) < 0 or caption_image.max(initial=0) >= similarity.shape[1]:
+    if image_to_text.shape != text_to_image.shape[::-1]:
+        raise ValueError(f"image->text scores must be {text_to_image.shape[::-1]}, got {image_to_text.shape}")
+    if caption_image.min(initial=0) < 0 or caption_image.max(initial=0) >= text_to_image.shape[1]:
         raise ValueError("caption_image holds image indices outside the similarity matrix")
     ks = tuple(ks)
-    positives = np.zeros(similarity.shape, dtype=bool)
+    positives = np.zeros(text_to_image.shape, dtype=bool)
     positives[np.arange(len(caption_image)), caption_image] = True
-    t2i = expected_hits(similarity, positives, ks)
-    i2t = expected_hits(similarity.T, positives.T, ks)
+    t2i = expected_hits(text_to_image, positives, ks)
+    i2t = expected_hits(image_to_text, positives.T, ks)
     metrics: dict[str, float] = {}
     for k in ks:
         metrics[f"image_retrieval_recall@{k}"] = float(t2i[k].mean())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -200,14 +199,10 @@ class Hasher(ABC):
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload hasher") -> str:
         """Saves to a temporary directory and uploads it as one commit; returns the commit URL."""
-        from huggingface_hub import HfApi
+        from retrieval.hub import push_folder
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "hasher")
-            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
-        return str(info)
+        return push_folder(self.save_pretrained, repo_id, private=private, token=token,
+                           commit_message=commit_message)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bits={self.bits})"

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .encoders import Encoder, load_encoder
+    from .retriever import Hit, Retriever
 
-__all__ = ["Encoder", "load_encoder"]
+__all__ = ["Encoder", "Hit", "Retriever", "load_encoder"]
+_SOURCES = {"Encoder": "encoders", "load_encoder": "encoders", "Hit": "retriever", "Retriever": "retriever"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import encoders
+    if name in _SOURCES:
+        import importlib
 
-        return getattr(encoders, name)
+        return getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 class ModelNotAvailableError(OSError):
@@ -96,3 +96,18 @@ def resolve_pretrained_dir(
 def hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The subset of ``kwargs`` that :func:`resolve_pretrained_dir` understands."""
     return {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+
+
+def push_folder(save: Callable[[Path], Path], repo_id: str, *, private: bool = False, token: str | None = None,
+                commit_message: str = "Upload") -> str:
+    """``save(dir)`` into a temporary directory, then one Hub commit of that folder; returns the commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save(Path(tmp) / "upload")
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return str(info)

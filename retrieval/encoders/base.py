@@ -74,6 +74,15 @@ class Encoder(ABC):
     @abstractmethod
     def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
+    @property
+    def preprocess_config(self) -> dict[str, Any]:
+        """The image preprocessing this model expects (size, mean, std, resize...), JSON-serialisable.
+
+        A saved retriever records it, and loading refuses an encoder whose preprocessing changed
+        (open_clip issue #1068: the right weights behind the wrong normalisation fail silently).
+        """
+        return {}
+
     # -- shared machinery ----------------------------------------------------------------------
     def autocast(self) -> Any:
         if self.precision == "fp32":

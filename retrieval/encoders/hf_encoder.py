@@ -42,6 +42,13 @@ class TransformersEncoder(Encoder):
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def preprocess_config(self) -> dict[str, Any]:
+        keys = ("size", "crop_size", "image_mean", "image_std", "resample", "do_center_crop", "do_normalize",
+                "do_resize", "rescale_factor")
+        config = self.processor.image_processor.to_dict()
+        return {k: config[k] for k in keys if k in config}
+
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 

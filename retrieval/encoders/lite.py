@@ -251,6 +251,11 @@ class LiteEncoder(Encoder):
     def dim(self) -> int:
         return int(self.config["embed_dim"])
 
+    @property
+    def preprocess_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k.startswith("image_") and k not in
+                ("image_trainable_stages", "image_pool", "image_pool_heads", "image_tower")}
+
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 

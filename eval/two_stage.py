@@ -1,0 +1,102 @@
+"""Two-stage evaluation through the product's own search path.
+
+The test gallery goes into a :class:`retrieval.Retriever` (precomputed embeddings, a hasher fitted
+elsewhere), and every query of both directions is answered by ``Retriever.search_embeddings`` with
+``k = candidates``: stage 1 (Hamming top-``candidates``), then the reranker under test. Items
+outside a query's candidates score ``-inf``, so R@K is that of the pipeline a user runs, computed
+tie-aware (``eval.recall``). "Hash only" (``rerank="none"``) ranks candidates by Hamming
+similarity, whose ties are frequent and are averaged over.
+
+Timings: each stage's total wall time over the batch run, and, separately, the median latency of
+single ``Retriever.search`` calls (query encoding included) on a seeded sample of queries: what one
+user waiting on one query sees.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .recall import DEFAULT_KS, two_way_recall
+
+
+def gallery_retriever(encoder: Any, hasher: Any, image_items: Sequence[Any], image_vectors: np.ndarray,
+                      captions: Sequence[str], text_vectors: np.ndarray, candidates: int = 128,
+                      index: str = "flat") -> Any:
+    """A Retriever over one evaluation split, from embeddings already computed."""
+    from retrieval import Retriever
+
+    retriever = Retriever(encoder, hasher, index=index, candidates=candidates)
+    retriever.add_vectors("image", image_vectors, [str(p) if isinstance(p, Path) else p for p in image_items],
+                          [{"row": i} for i in range(len(image_items))])
+    retriever.add_vectors("text", text_vectors, list(captions), [{"row": j} for j in range(len(captions))])
+    return retriever
+
+
+def ranked_scores(retriever: Any, vectors: np.ndarray, modality: str, queries: Sequence[Any] | None,
+                  n_items: int, candidates: int, rerank: Any, batch_size: int = 64,
+                  progress: bool | None = None, desc: str = "") -> np.ndarray:
+    """(n_queries, n_items) final scores of each query's candidates, -inf elsewhere."""
+    out = np.full((len(vectors), n_items), -np.inf, dtype=np.float32)
+    for s in tqdm(range(0, len(vectors), batch_size), desc=desc, disable=progress is False or len(vectors) <= batch_size):
+        chunk = slice(s, s + batch_size)
+        hits = retriever.search_embeddings(vectors[chunk], modality, None if queries is None else queries[chunk],
+                                           k=candidates, candidates=candidates, rerank=rerank)
+        for row, row_hits in enumerate(hits, s):
+            for h in row_hits:
+                out[row, h.id] = h.score
+    return out
+
+
+def evaluate_pipeline(retriever: Any, caption_image: np.ndarray, image_vectors: np.ndarray,
+                      text_vectors: np.ndarray, image_queries: Sequence[Any], text_queries: Sequence[str],
+                      rerank: Any, candidates: int = 128, ks: tuple[int, ...] = DEFAULT_KS,
+                      text_query_vectors: np.ndarray | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """R@K both directions and per-stage wall time for one pipeline (``rerank`` None/"none" = hash only).
+
+    ``text_queries`` / ``text_query_vectors`` may replace the captions as text queries (keyword-style
+    queries); caption ``j``'s query still has caption ``j``'s image as its answer.
+    """
+    name = rerank if isinstance(rerank, str) or rerank is None else rerank.method
+    rerank = False if rerank in (None, "none") else rerank
+    t_vectors = text_vectors if text_query_vectors is None else text_query_vectors
+    n_images, n_texts = len(image_vectors), len(text_vectors)
+    t0 = time.perf_counter()
+    t2i = ranked_scores(retriever, t_vectors, "text", text_queries, n_images, candidates, rerank,
+                        progress=progress, desc=f"{name or 'hash'} text->image")
+    t1 = time.perf_counter()
+    i2t = ranked_scores(retriever, image_vectors, "image", image_queries, n_texts, candidates, rerank,
+                        progress=progress, desc=f"{name or 'hash'} image->text")
+    t2 = time.perf_counter()
+    metrics = two_way_recall(t2i, i2t, caption_image, ks)
+    return {**metrics, "pipeline": name or "none", "candidates": candidates,
+            "seconds": {"text_to_image": t1 - t0, "image_to_text": t2 - t1}}
+
+
+def single_query_latency(retriever: Any, text_queries: Sequence[str], image_queries: Sequence[Any], rerank: Any,
+                         candidates: int = 128, n: int = 50, seed: int = 0, k: int = 10) -> dict[str, float]:
+    """Median and 90th-percentile milliseconds of one ``Retriever.search`` (encoding included).
+
+    The first query of each direction is run once untimed (warm-up: lazy loads, caches of code).
+    Reranker caches are not cleared between queries, as in a long-running service.
+    """
+    rng = np.random.default_rng(seed)
+    rerank = False if rerank in (None, "none") else rerank
+    out = {}
+    for direction, pool in (("text_to_image", text_queries), ("image_to_text", image_queries)):
+        picks = rng.choice(len(pool), min(n, len(pool)), replace=False)
+        retriever.search(pool[picks[0]], k=k, candidates=candidates, rerank=rerank)
+        times = []
+        for i in picks:
+            q = pool[i]
+            t0 = time.perf_counter()
+            retriever.search(q, k=k, candidates=candidates, rerank=rerank)
+            times.append(1000 * (time.perf_counter() - t0))
+        out[f"{direction}_median_ms"] = float(np.median(times))
+        out[f"{direction}_p90_ms"] = float(np.percentile(times, 90))
+    out["n_queries"] = int(min(n, len(text_queries)))
+    return out

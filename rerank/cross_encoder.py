@@ -1,0 +1,360 @@
+"""The offline cross-encoder: a small image-text matching head over the lite towers' token features.
+
+BLIP-2's ITM cannot be run here (no weights offline), so this is its embedded stand-in, built the
+way LAVIS scores retrieval: an ITM-style matching logit on the stage-1 candidates, added to the
+dual encoder's ITC similarity (``final = match + itc_scale * cos``). The head therefore learns a
+*correction* to the dual-encoder ranking, which is what a reranker is for.
+
+Architecture (one cross-attention layer, SCAN-style text-to-image attention, Lee et al. 2018):
+every caption token attends over the 7x7 EfficientNet-Lite0 feature map; the token's match
+feature is its elementwise product with what it attended to; a learned token weighting pools the
+tokens, and an MLP maps the pooled match feature to a logit. Everything that depends on only one
+side (projections, keys, values, token weights) is computed once per item, so a (query, candidate)
+pair costs only the attention itself and a small MLP: re-scoring 128 candidates is cheap enough
+for a CPU.
+
+Features: the output of EfficientNet-Lite0's last stage (320 x 7 x 7, the tuned stage included;
+the 1x1 conv head above it only widens it to 1280) and MiniLM's last hidden states (384 per token):
+the same forward passes that give the dual-encoder embeddings, so the reranker needs nothing but
+the raw candidates.
+
+Trained by ``scripts/train_cross_encoder.py`` on Flickr8K train with hard negatives from stage 1;
+weights ship in ``rerank/weights/cross-encoder/`` (safetensors + config.json + model card).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Candidates, Query, Reranker, register_reranker
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "cross-encoder"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+DEFAULT_HEAD_CONFIG: dict[str, Any] = {
+    "image_dim": 320,
+    "text_dim": 384,
+    "image_tokens": 49,
+    "dim": 192,
+    "heads": 4,
+    "mlp_ratio": 2,
+    "dropout": 0.1,
+    "init_itc_scale": 15.8,  # the lite encoder's learned logit scale, so training starts at ITC
+}
+
+
+@dataclass
+class ImageStates:
+    """Per-image tensors the head reuses for every pair: keys/values (n, heads, P, dh)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    embedding: torch.Tensor  # (n, embed_dim) unit ITC vectors
+
+    def __getitem__(self, index: Any) -> "ImageStates":
+        return ImageStates(self.keys[index], self.values[index], self.embedding[index])
+
+
+@dataclass
+class TextStates:
+    """Per-caption tensors: token states (m, L, d), queries (m, heads, L, dh), pooling weights (m, L)."""
+
+    tokens: torch.Tensor
+    queries: torch.Tensor
+    weights: torch.Tensor
+    embedding: torch.Tensor
+
+    def __getitem__(self, index: Any) -> "TextStates":
+        return TextStates(self.tokens[index], self.queries[index], self.weights[index], self.embedding[index])
+
+
+def cat_states(states: Sequence[Any]) -> Any:
+    """Concatenates ImageStates/TextStates; text token axes are padded to the longest."""
+    first = states[0]
+    if isinstance(first, ImageStates):
+        return ImageStates(*(torch.cat([getattr(s, f) for s in states]) for f in ("keys", "values", "embedding")))
+    length = max(s.tokens.shape[1] for s in states)
+
+    def pad(t: torch.Tensor, axis: int) -> torch.Tensor:
+        widths = [0, 0] * (t.dim() - axis - 1) + [0, length - t.shape[axis]]
+        return F.pad(t, widths)
+
+    return TextStates(
+        torch.cat([pad(s.tokens, 1) for s in states]),
+        torch.cat([pad(s.queries, 2) for s in states]),
+        torch.cat([pad(s.weights, 1) for s in states]),
+        torch.cat([s.embedding for s in states]),
+    )
+
+
+class CrossEncoderHead(nn.Module):
+    """Scores (caption, image) pairs from token features; see the module docstring."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        unknown = set(config) - set(DEFAULT_HEAD_CONFIG)
+        if unknown:
+            raise ValueError(f"unknown cross-encoder settings: {sorted(unknown)}")
+        self.config = {**DEFAULT_HEAD_CONFIG, **config}
+        c = self.config
+        d, self.heads = c["dim"], c["heads"]
+        if d % self.heads:
+            raise ValueError(f"dim {d} must be divisible by heads {self.heads}")
+        self.image_proj = nn.Sequential(nn.Linear(c["image_dim"], d), nn.LayerNorm(d))
+        self.image_pos = nn.Parameter(torch.zeros(1, c["image_tokens"], d))
+        self.text_proj = nn.Sequential(nn.Linear(c["text_dim"], d), nn.LayerNorm(d))
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.token_weight = nn.Linear(d, 1)
+        self.dropout = nn.Dropout(c["dropout"])
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, c["mlp_ratio"] * d), nn.GELU(),
+                                 nn.Linear(c["mlp_ratio"] * d, 1))
+        self.itc_scale = nn.Parameter(torch.tensor(float(c["init_itc_scale"])))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, d = x.shape
+        return x.view(n, length, self.heads, d // self.heads).transpose(1, 2)
+
+    def prepare_images(self, tokens: torch.Tensor, embedding: torch.Tensor) -> ImageStates:
+        """tokens (n, P, image_dim), embedding (n, e) -> reusable keys/values."""
+        x = self.image_proj(tokens.float()) + self.image_pos
+        return ImageStates(self._split(self.k(x)), self._split(self.v(x)), F.normalize(embedding.float(), dim=-1))
+
+    def prepare_texts(self, tokens: torch.Tensor, mask: torch.Tensor, embedding: torch.Tensor) -> TextStates:
+        """tokens (m, L, text_dim), mask (m, L) -> reusable token states, queries and pooling weights."""
+        x = self.text_proj(tokens.float())
+        logits = self.token_weight(x).squeeze(-1).masked_fill(mask == 0, float("-inf"))
+        return TextStates(x, self._split(self.q(x)), logits.softmax(-1), F.normalize(embedding.float(), dim=-1))
+
+    def pair_scores(self, text: TextStates, image: ImageStates) -> torch.Tensor:
+        """Scores of aligned pairs (text[i], image[i]) -> (n,): match logit + itc_scale * cosine."""
+        attended = F.scaled_dot_product_attention(text.queries, image.keys, image.values)  # (n, h, L, dh)
+        n, h, length, dh = attended.shape
+        attended = attended.transpose(1, 2).reshape(n, length, h * dh)
+        match = (self.dropout(text.tokens) * attended * text.weights.unsqueeze(-1)).sum(1)
+        logit = self.mlp(match).squeeze(-1)
+        cosine = (text.embedding * image.embedding).sum(-1)
+        return logit + self.itc_scale * cosine
+
+
+# -- token features from the lite towers ---------------------------------------------------------
+def image_stage_output(lite_model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite0 up to and including its last block stage: (n, 320, 7, 7)."""
+    tower = lite_model.image_tower
+    x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
+    return tower.blocks(x)
+
+
+def image_embedding_from_stage(lite_model: Any, stage: torch.Tensor) -> torch.Tensor:
+    """The rest of the lite image path (conv head, pooling, projection): the ITC embedding."""
+    tower = lite_model.image_tower
+    return lite_model.image_head(tower.bn2(tower.conv_head(stage.float())))
+
+
+class LiteTokenFeatures:
+    """Runs the lite towers once per item and keeps both the token features and the ITC embedding."""
+
+    def __init__(self, lite_model: Any, device: torch.device) -> None:
+        from retrieval.encoders.lite import image_transform
+
+        self.model = lite_model
+        self.device = device
+        lite_model.image_tower.to(memory_format=torch.channels_last)  # oneDNN's depthwise convs want NHWC on CPU
+        self.transform = image_transform(lite_model.config)
+
+    @torch.inference_mode()
+    def images(self, items: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        from retrieval.images import load_image
+
+        tokens, embeddings = [], []
+        for s in range(0, len(items), batch_size):
+            pixels = torch.stack([self.transform(load_image(item, s + i)) for i, item in enumerate(items[s:s + batch_size])])
+            stage = image_stage_output(self.model, pixels.to(self.device))
+            embeddings.append(image_embedding_from_stage(self.model, stage))
+            tokens.append(stage.flatten(2).transpose(1, 2))
+        return torch.cat(tokens), torch.cat(embeddings)
+
+    @torch.inference_mode()
+    def texts(self, texts: Sequence[str], batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from retrieval.encoders.base import check_texts
+
+        texts = check_texts(texts)
+        tok = self.model.tokenizer(texts, padding="longest", truncation=True,
+                                   max_length=self.model.config["text_max_length"], return_tensors="pt")
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        hidden, embeddings = [], []
+        for s in range(0, len(texts), batch_size):
+            out = self.model.text_tower(input_ids=ids[s:s + batch_size], attention_mask=mask[s:s + batch_size])
+            hidden.append(out.last_hidden_state)
+            embeddings.append(self.model.text_head(out.last_hidden_state, mask[s:s + batch_size]))
+        return torch.cat(hidden), mask, torch.cat(embeddings)
+
+
+def cache_key(modality: str, item: Any) -> Hashable | None:
+    """Texts by their string; images by their path (in-memory images are not cached)."""
+    if modality == "text":
+        return ("text", item)
+    if isinstance(item, (str, Path)):
+        return ("image", str(Path(item).resolve()))
+    return None
+
+
+class StateCache:
+    """A bounded, thread-safe LRU of prepared per-item states, keyed by (modality, id)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def read_head_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: not a cross-encoder saved by scripts/train_cross_encoder.py") from None
+    if config.get("format_version") != FORMAT_VERSION or config.get("model_type") != "lite-cross-encoder":
+        raise ValueError(f"{path} is not a lite cross-encoder config of format_version {FORMAT_VERSION}")
+    return config
+
+
+def load_head(path_or_repo_id: str | Path = WEIGHTS_DIR) -> tuple[CrossEncoderHead, dict[str, Any]]:
+    """The trained head from a local directory or a Hub repo id (through the shared resolver)."""
+    from safetensors.torch import load_file
+
+    from retrieval.hub import resolve_pretrained_dir
+
+    directory = resolve_pretrained_dir(path_or_repo_id, [CONFIG_NAME, WEIGHTS_NAME])
+    config = read_head_config(directory)
+    head = CrossEncoderHead(**config["head"])
+    state = load_file(str(directory / WEIGHTS_NAME))
+    missing, unexpected = head.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{directory / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return head.eval(), config
+
+
+@register_reranker
+class CrossEncoderReranker(Reranker):
+    """``create_reranker("cross")``: the shipped head on the shipped lite towers.
+
+    ``model_id``: a directory or Hub repo id holding a head trained by ``scripts/train_cross_encoder.py``;
+    its config names the lite encoder directory the head was trained on (``encoder``; default the
+    shipped one). Prepared states are cached by content (caption string, image path; ``cache_size``
+    items), so a gallery that is searched repeatedly is featurised once.
+    """
+
+    method = "cross"
+    requires = frozenset({"query", "items"})
+
+    def __init__(self, model_id: str | Path | None = None, device: str | torch.device | None = None,
+                 cache_size: int = 20000, batch_size: int = 64, lite_model: Any = None) -> None:
+        from retrieval.encoders.base import default_device
+        from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
+
+        self.model_id = str(model_id) if model_id is not None else None
+        self.device = torch.device(device) if device is not None else default_device()
+        self.head, self.saved_config = load_head(model_id if model_id is not None else WEIGHTS_DIR)
+        self.head.to(self.device)
+        if lite_model is None:
+            lite_model = load_lite_model(self.saved_config.get("encoder") or LITE_DIR).to(self.device)
+        self.features = LiteTokenFeatures(lite_model, self.device)
+        self.batch_size = batch_size
+        self.cache = StateCache(cache_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"method": self.method, "model_id": self.model_id, "cache_size": self.cache.capacity,
+                "batch_size": self.batch_size}
+
+    # -- states, cached by content---------------------------------------------------------------
+    @torch.inference_mode()
+    def image_states(self, items: Sequence[Any]) -> ImageStates:
+        return self._states("image", items)
+
+    @torch.inference_mode()
+    def text_states(self, texts: Sequence[str]) -> TextStates:
+        return self._states("text", texts)
+
+    def _states(self, modality: str, items: Sequence[Any]) -> Any:
+        # Keyed by content (the caption, the image path), not by id alone: two galleries reusing ids,
+        # or an id re-used for another item, can never be served each other's states.
+        keys = [cache_key(modality, item) for item in items]
+        found = [self.cache.get(k) if k is not None else None for k in keys]
+        todo = [j for j, s in enumerate(found) if s is None]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            fresh = self._compute(modality, [items[j] for j in chunk])
+            for pos, j in enumerate(chunk):
+                state = fresh[pos:pos + 1]
+                if modality == "text":  # drop padding so cached states do not depend on batch mates
+                    length = int((state.weights > 0).sum())
+                    state = TextStates(state.tokens[:, :length], state.queries[:, :, :length],
+                                       state.weights[:, :length], state.embedding)
+                found[j] = state
+                if keys[j] is not None:
+                    self.cache.put(keys[j], state)
+        return cat_states(found)
+
+    def _compute(self, modality: str, items: Sequence[Any]) -> Any:
+        if modality == "image":
+            tokens, embedding = self.features.images(items)
+            return self.head.prepare_images(tokens, embedding)
+        tokens, mask, embedding = self.features.texts(items)
+        return self.head.prepare_texts(tokens, mask, embedding)
+
+    # -- scoring -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score_states(self, text: TextStates, image: ImageStates) -> np.ndarray:
+        """Scores of aligned pairs, batched; one side may have a single row (broadcast)."""
+        n = max(len(text.tokens), len(image.keys))
+        out = []
+        for s in range(0, n, 1024):
+            rows = torch.arange(s, min(s + 1024, n), device=self.device)
+            t = text[rows.clamp(max=len(text.tokens) - 1)] if len(text.tokens) > 1 else text[[0] * len(rows)]
+            i = image[rows.clamp(max=len(image.keys) - 1)] if len(image.keys) > 1 else image[[0] * len(rows)]
+            out.append(self.head.pair_scores(t, i))
+        return torch.cat(out).float().cpu().numpy()
+
+    def score(self, query: Query, candidates: Candidates) -> np.ndarray:
+        self.check(query, candidates)
+        if query.modality == "text":
+            text = self.text_states([query.content])
+            image = self.image_states(candidates.items)
+        else:
+            image = self.image_states([query.content])
+            text = self.text_states(candidates.items)
+        return self.score_states(text, image)

@@ -1,0 +1,416 @@
+"""The Retriever: encoder -> hash codes -> binary index top-k -> optional reranker.
+
+    from retrieval import Retriever
+    r = Retriever.build(images=paths, texts=captions, fit_pairs=(caption_image, caption_rows))
+    r.search("a dog catching a frisbee", k=5, rerank="float")      # text -> images
+    r.search(Path("photo.jpg"), k=5)                                # image -> texts (Path, PIL or array)
+    r.save_pretrained("my-retriever"); Retriever.from_pretrained("my-retriever")
+
+Two galleries, one per modality: a text query searches the image gallery, an image query the text
+gallery. Stage 1 ranks the whole gallery by Hamming distance and keeps ``candidates`` (128);
+stage 2, when asked for, re-scores only those with a :class:`rerank.base.Reranker` and fuses the
+two scores (``rerank.fusion``; ``fusion_weight = 0`` ranks by stage 2 alone). Without stage 2 the
+score of a hit is its Hamming similarity ``1 - 2 d / bits`` and ties keep the index's order.
+
+Thread safety: searches run concurrently (a readers-writer lock lets many searches share the
+index and only ``add`` excludes them); model calls (encoder, reranker) are serialised because
+Hugging Face fast tokenizers are not re-entrant ("Already borrowed"). Results of concurrent
+searches equal those of sequential ones (tests/test_retriever.py).
+
+Saved as one directory (written atomically)::
+
+    retriever.json   encoder id + its preprocessing, hasher, index kind, reranker, fusion weight
+    hasher/          Hasher.save_pretrained
+    image/, text/    the two galleries (retrieval/gallery.py)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from hashing import Hasher, create_hasher
+from rerank.base import Candidates, Query, Reranker, create_reranker, reranker_from_config
+from rerank.fusion import fuse
+
+from .atomic import atomic_write_dir
+from .encoders import Encoder, load_encoder
+from .gallery import Gallery
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "retriever.json"
+DEFAULT_CANDIDATES = 128
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: ``score`` is the final score (higher is better), ``hamming`` the stage-1 distance."""
+
+    id: int
+    score: float
+    hamming: int
+    payload: Any = None
+    modality: str = "image"
+
+
+class ReadWriteLock:
+    """Many readers or one writer; writers wait for readers to leave."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def query_modality(query: Any) -> str:
+    """A string is a text query; paths must be given as ``pathlib.Path`` to be read as images."""
+    if isinstance(query, str):
+        return "text"
+    return "image"
+
+
+class Retriever:
+    """See the module docstring. ``hasher`` must be fitted (or use :meth:`build` / :meth:`fit`)."""
+
+    def __init__(
+        self,
+        encoder: Encoder | str = "lite",
+        hasher: Hasher | str = "itq",
+        *,
+        bits: int = 64,
+        index: str = "flat",
+        index_params: dict[str, Any] | None = None,
+        store_vectors: bool = True,
+        reranker: Reranker | str | None = None,
+        fusion_weight: float = 0.0,
+        candidates: int = DEFAULT_CANDIDATES,
+        device: str | None = None,
+    ) -> None:
+        self.encoder = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
+        self.hasher = create_hasher(hasher, bits) if isinstance(hasher, str) else hasher
+        self.index_kind, self.index_params = index, dict(index_params or {})
+        self.store_vectors = store_vectors
+        self.fusion_weight = float(fusion_weight)
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        self.candidates = int(candidates)
+        self._rerankers: dict[str, Reranker] = {}
+        self.reranker: Reranker | None = None
+        self.reranker = self._resolve_reranker(reranker) if reranker not in (None, "none") else None
+        self.galleries: dict[str, Gallery] = {}
+        self._lock = ReadWriteLock()
+        self._model_lock = threading.RLock()
+
+    # -- building ---------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        images: Sequence[Any] = (),
+        texts: Sequence[str] = (),
+        *,
+        image_payloads: Sequence[Any] | None = None,
+        text_payloads: Sequence[Any] | None = None,
+        fit_pairs: tuple[Sequence[int], Sequence[int]] | None = None,
+        batch_size: int = 64,
+        progress: bool | None = None,
+        **kwargs: Any,
+    ) -> "Retriever":
+        """Encodes ``images`` and ``texts``, fits the hasher on paired rows, indexes both.
+
+        ``fit_pairs = (image_rows, text_rows)`` names which image goes with which text; without it
+        ``images[i]`` and ``texts[i]`` are taken as pairs (they must then be equally many).
+        ``kwargs`` go to the constructor (encoder, hasher, bits, index, reranker...).
+        """
+        retriever = cls(**kwargs)
+        image_vecs = retriever.encoder.encode_images(list(images), batch_size, progress) if len(images) else None
+        text_vecs = retriever.encoder.encode_texts(list(texts), 4 * batch_size, progress) if len(texts) else None
+        if not retriever.is_fitted:
+            if image_vecs is None or text_vecs is None:
+                raise ValueError("fitting the hasher needs both images and texts (or pass a fitted hasher)")
+            if fit_pairs is None:
+                if len(images) != len(texts):
+                    raise ValueError(f"{len(images)} images and {len(texts)} texts: pass fit_pairs=(image_rows, "
+                                     f"text_rows) to say which go together")
+                fit_pairs = (np.arange(len(images)), np.arange(len(texts)))
+            image_rows, text_rows = (np.asarray(p, dtype=np.int64) for p in fit_pairs)
+            if image_rows.shape != text_rows.shape or image_rows.ndim != 1:
+                raise ValueError(f"fit_pairs must be two equally long 1-D index arrays, got shapes "
+                                 f"{image_rows.shape} and {text_rows.shape}")
+            retriever.hasher.fit(image_vecs[image_rows], text_vecs[text_rows])
+        if image_vecs is not None:
+            retriever.add_vectors("image", image_vecs, list(images), image_payloads)
+        if text_vecs is not None:
+            retriever.add_vectors("text", text_vecs, list(texts), text_payloads)
+        return retriever
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> "Retriever":
+        """A Karpathy-style caption dataset (``eval.karpathy.CaptionDataset``): every image and caption
+        indexed, the hasher fitted on all (image, caption) pairs; payloads name the path / owner image."""
+        n_images = dataset.n_images
+        return cls.build(
+            images=[str(p) for p in dataset.image_paths],
+            texts=list(dataset.captions),
+            image_payloads=[{"path": str(p)} for p in dataset.image_paths],
+            text_payloads=[{"caption": c, "image_id": int(i)} for c, i in zip(dataset.captions, dataset.caption_image)],
+            fit_pairs=(np.asarray(dataset.caption_image), np.arange(len(dataset.captions))),
+            **kwargs,
+        ) if n_images else cls(**kwargs)
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.hasher.input_dims)
+
+    def _gallery(self, modality: str) -> Gallery:
+        if modality not in self.galleries:
+            self.galleries[modality] = Gallery.create(modality, self.hasher.bits, self.encoder.dim, self.index_kind,
+                                                      self.index_params, self.store_vectors)
+        return self.galleries[modality]
+
+    def add_vectors(self, modality: str, vectors: np.ndarray, items: Sequence[Any],
+                    payloads: Sequence[Any] | None = None, ids: np.ndarray | None = None) -> np.ndarray:
+        """Indexes precomputed embeddings (from this retriever's encoder); returns their ids."""
+        if not self.is_fitted:
+            raise RuntimeError("the hasher is not fitted: use Retriever.build(...) or pass a fitted hasher")
+        codes = self.hasher.encode(vectors, modality)
+        with self._lock.write():
+            return self._gallery(modality).add(codes, vectors, items, payloads, ids)
+
+    def add_images(self, images: Sequence[Any], payloads: Sequence[Any] | None = None,
+                   ids: np.ndarray | None = None, batch_size: int = 64, progress: bool | None = None) -> np.ndarray:
+        with self._model_lock:
+            vectors = self.encoder.encode_images(list(images), batch_size, progress)
+        return self.add_vectors("image", vectors, list(images), payloads, ids)
+
+    def add_texts(self, texts: Sequence[str], payloads: Sequence[Any] | None = None,
+                  ids: np.ndarray | None = None, batch_size: int = 256, progress: bool | None = None) -> np.ndarray:
+        with self._model_lock:
+            vectors = self.encoder.encode_texts(list(texts), batch_size, progress)
+        return self.add_vectors("text", vectors, list(texts), payloads, ids)
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.galleries.values())
+
+    # -- searching ----------------------------------------------------------------------------------
+    def _resolve_reranker(self, rerank: Reranker | str | bool | None) -> Reranker | None:
+        if rerank is None:
+            return self.reranker
+        if rerank is False or rerank == "none":
+            return None
+        if isinstance(rerank, Reranker):
+            rerank.attach(self.encoder)
+            return rerank
+        if isinstance(rerank, str):
+            if self.reranker is not None and self.reranker.method == rerank:
+                return self.reranker
+            if rerank not in self._rerankers:
+                reranker = create_reranker(rerank)
+                reranker.attach(self.encoder)
+                self._rerankers[rerank] = reranker
+            return self._rerankers[rerank]
+        raise TypeError(f"rerank must be None, False, a reranker name or a Reranker, got {type(rerank).__name__}")
+
+    def search(self, query: Any, k: int = 10, candidates: int | None = None,
+               rerank: Reranker | str | bool | None = None) -> list[Hit]:
+        """Top-``k`` hits for a text (searches images) or an image (searches texts).
+
+        ``rerank``: None uses the retriever's reranker (if any), False/"none" stage 1 only, a name
+        (``"float"``, ``"cross"``, ``"blip2"``, ``"rewrite"``) or a Reranker instance.
+        """
+        return self.search_batch([query], k, candidates, rerank)[0]
+
+    def search_batch(self, queries: Sequence[Any], k: int = 10, candidates: int | None = None,
+                     rerank: Reranker | str | bool | None = None) -> list[list[Hit]]:
+        """Many queries at once: one encoder batch and one index search per modality."""
+        if isinstance(queries, str) or not hasattr(queries, "__len__"):
+            raise TypeError("queries must be a sequence (a list of strings and/or images)")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        candidates = max(int(candidates or self.candidates), k)
+        reranker = self._resolve_reranker(rerank)
+        out: list[list[Hit]] = [[] for _ in queries]
+        for modality in ("text", "image"):
+            positions = [i for i, q in enumerate(queries) if query_modality(q) == modality]
+            if positions:
+                hits = self._search_modality([queries[i] for i in positions], modality, k, candidates, reranker)
+                for i, h in zip(positions, hits):
+                    out[i] = h
+        return out
+
+    def _search_modality(self, queries: list[Any], modality: str, k: int, candidates: int,
+                         reranker: Reranker | None) -> list[list[Hit]]:
+        with self._model_lock:
+            vectors = (self.encoder.encode_texts(queries, progress=False) if modality == "text"
+                       else self.encoder.encode_images(queries, progress=False))
+        return self._search_vectors(vectors, modality, queries, k, candidates, reranker)
+
+    def search_embeddings(self, vectors: np.ndarray, modality: str, queries: Sequence[Any] | None = None,
+                          k: int = 10, candidates: int | None = None,
+                          rerank: Reranker | str | bool | None = None) -> list[list[Hit]]:
+        """Like :meth:`search_batch` for queries already embedded by this retriever's encoder.
+
+        ``modality`` is the queries' ("text" searches images). ``queries`` (their raw content) is
+        needed only by rerankers that read it (cross-encoder, BLIP-2, query rewriting).
+        """
+        if modality not in ("text", "image"):
+            raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.encoder.dim:
+            raise ValueError(f"query vectors must be (n, {self.encoder.dim}), got shape {vectors.shape}")
+        if queries is not None and len(queries) != len(vectors):
+            raise ValueError(f"{len(vectors)} query vectors but {len(queries)} queries")
+        return self._search_vectors(vectors, modality, queries, k, max(int(candidates or self.candidates), k),
+                                    self._resolve_reranker(rerank))
+
+    def _search_vectors(self, vectors: np.ndarray, modality: str, queries: Sequence[Any] | None, k: int,
+                        candidates: int, reranker: Reranker | None) -> list[list[Hit]]:
+        target = "image" if modality == "text" else "text"
+        codes = self.hasher.encode(vectors, modality)
+        with self._lock.read():
+            gallery = self.galleries.get(target)
+            if gallery is None or len(gallery) == 0:
+                return [[] for _ in vectors]
+            ids, distances = gallery.index.search(codes, candidates)
+            lists = []
+            for row in range(len(vectors)):
+                valid = ids[row] >= 0
+                cid, dist = ids[row][valid], distances[row][valid]
+                rows = gallery.rows(cid)
+                lists.append(Candidates(
+                    target, cid, items=[gallery.items[r] for r in rows],
+                    embeddings=gallery.vectors[rows] if gallery.vectors is not None else None,
+                    stage1_scores=(1.0 - 2.0 * dist / self.hasher.bits).astype(np.float32),
+                    extra={"hamming": dist, "payloads": [gallery.payloads[r] for r in rows]},
+                ))
+        if reranker is not None:
+            contents = queries if queries is not None else [None] * len(vectors)
+            qs = [Query(modality, q, v) for q, v in zip(contents, vectors)]
+            with self._model_lock:
+                stage2 = reranker.score_batch(qs, lists)
+            finals = [fuse(c.stage1_scores, s, self.fusion_weight) for c, s in zip(lists, stage2)]
+        else:
+            finals = [c.stage1_scores for c in lists]
+        results = []
+        for cands, final in zip(lists, finals):
+            order = np.argsort(-np.asarray(final), kind="stable")[:k]
+            results.append([Hit(int(cands.ids[j]), float(final[j]), int(cands.extra["hamming"][j]),
+                                cands.extra["payloads"][j], target) for j in order])
+        return results
+
+    # -- persistence ------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "encoder": {"id": self.encoder.model_id, "class": type(self.encoder).__name__, "dim": self.encoder.dim,
+                        "preprocess": self.encoder.preprocess_config},
+            "hasher": {"method": self.hasher.method, "bits": self.hasher.bits, "path": "hasher"},
+            "index": {"kind": self.index_kind, "params": self.index_params},
+            "store_vectors": self.store_vectors,
+            "reranker": self.reranker.config() if self.reranker is not None else None,
+            "fusion_weight": self.fusion_weight,
+            "candidates": self.candidates,
+            "galleries": {m: len(g) for m, g in self.galleries.items()},
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Writes the whole retriever into a temporary sibling, then swaps it in (never half-written)."""
+        if not self.is_fitted:
+            raise RuntimeError("refusing to save a retriever whose hasher is not fitted")
+        if not self.encoder.model_id:
+            raise ValueError(f"{type(self.encoder).__name__} has no model_id, so a loader could not rebuild it")
+        config = self.config()
+
+        def write(tmp: Path) -> None:
+            self.hasher.save_pretrained(tmp / "hasher")
+            for modality, gallery in self.galleries.items():
+                gallery.save(tmp / modality)
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))  # last: marks a complete save
+
+        with self._lock.read():
+            return atomic_write_dir(save_directory, write)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, encoder: Encoder | str | None = None,
+                        device: str | None = None, check_preprocess: bool = True,
+                        **hub_kwargs: Any) -> "Retriever":
+        """Loads from a directory or a Hub repo id (``HF_HUB_OFFLINE`` and the cache respected).
+
+        The encoder is rebuilt from the saved id (or ``encoder`` overrides it); its preprocessing
+        must equal the saved one unless ``check_preprocess=False``.
+        """
+        from .hub import resolve_pretrained_dir
+
+        directory = resolve_pretrained_dir(path_or_repo_id, [CONFIG_NAME], **hub_kwargs)
+        config_file = directory / CONFIG_NAME
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read {config_file}: {e}") from e
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{config_file}: format_version {config.get('format_version')!r} is not supported "
+                             f"(expected {FORMAT_VERSION})")
+        saved = config["encoder"]
+        if encoder is None:
+            encoder = saved["id"]
+        if isinstance(encoder, str):
+            encoder = load_encoder(encoder, device=device)
+        if encoder.dim != saved["dim"]:
+            raise ValueError(f"{config_file}: the index was built with a {saved['dim']}-d encoder "
+                             f"({saved['id']}), got {encoder.dim}-d {encoder.model_id}")
+        if check_preprocess and json.loads(json.dumps(encoder.preprocess_config)) != saved["preprocess"]:
+            raise ValueError(f"{config_file}: encoder {encoder.model_id!r} preprocesses images as "
+                             f"{encoder.preprocess_config}, but the index was built with {saved['preprocess']}; "
+                             f"pass check_preprocess=False to load anyway")
+        hasher = Hasher.from_pretrained(directory / config["hasher"]["path"])
+        reranker = reranker_from_config(config["reranker"]) if config.get("reranker") else None
+        retriever = cls(encoder, hasher, index=config["index"]["kind"], index_params=config["index"]["params"],
+                        store_vectors=config["store_vectors"], reranker=reranker,
+                        fusion_weight=config["fusion_weight"], candidates=config["candidates"])
+        for modality in config["galleries"]:
+            retriever.galleries[modality] = Gallery.load(directory / modality, modality, encoder.dim)
+        return retriever
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload retriever") -> str:
+        from .hub import push_folder
+
+        return push_folder(self.save_pretrained, repo_id, private=private, token=token,
+                           commit_message=commit_message)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{m}={len(g)}" for m, g in self.galleries.items())
+        return (f"Retriever(encoder={self.encoder.model_id!r}, hasher={self.hasher!r}, index={self.index_kind!r}, "
+                f"reranker={self.reranker!r}, {sizes})")

@@ -1,0 +1,315 @@
+"""Trains the offline cross-encoder (``rerank/cross_encoder.py``) on Flickr8K train.
+
+Hard negatives come from stage 1 as the product runs it: an ITQ hasher (64 bits) fitted on the
+train pairs, a faiss binary flat index, the Hamming top-``--candidates`` of every train query; the
+negatives of a query are drawn from the best ``--negatives-from`` of those candidates by float
+cosine (the order a float-rescoring stage would show the reranker). Each step scores a group of
+one positive and ``--group - 1`` negatives per query, both directions (caption -> images and
+image -> captions), with a listwise softmax loss on ``match + itc_scale * cosine``.
+
+The lite encoder was itself trained on these captions, so its cosine is over-confident on train;
+the ITC scale is therefore frozen during training and chosen afterwards on the validation images
+(the lite trainer's own held-out draw of 500 train images, never trained on by either model).
+
+    python scripts/train_cross_encoder.py --output rerank/weights/cross-encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from eval.karpathy import load_karpathy
+from eval.recall import retrieval_recall
+from hashing import create_hasher
+from hashing.index import create_index
+from rerank.cross_encoder import (
+    CONFIG_NAME, DEFAULT_HEAD_CONFIG, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, ImageStates,
+    LiteTokenFeatures, TextStates, image_embedding_from_stage,
+)
+from retrieval.atomic import atomic_write_dir
+from retrieval.encoders.lite import IMAGE_STAGES, TEXT_LAYERS, WEIGHTS_DIR as LITE_DIR, load_lite_model
+
+ROOT = Path(__file__).resolve().parent.parent
+LITE_VAL_SEED = 0  # scripts/train_lite.py's --seed: its validation draw is rng(seed).permutation[:500]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = ROOT.parent / "shared" / "data" / "flickr8k"
+    p.add_argument("--annotations", type=Path, default=data / "dataset_flickr8k.json")
+    p.add_argument("--images", type=Path, default=data / "images")
+    p.add_argument("--output", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--cache", type=Path, default=ROOT / "cache")
+    p.add_argument("--val-images", type=int, default=500)
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--candidates", type=int, default=128)
+    p.add_argument("--negatives-from", type=int, default=48)
+    p.add_argument("--group", type=int, default=16, help="candidates per query in a training group (1 positive)")
+    p.add_argument("--batch-size", type=int, default=32, help="queries per direction per step")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--dim", type=int, default=DEFAULT_HEAD_CONFIG["dim"])
+    p.add_argument("--heads", type=int, default=DEFAULT_HEAD_CONFIG["heads"])
+    p.add_argument("--dropout", type=float, default=DEFAULT_HEAD_CONFIG["dropout"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args()
+
+
+# -- features -----------------------------------------------------------------------------------
+def cache_file(cache: Path, split: str, n: int) -> Path:
+    weights = (LITE_DIR / "model.safetensors").read_bytes()
+    key = hashlib.sha1(weights + f"{split}:{n}".encode()).hexdigest()[:12]
+    return cache / f"cross_features_{split}_{key}.pt"
+
+
+@torch.inference_mode()
+def split_features(model, split, cache: Path) -> dict[str, torch.Tensor]:
+    """Token features and ITC embeddings of one split, computed once (the lite weights key the cache)."""
+    file = cache_file(cache, split.name, len(split.captions))
+    if file.exists():
+        return torch.load(file)
+    features = LiteTokenFeatures(model, torch.device("cpu"))
+    tok, emb = [], []
+    for s in tqdm(range(0, split.n_images, 64), desc="image tokens"):
+        t, e = features.images(split.image_paths[s:s + 64], batch_size=64)
+        tok.append(t.half())
+        emb.append(e)
+    out = {"image_tokens": torch.cat(tok), "image_embedding": torch.cat(emb)}
+    order = np.argsort([len(c) for c in split.captions])  # similar lengths per batch: little padding
+    max_len = model.config["text_max_length"]
+    n = len(split.captions)
+    hidden = torch.zeros(n, max_len, model.text_tower.config.hidden_size, dtype=torch.float16)
+    mask = torch.zeros(n, max_len, dtype=torch.long)
+    text_emb = torch.zeros(n, model.config["embed_dim"])
+    for s in tqdm(range(0, n, 256), desc="text tokens"):
+        rows = order[s:s + 256]
+        h, m, e = features.texts([split.captions[r] for r in rows], batch_size=256)
+        hidden[rows, :h.shape[1]], mask[rows, :h.shape[1]], text_emb[rows] = h.half(), m, e
+    length = int(mask.sum(1).max())
+    out.update(text_tokens=hidden[:, :length].contiguous(), text_mask=mask[:, :length].contiguous(),
+               text_embedding=text_emb)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(out, file)
+    return out
+
+
+# -- stage-1 candidates -------------------------------------------------------------------------
+def stage1_candidates(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray, bits: int,
+                      k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """ITQ + Hamming top-k: (captions, k) image rows and (images, k) caption rows."""
+    hasher = create_hasher("itq", bits, seed=seed)
+    hasher.fit(image_emb[caption_image], text_emb)
+    image_codes, text_codes = hasher.encode(image_emb, "image"), hasher.encode(text_emb, "text")
+    out = []
+    for queries, items in ((text_codes, image_codes), (image_codes, text_codes)):
+        index = create_index("flat", bits)
+        index.add(items)
+        out.append(index.search(queries, min(k, len(items))).ids)
+    return out[0], out[1]
+
+
+def by_float(candidates: np.ndarray, queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Each row of candidates re-sorted by float cosine, as a float-rescoring stage would show them."""
+    scores = np.einsum("qd,qkd->qk", queries, items[candidates])
+    return np.take_along_axis(candidates, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+
+
+# -- training ----------------------------------------------------------------------------------
+def prepare(head: CrossEncoderHead, feats: dict, image_rows: np.ndarray, text_rows: np.ndarray
+            ) -> tuple[ImageStates, TextStates]:
+    tr, ir = torch.as_tensor(text_rows), torch.as_tensor(image_rows)
+    length = max(int(feats["text_mask"][tr].sum(1).max()), 1)
+    images = head.prepare_images(feats["image_tokens"][ir], feats["image_embedding"][ir])
+    texts = head.prepare_texts(feats["text_tokens"][tr, :length], feats["text_mask"][tr, :length],
+                               feats["text_embedding"][tr])
+    return images, texts
+
+
+def group_loss(head, feats, query_rows, groups, direction: str) -> torch.Tensor:
+    """Listwise softmax over each group; column 0 of ``groups`` is the positive."""
+    b, g = groups.shape
+    flat = groups.reshape(-1)
+    if direction == "t2i":
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        images, texts = prepare(head, feats, uniq, query_rows)
+        scores = head.pair_scores(texts[np.repeat(np.arange(b), g)], images[inverse])
+    else:
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        images, texts = prepare(head, feats, query_rows, uniq)
+        scores = head.pair_scores(texts[inverse], images[np.repeat(np.arange(b), g)])
+    return F.cross_entropy(scores.view(b, g), torch.zeros(b, dtype=torch.long))
+
+
+def sample_groups(rng, queries: np.ndarray, positives: list[np.ndarray], ranked: np.ndarray, group: int,
+                  negatives_from: int) -> np.ndarray:
+    out = np.empty((len(queries), group), dtype=np.int64)
+    for row, q in enumerate(queries):
+        pos = positives[q]
+        pool = ranked[q, :negatives_from]
+        pool = pool[~np.isin(pool, pos)]
+        out[row, 0] = rng.choice(pos)
+        out[row, 1:] = rng.choice(pool, group - 1, replace=len(pool) < group - 1)
+    return out
+
+
+# -- evaluation --------------------------------------------------------------------------------
+@torch.no_grad()
+def rerank_scores(head, feats, image_rows, text_rows, t2i_cand, i2t_cand, itc_scale: float | None = None):
+    """Score matrices (captions x images) with -inf outside the candidates, for both directions.
+
+    ``itc_scale`` overrides the head's scale; the match logits are computed once and re-fused.
+    """
+    head.eval()
+    images, texts = prepare(head, feats, image_rows, text_rows)
+    nt, ni = len(text_rows), len(image_rows)
+    out = {}
+    for name, cand in (("t2i", t2i_cand), ("i2t", i2t_cand)):
+        nq, k = cand.shape
+        q = np.repeat(np.arange(nq), k)
+        c = cand.reshape(-1)
+        t_idx, i_idx = (q, c) if name == "t2i" else (c, q)
+        match, cosine = [], []
+        for s in range(0, len(q), 8192):
+            t, i = texts[t_idx[s:s + 8192]], images[i_idx[s:s + 8192]]
+            cos = (t.embedding * i.embedding).sum(-1)
+            match.append(head.pair_scores(t, i) - head.itc_scale * cos)
+            cosine.append(cos)
+        out[name] = (torch.cat(match).view(nq, k).numpy(), torch.cat(cosine).view(nq, k).numpy())
+    return out
+
+
+def recall_from(parts, t2i_cand, i2t_cand, nt, ni, caption_image, itc_scale: float | None) -> dict[str, float]:
+    """R@K of the reranked candidates (``itc_scale=None``: float rescoring only)."""
+    sim_t2i = np.full((nt, ni), -np.inf, dtype=np.float32)
+    sim_i2t = np.full((ni, nt), -np.inf, dtype=np.float32)
+    for sim, name, cand in ((sim_t2i, "t2i", t2i_cand), (sim_i2t, "i2t", i2t_cand)):
+        match, cosine = parts[name]
+        score = cosine if itc_scale is None else match + itc_scale * cosine
+        np.put_along_axis(sim, cand, score, axis=1)
+    t2i = retrieval_recall(sim_t2i, caption_image)
+    i2t = retrieval_recall(sim_i2t.T, caption_image)
+    return {**{k: v for k, v in t2i.items() if k.startswith("image_")},
+            **{k: v for k, v in i2t.items() if k.startswith("text_")}}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    lite = load_lite_model(LITE_DIR)
+    train = load_karpathy(args.annotations, args.images, "train")
+    feats = split_features(lite, train, args.cache)
+
+    order = np.random.default_rng(LITE_VAL_SEED).permutation(train.n_images)
+    val_images = np.sort(order[: args.val_images])
+    fit_images = np.sort(order[args.val_images:])
+    caps_of = [np.flatnonzero(train.caption_image == i) for i in range(train.n_images)]
+    image_emb, text_emb = feats["image_embedding"].numpy(), feats["text_embedding"].numpy()
+
+    def subset(images: np.ndarray):
+        caps = np.concatenate([caps_of[i] for i in images])
+        position = -np.ones(train.n_images, dtype=np.int64)
+        position[images] = np.arange(len(images))
+        return caps, position[train.caption_image[caps]]
+
+    fit_caps, fit_owner = subset(fit_images)
+    val_caps, val_owner = subset(val_images)
+    t0 = time.time()
+    fit_t2i, fit_i2t = stage1_candidates(image_emb[fit_images], text_emb[fit_caps], fit_owner, args.bits,
+                                         args.candidates, args.seed)
+    val_t2i, val_i2t = stage1_candidates(image_emb[val_images], text_emb[val_caps], val_owner, args.bits,
+                                         args.candidates, args.seed)
+    fit_t2i = by_float(fit_t2i, text_emb[fit_caps], image_emb[fit_images])
+    fit_i2t = by_float(fit_i2t, image_emb[fit_images], text_emb[fit_caps])
+    print(f"stage-1 candidates in {time.time() - t0:.0f}s", flush=True)
+    # rows of feats: fit-local positions -> global train rows
+    fit_positives_t2i = [np.array([o]) for o in fit_owner]
+    fit_positives_i2t = [np.flatnonzero(fit_owner == i) for i in range(len(fit_images))]
+
+    head_config = {**DEFAULT_HEAD_CONFIG, "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
+                   "init_itc_scale": float(lite.logit_scale.exp())}
+    head = CrossEncoderHead(**head_config)
+    head.itc_scale.requires_grad_(False)
+    params = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+    val_view = lambda: rerank_scores(head, feats, val_images, val_caps, val_t2i, val_i2t)  # noqa: E731
+    parts = val_view()
+    base = recall_from(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner, None)
+    print("val float rescoring:", json.dumps({k: round(v, 4) for k, v in base.items()}), flush=True)
+
+    best, best_state, history = -1.0, None, []
+    fit_img_global, fit_cap_global = fit_images, fit_caps
+    for step in tqdm(range(1, args.steps + 1), desc="train"):
+        head.train()
+        lr = args.lr * min(1.0, step / args.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        q_caps = rng.choice(len(fit_caps), args.batch_size, replace=False)
+        q_imgs = rng.choice(len(fit_images), args.batch_size, replace=False)
+        g_t2i = sample_groups(rng, q_caps, fit_positives_t2i, fit_t2i, args.group, args.negatives_from)
+        g_i2t = sample_groups(rng, q_imgs, fit_positives_i2t, fit_i2t, args.group, args.negatives_from)
+        loss = (group_loss(head, feats, fit_cap_global[q_caps], fit_img_global[g_t2i], "t2i")
+                + group_loss(head, feats, fit_img_global[q_imgs], fit_cap_global[g_i2t], "i2t")) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            parts = val_view()
+            scales = [0.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0]
+            rows = {s: recall_from(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner, s) for s in scales}
+            r1 = {s: m["image_retrieval_recall@1"] + m["text_retrieval_recall@1"] for s, m in rows.items()}
+            scale = max(r1, key=r1.get)
+            record = {"step": step, "loss": float(loss), "itc_scale": scale,
+                      **{k: round(v, 4) for k, v in rows[scale].items()}}
+            history.append(record)
+            print(json.dumps(record), flush=True)
+            if r1[scale] > best:
+                best = r1[scale]
+                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                best_state["itc_scale"] = torch.tensor(scale)
+                best_record = record
+
+    from safetensors.torch import save_file
+
+    card = args.output / "README.md"
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / WEIGHTS_NAME))
+        config = {
+            "format_version": FORMAT_VERSION, "model_type": "lite-cross-encoder",
+            "head": {**head_config, "init_itc_scale": float(best_state["itc_scale"])},
+            "encoder": None,  # the shipped lite encoder
+            "training": {"data": "Flickr8K train (Karpathy split) minus the lite trainer's 500 validation images",
+                         "negatives": f"ITQ {args.bits}-bit Hamming top-{args.candidates}, float-sorted, "
+                                      f"first {args.negatives_from}",
+                         **{k: getattr(args, k) for k in ("group", "batch_size", "steps", "lr", "weight_decay",
+                                                          "warmup_steps", "seed", "val_images")},
+                         "val_float_rescoring": base, "best": best_record, "history": history},
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        if card.exists():
+            (tmp / card.name).write_text(card.read_text())
+
+    atomic_write_dir(args.output, write)
+    print(f"saved {args.output}: {json.dumps(best_record)}")
+
+
+if __name__ == "__main__":
+    main()

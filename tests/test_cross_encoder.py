@@ -1,0 +1,150 @@
+"""The offline cross-encoder: head algebra, reranker behaviour, loading, the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FLICKR8K
+from hub_cache import add_to_hub_cache
+from rerank import Candidates, Query, create_reranker, reranker_from_config
+from rerank.cross_encoder import (
+    CONFIG_NAME, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, CrossEncoderReranker, cat_states,
+)
+from retrieval.hub import ModelNotAvailableError
+
+TINY = {"image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
+
+
+def tiny_head(seed: int = 0) -> CrossEncoderHead:
+    torch.manual_seed(seed)
+    head = CrossEncoderHead(**TINY)
+    for p in head.parameters():  # the default init leaves positions at zero; make every part matter
+        torch.nn.init.normal_(p, std=0.3)
+    return head.eval()
+
+
+def save_head(head: CrossEncoderHead, directory: Path) -> Path:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(directory / WEIGHTS_NAME))
+    config = {"format_version": FORMAT_VERSION, "model_type": "lite-cross-encoder", "head": head.config,
+              "encoder": None}
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+    return directory
+
+
+@torch.no_grad()
+def test_pair_scores_do_not_depend_on_padding_or_batch_mates():
+    head = tiny_head()
+    tokens, img_tokens = torch.randn(3, 6, 384), torch.randn(3, 49, 320)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    t_emb, i_emb = torch.randn(3, 256), torch.randn(3, 256)
+    texts, images = head.prepare_texts(tokens, mask, t_emb), head.prepare_images(img_tokens, i_emb)
+    together = head.pair_scores(texts, images)
+    for j in range(3):
+        n = int(mask[j].sum())
+        alone = head.pair_scores(head.prepare_texts(tokens[j:j + 1, :n], mask[j:j + 1, :n], t_emb[j:j + 1]),
+                                 images[[j]])
+        assert torch.allclose(alone, together[j:j + 1], atol=1e-5)
+    # cat_states pads shorter captions back to a common length without changing scores
+    parts = [head.prepare_texts(tokens[j:j + 1, :int(mask[j].sum())], mask[j:j + 1, :int(mask[j].sum())],
+                                t_emb[j:j + 1]) for j in range(3)]
+    assert torch.allclose(head.pair_scores(cat_states(parts), images), together, atol=1e-5)
+    # the ITC term is exactly itc_scale * cosine
+    cos = torch.nn.functional.cosine_similarity(t_emb, i_emb)
+    head.itc_scale.add_(5.0)
+    assert torch.allclose(head.pair_scores(texts, images) - together, 5.0 * cos, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def reranker(tmp_path_factory) -> CrossEncoderReranker:
+    directory = save_head(tiny_head(), tmp_path_factory.mktemp("head") / "cross")
+    torch.set_num_threads(1)
+    return CrossEncoderReranker(directory, device="cpu", batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[str]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(4):
+        path = tmp_path_factory.mktemp("img") / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(path)
+        out.append(str(path))
+    return out
+
+
+CAPTIONS = ["a dog runs on the grass", "two children play football", "a red car", "a man climbs a rock"]
+
+
+def test_scores_are_invariant_to_order_batching_and_caching(reranker, images):
+    query = Query("text", "a dog in a park")
+    first = reranker.score(query, Candidates("image", np.arange(4), items=images))
+    assert first.shape == (4,) and first.dtype == np.float32 and np.isfinite(first).all()
+    perm = np.array([2, 0, 3, 1])
+    again = reranker.score(query, Candidates("image", perm, items=[images[i] for i in perm]))
+    assert np.allclose(again, first[perm], atol=1e-5)  # cached states, other order
+    reranker.cache = type(reranker.cache)(0)  # no cache at all
+    reranker.batch_size = 3
+    assert np.allclose(reranker.score(query, Candidates("image", np.arange(4), items=images)), first, atol=1e-5)
+    reranker.cache = type(reranker.cache)(100)
+    reranker.batch_size = 2
+
+
+def test_image_query_scores_captions_consistently_with_text_queries(reranker, images):
+    by_image = reranker.score(Query("image", images[1]), Candidates("text", np.arange(4), items=CAPTIONS))
+    by_text = [reranker.score(Query("text", c), Candidates("image", np.array([7]), items=[images[1]]))[0]
+               for c in CAPTIONS]
+    assert np.allclose(by_image, by_text, atol=1e-4)  # one pair, one score, whichever side asks
+    batch = reranker.score_batch([Query("image", images[1]), Query("text", CAPTIONS[0])],
+                                 [Candidates("text", np.arange(4), items=CAPTIONS),
+                                  Candidates("image", np.arange(4), items=images)])
+    assert np.allclose(batch[0], by_image, atol=1e-5)
+
+
+def test_bad_input_names_what_is_missing(reranker, images):
+    with pytest.raises(ValueError, match="items"):
+        reranker.score(Query("text", "a dog"), Candidates("image", np.arange(2)))
+    with pytest.raises(ValueError, match="both text"):
+        reranker.score(Query("text", "a dog"), Candidates("text", np.arange(1), items=["x"]))
+    with pytest.raises(ValueError, match="query itself"):
+        reranker.score(Query("text", None, np.ones(256)), Candidates("image", np.arange(1), items=images[:1]))
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        reranker.score(Query("image", images[0]), Candidates("text", np.arange(2), items=["ok", " "]))
+
+
+def test_loads_from_a_dir_and_a_local_hub_cache(tmp_path, offline_hub):
+    directory = save_head(tiny_head(1), tmp_path / "cross")
+    add_to_hub_cache(offline_hub, "someone/lite-cross", directory)
+    a = CrossEncoderReranker("someone/lite-cross", device="cpu")
+    assert a.config()["model_id"] == "someone/lite-cross"
+    b = reranker_from_config(a.config())
+    for pa, pb in zip(a.head.state_dict().values(), b.head.state_dict().values()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ModelNotAvailableError):
+        CrossEncoderReranker("someone/not-cached", device="cpu")
+    (directory / CONFIG_NAME).write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(ValueError, match="format_version"):
+        CrossEncoderReranker(directory, device="cpu")
+
+
+@pytest.mark.data
+def test_shipped_cross_encoder_prefers_the_true_caption():
+    """On a few Flickr8K test images, the trained head ranks each image's own caption first among 8."""
+    from eval.karpathy import load_karpathy
+
+    assert (WEIGHTS_DIR / WEIGHTS_NAME).is_file()
+    ds = load_karpathy(FLICKR8K / "dataset_flickr8k.json", FLICKR8K / "images", "test").subset(8)
+    reranker = create_reranker("cross", device="cpu")
+    captions = [ds.captions[int(np.flatnonzero(ds.caption_image == i)[0])] for i in range(8)]
+    top = [int(np.argmax(reranker.score(Query("image", str(ds.image_paths[i])),
+                                        Candidates("text", np.arange(8), items=captions)))) for i in range(8)]
+    assert np.mean(np.array(top) == np.arange(8)) >= 0.75

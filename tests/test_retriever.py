@@ -1,0 +1,219 @@
+"""Retriever: build, add, search (both directions, batch, rerank), persistence, thread safety."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashing.base import unpack_codes
+from hashing.index import available_indexes
+from hub_cache import add_to_hub_cache
+from rerank import FloatReranker, fuse
+from retrieval import Hit, Retriever
+from retrieval.gallery import Gallery
+from retrieval.hub import ModelNotAvailableError
+from toy_encoder import COLORS, ToyEncoder, solid_images
+
+NAMES = list(COLORS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> list[str]:
+    return solid_images(tmp_path)
+
+
+def build(paths: list[str], **kwargs) -> Retriever:
+    """Images of ``paths`` (colours in NAMES order) and one caption per colour, paired by colour."""
+    kwargs.setdefault("fit_pairs", (np.arange(len(paths)), np.arange(len(paths))))
+    return Retriever.build(
+        images=paths, texts=[f"a {n} square" for n in NAMES], encoder=ToyEncoder(), bits=16,
+        image_payloads=[{"name": n} for n in NAMES[:len(paths)]], text_payloads=[{"caption": n} for n in NAMES], **kwargs)
+
+
+def hits_of(hits: list[Hit]) -> list[tuple]:
+    return [(h.id, round(h.score, 5), h.hamming, json.dumps(h.payload)) for h in hits]
+
+
+def test_text_query_finds_its_image_and_hits_carry_stage1_facts(paths):
+    r = build(paths)
+    for name in ("red", "navy", "green"):
+        hits = r.search(f"{name}", k=len(NAMES), rerank="float")
+        assert hits[0].payload == {"name": name} and hits[0].modality == "image"
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # Hamming distances are those of the codes; stage-1-only scores are 1 - 2d/bits
+    query_code = r.hasher.encode(r.encoder.encode_texts(["navy"]), "text")
+    image_codes = r.hasher.encode(r.galleries["image"].vectors, "image")
+    expected = (unpack_codes(query_code, 16) != unpack_codes(image_codes, 16)).sum(1)
+    for h in r.search("navy", k=5, rerank=False):
+        assert h.hamming == expected[h.id]
+        assert h.score == pytest.approx(1 - 2 * h.hamming / 16)
+
+
+def test_image_query_searches_texts(paths):
+    r = build(paths)
+    hits = r.search(Path(paths[NAMES.index("yellow")]), k=3, rerank="float")
+    assert hits[0].payload == {"caption": "yellow"} and hits[0].modality == "text"
+
+
+def test_float_rerank_scores_are_exact_cosines_of_the_candidates(paths):
+    r = build(paths)
+    q = r.encoder.encode_texts(["orange"])[0]
+    hits = r.search("orange", k=4, candidates=6, rerank="float")
+    assert len(hits) == 4
+    vectors = r.galleries["image"].vectors
+    for h in hits:
+        assert h.score == pytest.approx(float(vectors[h.id] @ q), abs=1e-5)
+    stage1 = {h.id for h in r.search("orange", k=6, rerank=False)}
+    assert {h.id for h in hits} <= stage1  # reranking never looks beyond the candidates
+
+
+def test_fusion_weight_mixes_stage1_back_in(paths):
+    r = build(paths, reranker="float", fusion_weight=0.5)
+    hits = r.search("purple", k=12, candidates=12)  # every candidate is a hit: z-scores over all of them
+    ids = np.array([h.id for h in hits])
+    cosine = r.galleries["image"].vectors[ids] @ r.encoder.encode_texts(["purple"])[0]
+    stage1 = 1 - 2 * np.array([h.hamming for h in hits]) / 16
+    assert np.allclose([h.score for h in hits], fuse(stage1, cosine, 0.5), atol=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_batch_search_equals_single_searches_in_both_directions(paths):
+    r = build(paths)
+    queries = ["red", Path(paths[3]), "blue", Path(paths[0]), "pink"]
+    batch = r.search_batch(queries, k=4, rerank="float")
+    for q, b in zip(queries, batch):
+        assert hits_of(b) == hits_of(r.search(q, k=4, rerank="float"))
+
+
+def test_add_later_and_ids(paths, tmp_path):
+    r = build(paths[:6])
+    assert len(r.galleries["image"]) == 6
+    new = r.add_images(paths[6:], payloads=[{"name": n} for n in NAMES[6:]])
+    assert new.tolist() == list(range(6, len(NAMES)))
+    assert r.search("navy", k=1, rerank="float")[0].payload == {"name": "navy"}
+    with pytest.raises(ValueError, match="payloads"):
+        r.add_images(paths[:2], payloads=[{"x": 1}])
+    with pytest.raises(TypeError, match=r"payloads\[0\]"):
+        r.add_texts(["red"], payloads=[object()])
+    with pytest.raises(ValueError, match="already in the index"):
+        r.add_texts(["red"], ids=np.array([0]))
+    assert len(r.galleries["text"]) == len(NAMES)  # failed adds changed nothing
+
+
+def test_missing_inputs_are_clear_errors(paths):
+    r = build(paths, store_vectors=False)
+    with pytest.raises(ValueError, match="embeddings"):
+        r.search("red", rerank="float")
+    with pytest.raises(ValueError, match="unknown reranker"):
+        r.search("red", rerank="nope")
+    with pytest.raises(ValueError, match="fit_pairs"):
+        Retriever.build(images=paths[:3], texts=["red"], encoder=ToyEncoder(), bits=16)
+    unfitted = Retriever(ToyEncoder(), "itq", bits=16)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        unfitted.add_texts(["red"])
+    assert build(paths).search("red", k=3, rerank=False)  # stage 1 needs no vectors
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_save_and_load_round_trip(paths, tmp_path, index):
+    r = build(paths, index=index, reranker=FloatReranker())
+    before = [hits_of(r.search(q, k=5)) for q in ("red", "cyan", Path(paths[2]))]
+    saved = r.save_pretrained(tmp_path / "saved")
+    config = json.loads((saved / "retriever.json").read_text())
+    assert config["encoder"] == {"id": "toy", "class": "ToyEncoder", "dim": 16, "preprocess": {"size": 4}}
+    assert config["reranker"] == {"method": "float"} and config["index"]["kind"] == index
+    loaded = Retriever.from_pretrained(saved, encoder=ToyEncoder())
+    assert [hits_of(loaded.search(q, k=5)) for q in ("red", "cyan", Path(paths[2]))] == before
+    assert loaded.galleries["image"].items == paths
+
+
+def test_load_from_a_local_hub_cache_offline(paths, tmp_path, offline_hub):
+    saved = build(paths).save_pretrained(tmp_path / "saved")
+    add_to_hub_cache(offline_hub, "someone/toy-retriever", saved)
+    loaded = Retriever.from_pretrained("someone/toy-retriever", encoder=ToyEncoder())
+    assert loaded.search("red", k=1, rerank="float")[0].payload == {"name": "red"}
+    with pytest.raises(ModelNotAvailableError, match="HF_HUB_OFFLINE"):
+        Retriever.from_pretrained("someone/not-cached", encoder=ToyEncoder())
+
+
+def test_loading_refuses_an_encoder_with_other_preprocessing(paths, tmp_path):
+    saved = build(paths).save_pretrained(tmp_path / "saved")
+
+    class Other(ToyEncoder):
+        @property
+        def preprocess_config(self):
+            return {"size": 8}
+
+    with pytest.raises(ValueError, match="preprocesses images"):
+        Retriever.from_pretrained(saved, encoder=Other())
+    assert Retriever.from_pretrained(saved, encoder=Other(), check_preprocess=False).search("red", k=1)
+    with pytest.raises(ValueError, match="16-d encoder"):
+        Retriever.from_pretrained(saved, encoder=ToyEncoder(dim=8))
+
+
+def test_a_failed_save_leaves_the_previous_save_intact(paths, tmp_path, monkeypatch):
+    r = build(paths)
+    saved = r.save_pretrained(tmp_path / "saved")
+    snapshot = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    r.add_texts(["white noise"])
+
+    def broken(self, directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Gallery, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        r.save_pretrained(saved)
+    after = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    assert after == snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["saved", *[Path(x).name for x in paths]])
+
+
+def test_concurrent_searches_equal_sequential_ones(paths):
+    r = build(paths, reranker="float")
+    queries = [NAMES[i % len(NAMES)] if i % 3 else Path(paths[i % len(paths)]) for i in range(60)]
+    sequential = [hits_of(r.search(q, k=5)) for q in queries]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda q: hits_of(r.search(q, k=5)), queries))
+    assert concurrent == sequential
+
+
+def test_searches_during_adds_see_a_consistent_gallery(paths):
+    r = build(paths[:4])
+    extra = [f"{NAMES[i % len(NAMES)]} stripe" for i in range(40)]
+
+    def add(i):
+        return r.add_texts([extra[i]])
+
+    def search(i):
+        hits = r.search(Path(paths[i % 4]), k=3, rerank="float")
+        return all(h.payload is None or "caption" in h.payload for h in hits)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        adds = [pool.submit(add, i) for i in range(40)]
+        searches = [pool.submit(search, i) for i in range(40)]
+        assert all(s.result() for s in searches)
+        ids = sorted(int(a.result()[0]) for a in adds)
+    assert ids == list(range(len(NAMES), len(NAMES) + 40))
+    assert len(r.galleries["text"]) == len(NAMES) + 40
+
+
+def test_every_index_kind_serves_a_retriever(paths):
+    for kind in available_indexes():
+        if kind == "gpu_flat":
+            continue
+        params = {"nlist": 2, "nprobe": 2} if kind == "ivf" else {}
+        if kind == "buckets":
+            continue  # needs UDDH bucket assignments, not plain codes
+        r = build(paths, index=kind, index_params=params)
+        assert r.search("green", k=1, rerank="float")[0].payload == {"name": "green"}
