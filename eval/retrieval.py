@@ -4,9 +4,15 @@
         --annotations ../shared/data/flickr8k/dataset_flickr8k.json \\
         --images ../shared/data/flickr8k/images --split test --output results.json
 
+    # two-stage pipelines: Hamming top-128 (ITQ 64 bits fitted on the train split), then rerankers
+    python -m eval.retrieval --model lite --annotations ... --images ... \\
+        --rerank none float cross --candidates 128 --output results.json
+
 Prints a markdown table and writes JSON with CLIP_benchmark's keys
 (``image_retrieval_recall@K`` = text->image, ``text_retrieval_recall@K`` = image->text, in [0, 1]),
-``rsum`` (percent, 0..600), the model id, split sizes and wall time per stage.
+``rsum`` (percent, 0..600), the model id, split sizes and wall time per stage. With ``--rerank``,
+exhaustive float search is reported beside each pipeline (``eval/two_stage.py``), with per-stage
+times and the median latency of single queries.
 """
 
 from __future__ import annotations
@@ -70,6 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--output", type=Path, default=None, help="write results JSON here")
+    two = p.add_argument_group("two-stage pipelines (eval/two_stage.py)")
+    two.add_argument("--rerank", nargs="+", default=None, metavar="NAME",
+                     help="pipelines to run after Hamming recall: none (hash only), float, cross, blip2, rewrite")
+    two.add_argument("--candidates", type=int, default=128, help="stage-1 candidates per query")
+    two.add_argument("--hasher", default="itq", help="hash method to fit, or a saved hasher directory / Hub id")
+    two.add_argument("--bits", type=int, default=64)
+    two.add_argument("--fit-split", default="train", help="split whose (image, caption) pairs fit the hasher")
+    two.add_argument("--fit-embeddings", type=Path, default=None,
+                     help=".npz holding {split}_image / {split}_text embeddings of --fit-split (else encoded now)")
+    two.add_argument("--queries", choices=["captions", "keywords"], default="captions",
+                     help="text queries: the captions, or keyword queries derived from them (eval/keywords.py)")
+    two.add_argument("--reranker-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
+                     help="reranker constructor argument, e.g. cross.model_id=runs/cross (JSON value or string)")
+    two.add_argument("--fusion-weight", type=float, default=0.0, help="weight of z(stage 1) added to z(stage 2)")
+    two.add_argument("--latency-queries", type=int, default=50, help="single queries timed per direction")
     return p.parse_args(argv)
 
 
@@ -101,11 +122,104 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tie_convention": "expected value over random order of tied scores",
     }
     label = f"{args.model} on {dataset.name} {args.split} ({dataset.n_images} images, {len(dataset.captions)} captions)"
-    print(markdown_table([(label, metrics)]))
+    rows = [("float, exhaustive", metrics)]
+    if args.rerank:
+        result["pipelines"] = run_pipelines(args, encoder, dataset, emb)
+        rows += [(pipeline_label(r), r) for r in result["pipelines"]]
+        print(label)
+        print(latency_table(result["pipelines"]))
+    else:
+        rows = [(label, metrics)]
+    print(markdown_table(rows))
     print(f"wall time {result['seconds']['total']:.1f}s")
     if args.output:
         write_json(args.output, result)
     return result
+
+
+def pipeline_label(result: dict[str, Any]) -> str:
+    stage1 = f"{result['hasher']} {result['bits']}-bit top-{result['candidates']}"
+    return stage1 if result["pipeline"] == "none" else f"{stage1} + {result['pipeline']}"
+
+
+def latency_table(results: list[dict[str, Any]]) -> str:
+    lines = ["| pipeline | T→I median ms/query | I→T median ms/query | T→I batch s | I→T batch s |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        lat, sec = r["latency"], r["seconds"]
+        lines.append(f"| {pipeline_label(r)} | {lat['text_to_image_median_ms']:.1f} | {lat['image_to_text_median_ms']:.1f}"
+                     f" | {sec['text_to_image']:.1f} | {sec['image_to_text']:.1f} |")
+    return "\n".join(lines)
+
+
+def reranker_args(items: list[str]) -> dict[str, dict[str, Any]]:
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        name, _, field = key.partition(".")
+        if not (name and field and value):
+            raise SystemExit(f"--reranker-arg takes NAME.KEY=VALUE, got {item!r}")
+        try:
+            out.setdefault(name, {})[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out.setdefault(name, {})[field] = value
+    return out
+
+
+def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:
+    """A saved hasher, or one fitted on every (image, caption) pair of ``--fit-split``."""
+    from hashing import Hasher, available_methods, create_hasher
+
+    if args.hasher not in available_methods():
+        return Hasher.from_pretrained(args.hasher)
+    fit = load_karpathy(args.annotations, args.images, args.fit_split)
+    if args.fit_embeddings:
+        with np.load(args.fit_embeddings) as z:
+            images, texts = z[f"{args.fit_split}_image"], z[f"{args.fit_split}_text"]
+        if len(images) != fit.n_images or len(texts) != len(fit.captions):
+            raise SystemExit(f"{args.fit_embeddings}: {len(images)} images / {len(texts)} captions, but split "
+                             f"{args.fit_split!r} has {fit.n_images} / {len(fit.captions)}")
+    else:
+        emb = embed_dataset(encoder, fit, args.batch_size)
+        images, texts = emb.images, emb.texts
+    return create_hasher(args.hasher, args.bits).fit(images[fit.caption_image], texts)
+
+
+def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDataset, emb: Embeddings) -> list[dict]:
+    from rerank import create_reranker
+
+    from .two_stage import evaluate_pipeline, gallery_retriever, single_query_latency
+
+    t0 = time.perf_counter()
+    hasher = fit_hasher(args, encoder)
+    fit_seconds = time.perf_counter() - t0
+    retriever = gallery_retriever(encoder, hasher, dataset.image_paths, emb.images, dataset.captions, emb.texts,
+                                  args.candidates)
+    retriever.fusion_weight = args.fusion_weight
+    text_queries, text_vectors = list(dataset.captions), None
+    if args.queries == "keywords":
+        from .keywords import keyword_query
+
+        text_queries = [keyword_query(c) for c in dataset.captions]
+        text_vectors = encoder.encode_texts(text_queries, batch_size=4 * args.batch_size)
+    image_queries = [Path(p) for p in dataset.image_paths]
+    extra = reranker_args(args.reranker_arg)
+    results = []
+    for name in args.rerank:
+        t0 = time.perf_counter()
+        reranker = None if name == "none" else create_reranker(name, **extra.get(name, {}))
+        load_seconds = time.perf_counter() - t0
+        result = evaluate_pipeline(retriever, dataset.caption_image, emb.images, emb.texts, image_queries,
+                                   text_queries, reranker, args.candidates, text_query_vectors=text_vectors)
+        result["latency"] = single_query_latency(retriever, text_queries, image_queries, reranker,
+                                                 args.candidates, args.latency_queries)
+        result.update(hasher=args.hasher, bits=hasher.bits, queries=args.queries, fusion_weight=args.fusion_weight)
+        result["seconds"].update(hasher_fit=fit_seconds, load_reranker=load_seconds)
+        print(f"{pipeline_label(result)}: rsum {result['rsum']:.1f}", flush=True)
+        results.append(result)
+    return results
 
 
 if __name__ == "__main__":
