@@ -27,7 +27,7 @@ import numpy as np
 
 from retrieval.atomic import write_json
 
-from .karpathy import CaptionDataset, load_karpathy
+from .karpathy import CaptionDataset
 from .machine import machine
 from .recall import DEFAULT_KS, retrieval_recall
 
@@ -69,8 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.retrieval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="lite", help="encoder id (see retrieval.encoders): lite, ViT-B-32/laion2b_s34b_b79k, hf-hub:org/repo, a local dir, a transformers Hub id")
-    p.add_argument("--annotations", type=Path, required=True, help="Karpathy-format JSON (dataset_flickr8k.json, dataset_flickr30k.json, dataset_coco.json)")
-    p.add_argument("--images", type=Path, required=True, help="image root folder")
+    p.add_argument("--retriever", default=None,
+                   help="a saved Retriever (directory or Hub id): its encoder and hasher are evaluated")
+    p.add_argument("--dataset", "--annotations", dest="dataset", required=True,
+                   help="Karpathy-format JSON (dataset_flickr8k.json, dataset_flickr30k.json, dataset_coco.json), "
+                        "a datasets.save_to_disk folder, or a supported Hub id (eval/hf_datasets.py)")
+    p.add_argument("--images", type=Path, default=None, help="image root folder (Karpathy JSON, yerevann/coco-karpathy)")
+    p.add_argument("--hf-revision", default=None, help="revision of a Hub dataset")
+    p.add_argument("--folds", type=int, default=None, help="also report the mean over N consecutive folds (COCO 5x1K: 5)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="published results to compare with (open_clip's retrieval csv, or JSON rows)")
+    p.add_argument("--reference-model", default=None, help="model name/pretrained in --reference (default: --model)")
     p.add_argument("--split", default="test", help="any split the annotation file holds: train, val, restval, test")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images of the split (quick runs)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -96,14 +105,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from retrieval import load_encoder
+    from retrieval import Retriever, load_encoder
+
+    from .hf_datasets import DatasetUnavailableError
 
     start = time.perf_counter()
-    dataset = load_karpathy(args.annotations, args.images, args.split)
+    try:
+        dataset = load_dataset_arg(args, args.split)
+    except (ValueError, FileNotFoundError, DatasetUnavailableError) as e:
+        raise SystemExit(f"error: {e}") from None
     if args.max_images:
         dataset = dataset.subset(args.max_images)
     t0 = time.perf_counter()
-    encoder = load_encoder(args.model, device=args.device)
+    saved = None
+    if args.retriever:
+        saved = Retriever.from_pretrained(args.retriever, device=args.device)
+        encoder, args.model = saved.encoder, f"{args.retriever} ({saved.encoder.model_id})"
+    else:
+        encoder = load_encoder(args.model, device=args.device)
+    args.saved_hasher = saved.hasher if saved is not None else None
     load_seconds = time.perf_counter() - t0
     emb = embed_dataset(encoder, dataset, args.batch_size)
     t0 = time.perf_counter()
@@ -112,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **metrics,
         "model": args.model,
         "dataset": dataset.name,
+        "dataset_source": str(args.dataset),
         "split": args.split,
         "n_images": dataset.n_images,
         "n_captions": len(dataset.captions),
@@ -123,6 +144,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     label = f"{args.model} on {dataset.name} {args.split} ({dataset.n_images} images, {len(dataset.captions)} captions)"
     rows = [("float, exhaustive", metrics)]
+    if args.folds:
+        from .folds import fold_recall
+
+        folds = fold_recall(emb.images, emb.texts, dataset, n_folds=args.folds)
+        result["folds"] = {"n": args.folds, "per_fold": folds["folds"], "mean": folds["mean"]}
+    if args.reference:
+        from .reference import deltas, delta_table, load_reference
+
+        ref = load_reference(args.reference, args.reference_model or args.model, dataset.name)
+        result["reference"] = {"source": ref.source, "model": ref.model, "pretrained": ref.pretrained,
+                               "deltas": deltas(metrics, ref)}
     if args.rerank:
         result["pipelines"] = run_pipelines(args, encoder, dataset, emb)
         rows += [(pipeline_label(r), r) for r in result["pipelines"]]
@@ -130,7 +162,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(latency_table(result["pipelines"]))
     else:
         rows = [(label, metrics)]
+    if args.folds:
+        rows.append((f"mean of {args.folds} folds", result["folds"]["mean"]))
     print(markdown_table(rows))
+    if args.reference:
+        print(delta_table(metrics, ref, label=args.model))
+    result["seconds"]["total"] = time.perf_counter() - start
     print(f"wall time {result['seconds']['total']:.1f}s")
     if args.output:
         write_json(args.output, result)
@@ -168,13 +205,22 @@ def reranker_args(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def load_dataset_arg(args: argparse.Namespace, split: str) -> CaptionDataset:
+    from .hf_datasets import load_caption_dataset
+
+    kwargs = {"revision": args.hf_revision} if args.hf_revision else {}
+    return load_caption_dataset(args.dataset, split, args.images, **kwargs)
+
+
 def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:
-    """A saved hasher, or one fitted on every (image, caption) pair of ``--fit-split``."""
+    """The saved retriever's hasher, a saved hasher, or one fitted on every pair of ``--fit-split``."""
     from hashing import Hasher, available_methods, create_hasher
 
+    if getattr(args, "saved_hasher", None) is not None:
+        return args.saved_hasher
     if args.hasher not in available_methods():
         return Hasher.from_pretrained(args.hasher)
-    fit = load_karpathy(args.annotations, args.images, args.fit_split)
+    fit = load_dataset_arg(args, args.fit_split)
     if args.fit_embeddings:
         with np.load(args.fit_embeddings) as z:
             images, texts = z[f"{args.fit_split}_image"], z[f"{args.fit_split}_text"]
@@ -204,7 +250,8 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
 
         text_queries = [keyword_query(c) for c in dataset.captions]
         text_vectors = encoder.encode_texts(text_queries, batch_size=4 * args.batch_size)
-    image_queries = [Path(p) for p in dataset.image_paths]
+    # a str would be read as a text query by Retriever.search: image files go in as Paths
+    image_queries = [Path(p) if isinstance(p, str) else p for p in dataset.images]
     extra = reranker_args(args.reranker_arg)
     results = []
     for name in args.rerank:

@@ -8,7 +8,8 @@ dual encoder's ITC similarity (``final = match + itc_scale * cos``). The head th
 Architecture (one cross-attention layer, SCAN-style text-to-image attention, Lee et al. 2018):
 every caption token attends over the 7x7 EfficientNet-Lite0 feature map; the token's match
 feature is its elementwise product with what it attended to; a learned token weighting pools the
-tokens, and an MLP maps the pooled match feature to a logit. Everything that depends on only one
+tokens, and an MLP maps the pooled match feature to a logit, to which SCAN's relevance (the
+weighted cosine of each token with its attended image vector) is added. Everything that depends on only one
 side (projections, keys, values, token weights) is computed once per item, so a (query, candidate)
 pair costs only the attention itself and a small MLP: re-scoring 128 candidates is cheap enough
 for a CPU.
@@ -36,14 +37,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Candidates, Query, Reranker, register_reranker
+from .base import Candidates, Query, Reranker, other_modality, register_reranker
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "cross-encoder"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
+#: Which token features the head reads. ``tuned``: the outputs of the lite towers' tuned tops
+#: (EfficientNet's last stage, MiniLM's last layer). ``frozen``: the activations entering them
+#: (EfficientNet stage 6, 192 channels; MiniLM layer 4), which the lite training never changed, so
+#: they look the same on the lite encoder's training images as on new ones.
+FEATURE_SETS = {"tuned": {"image_dim": 320, "text_dim": 384}, "frozen": {"image_dim": 192, "text_dim": 384}}
+FROZEN_IMAGE_STAGES = 6
+FROZEN_TEXT_LAYER = 4
+
 DEFAULT_HEAD_CONFIG: dict[str, Any] = {
+    "features": "tuned",
     "image_dim": 320,
     "text_dim": 384,
     "image_tokens": 49,
@@ -109,6 +119,8 @@ class CrossEncoderHead(nn.Module):
             raise ValueError(f"unknown cross-encoder settings: {sorted(unknown)}")
         self.config = {**DEFAULT_HEAD_CONFIG, **config}
         c = self.config
+        if c["features"] not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {c['features']!r}")
         d, self.heads = c["dim"], c["heads"]
         if d % self.heads:
             raise ValueError(f"dim {d} must be divisible by heads {self.heads}")
@@ -122,6 +134,7 @@ class CrossEncoderHead(nn.Module):
         self.dropout = nn.Dropout(c["dropout"])
         self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, c["mlp_ratio"] * d), nn.GELU(),
                                  nn.Linear(c["mlp_ratio"] * d, 1))
+        self.align_scale = nn.Parameter(torch.tensor(10.0))
         self.itc_scale = nn.Parameter(torch.tensor(float(c["init_itc_scale"])))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,18 +157,22 @@ class CrossEncoderHead(nn.Module):
         attended = F.scaled_dot_product_attention(text.queries, image.keys, image.values)  # (n, h, L, dh)
         n, h, length, dh = attended.shape
         attended = attended.transpose(1, 2).reshape(n, length, h * dh)
-        match = (self.dropout(text.tokens) * attended * text.weights.unsqueeze(-1)).sum(1)
-        logit = self.mlp(match).squeeze(-1)
+        weights = text.weights.unsqueeze(-1)
+        match = (self.dropout(text.tokens) * attended * weights).sum(1)
+        # SCAN's relevance (cosine of each word with what it attended to), an easy path to learn first
+        alignment = (F.normalize(text.tokens, dim=-1) * F.normalize(attended, dim=-1) * weights).sum((1, 2))
+        logit = self.mlp(match).squeeze(-1) + self.align_scale * alignment
         cosine = (text.embedding * image.embedding).sum(-1)
         return logit + self.itc_scale * cosine
 
 
 # -- token features from the lite towers ---------------------------------------------------------
-def image_stage_output(lite_model: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """EfficientNet-Lite0 up to and including its last block stage: (n, 320, 7, 7)."""
+def image_stage_outputs(lite_model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """EfficientNet-Lite0 activations entering (frozen) and leaving (tuned) its last block stage."""
     tower = lite_model.image_tower
     x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
-    return tower.blocks(x)
+    frozen = tower.blocks[:FROZEN_IMAGE_STAGES](x)
+    return frozen, tower.blocks[FROZEN_IMAGE_STAGES:](frozen)
 
 
 def image_embedding_from_stage(lite_model: Any, stage: torch.Tensor) -> torch.Tensor:
@@ -167,9 +184,10 @@ def image_embedding_from_stage(lite_model: Any, stage: torch.Tensor) -> torch.Te
 class LiteTokenFeatures:
     """Runs the lite towers once per item and keeps both the token features and the ITC embedding."""
 
-    def __init__(self, lite_model: Any, device: torch.device) -> None:
+    def __init__(self, lite_model: Any, device: torch.device, features: str = "tuned") -> None:
         from retrieval.encoders.lite import image_transform
 
+        self.frozen = features == "frozen"
         self.model = lite_model
         self.device = device
         lite_model.image_tower.to(memory_format=torch.channels_last)  # oneDNN's depthwise convs want NHWC on CPU
@@ -182,9 +200,9 @@ class LiteTokenFeatures:
         tokens, embeddings = [], []
         for s in range(0, len(items), batch_size):
             pixels = torch.stack([self.transform(load_image(item, s + i)) for i, item in enumerate(items[s:s + batch_size])])
-            stage = image_stage_output(self.model, pixels.to(self.device))
+            frozen, stage = image_stage_outputs(self.model, pixels.to(self.device))
             embeddings.append(image_embedding_from_stage(self.model, stage))
-            tokens.append(stage.flatten(2).transpose(1, 2))
+            tokens.append((frozen if self.frozen else stage).flatten(2).transpose(1, 2))
         return torch.cat(tokens), torch.cat(embeddings)
 
     @torch.inference_mode()
@@ -197,8 +215,9 @@ class LiteTokenFeatures:
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
         hidden, embeddings = [], []
         for s in range(0, len(texts), batch_size):
-            out = self.model.text_tower(input_ids=ids[s:s + batch_size], attention_mask=mask[s:s + batch_size])
-            hidden.append(out.last_hidden_state)
+            out = self.model.text_tower(input_ids=ids[s:s + batch_size], attention_mask=mask[s:s + batch_size],
+                                        output_hidden_states=self.frozen)
+            hidden.append(out.hidden_states[FROZEN_TEXT_LAYER] if self.frozen else out.last_hidden_state)
             embeddings.append(self.model.text_head(out.last_hidden_state, mask[s:s + batch_size]))
         return torch.cat(hidden), mask, torch.cat(embeddings)
 
@@ -292,7 +311,7 @@ class CrossEncoderReranker(Reranker):
         self.head.to(self.device)
         if lite_model is None:
             lite_model = load_lite_model(self.saved_config.get("encoder") or LITE_DIR).to(self.device)
-        self.features = LiteTokenFeatures(lite_model, self.device)
+        self.features = LiteTokenFeatures(lite_model, self.device, self.head.config["features"])
         self.batch_size = batch_size
         self.cache = StateCache(cache_size)
 
@@ -338,23 +357,52 @@ class CrossEncoderReranker(Reranker):
 
     # -- scoring -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def score_states(self, text: TextStates, image: ImageStates) -> np.ndarray:
-        """Scores of aligned pairs, batched; one side may have a single row (broadcast)."""
-        n = max(len(text.tokens), len(image.keys))
-        out = []
-        for s in range(0, n, 1024):
-            rows = torch.arange(s, min(s + 1024, n), device=self.device)
-            t = text[rows.clamp(max=len(text.tokens) - 1)] if len(text.tokens) > 1 else text[[0] * len(rows)]
-            i = image[rows.clamp(max=len(image.keys) - 1)] if len(image.keys) > 1 else image[[0] * len(rows)]
-            out.append(self.head.pair_scores(t, i))
-        return torch.cat(out).float().cpu().numpy()
+    def score_pairs(self, text: TextStates, text_index: torch.Tensor, image: ImageStates,
+                    image_index: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+        """Scores of the pairs (text[text_index[p]], image[image_index[p]]), in chunks."""
+        out = [self.head.pair_scores(text[text_index[s:s + chunk]], image[image_index[s:s + chunk]])
+               for s in range(0, len(text_index), chunk)]
+        return torch.cat(out).float().cpu().numpy() if out else np.empty(0, dtype=np.float32)
 
     def score(self, query: Query, candidates: Candidates) -> np.ndarray:
-        self.check(query, candidates)
-        if query.modality == "text":
-            text = self.text_states([query.content])
-            image = self.image_states(candidates.items)
-        else:
-            image = self.image_states([query.content])
-            text = self.text_states(candidates.items)
-        return self.score_states(text, image)
+        return self.score_batch([query], [candidates])[0]
+
+    @torch.inference_mode()
+    def score_batch(self, queries: Sequence[Query], candidates: Sequence[Candidates]) -> list[np.ndarray]:
+        """Featurises all queries of a modality in one batch, then scores each candidate list."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
+        for q, c in zip(queries, candidates):
+            self.check(q, c)
+        out: list[np.ndarray] = [np.empty(0, dtype=np.float32) for _ in queries]
+        for modality in ("text", "image"):
+            rows = [i for i, q in enumerate(queries) if q.modality == modality and len(candidates[i])]
+            if not rows:
+                continue
+            query_states = self._states(modality, [queries[i].content for i in rows])
+            # every distinct candidate of the batch is featurised (or fetched) once, then all
+            # (query, candidate) pairs are scored together
+            keys: dict[Any, int] = {}
+            unique: list[Any] = []
+            pair_query, pair_item = [], []
+            for j, i in enumerate(rows):
+                for item in candidates[i].items:
+                    key = cache_key(other_modality(modality), item)
+                    if key is None or key not in keys:
+                        keys[key if key is not None else ("object", len(unique))] = len(unique)
+                        unique.append(item)
+                        pair_item.append(len(unique) - 1)
+                    else:
+                        pair_item.append(keys[key])
+                    pair_query.append(j)
+            item_states = self._states(other_modality(modality), unique)
+            q_idx, i_idx = torch.as_tensor(pair_query), torch.as_tensor(pair_item)
+            if modality == "text":
+                scores = self.score_pairs(query_states, q_idx, item_states, i_idx)
+            else:
+                scores = self.score_pairs(item_states, i_idx, query_states, q_idx)
+            start = 0
+            for i in rows:
+                out[i] = scores[start:start + len(candidates[i])]
+                start += len(candidates[i])
+        return out

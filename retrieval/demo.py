@@ -2,8 +2,10 @@
 
     python -m retrieval.demo [--data ../shared/data/flickr8k]
 
-Prints the R@K table, then answers a few text queries (text->image) and one image query
-(image->text) with their top hits.
+Prints the R@K table of exhaustive float search, then builds a two-stage
+:class:`retrieval.Retriever` over the same embeddings (ITQ 64-bit codes, Hamming top-128, the
+shipped cross-encoder as reranker) and answers a few text queries (text->image) and one image
+query (image->text) through ``Retriever.search``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder with dataset_flickr8k.json and images/ (default: ../shared/data/flickr8k)")
     p.add_argument("--model", default="lite")
     p.add_argument("--top", type=int, default=3)
+    p.add_argument("--rerank", default="cross", help="reranker of the demo retriever: none, float, cross")
     args = p.parse_args(argv)
 
     from retrieval import load_encoder
@@ -48,21 +51,28 @@ def main(argv: list[str] | None = None) -> None:
     print("\nFlickr8K-1K test, R@K in percent (tie-aware):\n")
     print(markdown_table([(args.model, metrics)]))
 
-    queries = encoder.encode_texts(QUERIES)
-    print("\ntext -> image")
-    for text, q in zip(QUERIES, queries):
-        scores = emb.images @ q
+    from retrieval import Retriever
+
+    retriever = Retriever.build(
+        images=[str(p) for p in dataset.image_paths], texts=dataset.captions, encoder=encoder,
+        image_vectors=emb.images, text_vectors=emb.texts,
+        fit_pairs=(dataset.caption_image, np.arange(len(dataset.captions))),
+        image_payloads=[p.name for p in dataset.image_paths], text_payloads=list(dataset.captions),
+        hasher="itq", bits=64, reranker=args.rerank,
+    )
+    print(f"\n{retriever!r}\n(hasher fitted on the indexed pairs, as a user of Retriever.build would)")
+    print("\ntext -> image  (score after reranking | Hamming distance of stage 1 | image)")
+    for text in QUERIES:
         print(f'  "{text}"')
-        for i in np.argsort(-scores)[: args.top]:
-            first_caption = dataset.captions[int(np.flatnonzero(dataset.caption_image == i)[0])]
-            print(f"    {scores[i]:.3f}  {dataset.image_paths[i].name}  ({first_caption})")
+        for hit in retriever.search(text, k=args.top):
+            first_caption = dataset.captions[int(np.flatnonzero(dataset.caption_image == hit.id)[0])]
+            print(f"    {hit.score:7.3f} | {hit.hamming:2d} | {hit.payload}  ({first_caption})")
 
     query_image = 0
-    scores = emb.texts @ emb.images[query_image]
     print(f"\nimage -> text  (query: {dataset.image_paths[query_image].name})")
-    for j in np.argsort(-scores)[: args.top]:
-        mark = "*" if dataset.caption_image[j] == query_image else " "
-        print(f"   {mark}{scores[j]:.3f}  {dataset.captions[j]}")
+    for hit in retriever.search(Path(dataset.image_paths[query_image]), k=args.top):
+        mark = "*" if dataset.caption_image[hit.id] == query_image else " "
+        print(f"   {mark}{hit.score:7.3f} | {hit.hamming:2d} | {hit.payload}")
     print("  (* = one of the query image's own captions)")
     print(f"\ndone in {time.perf_counter() - start:.0f}s")
 

@@ -144,6 +144,8 @@ class Retriever:
         image_payloads: Sequence[Any] | None = None,
         text_payloads: Sequence[Any] | None = None,
         fit_pairs: tuple[Sequence[int], Sequence[int]] | None = None,
+        image_vectors: np.ndarray | None = None,
+        text_vectors: np.ndarray | None = None,
         batch_size: int = 64,
         progress: bool | None = None,
         **kwargs: Any,
@@ -152,11 +154,15 @@ class Retriever:
 
         ``fit_pairs = (image_rows, text_rows)`` names which image goes with which text; without it
         ``images[i]`` and ``texts[i]`` are taken as pairs (they must then be equally many).
-        ``kwargs`` go to the constructor (encoder, hasher, bits, index, reranker...).
+        ``image_vectors`` / ``text_vectors``: embeddings already computed by the same encoder (they
+        are then not recomputed). ``kwargs`` go to the constructor (encoder, hasher, bits, index...).
         """
         retriever = cls(**kwargs)
-        image_vecs = retriever.encoder.encode_images(list(images), batch_size, progress) if len(images) else None
-        text_vecs = retriever.encoder.encode_texts(list(texts), 4 * batch_size, progress) if len(texts) else None
+        image_vecs, text_vecs = image_vectors, text_vectors
+        if image_vecs is None and len(images):
+            image_vecs = retriever.encoder.encode_images(list(images), batch_size, progress)
+        if text_vecs is None and len(texts):
+            text_vecs = retriever.encoder.encode_texts(list(texts), 4 * batch_size, progress)
         if not retriever.is_fitted:
             if image_vecs is None or text_vecs is None:
                 raise ValueError("fitting the hasher needs both images and texts (or pass a fitted hasher)")

@@ -1,15 +1,21 @@
 """Trains the offline cross-encoder (``rerank/cross_encoder.py``) on Flickr8K train.
 
 Hard negatives come from stage 1 as the product runs it: an ITQ hasher (64 bits) fitted on the
-train pairs, a faiss binary flat index, the Hamming top-``--candidates`` of every train query; the
-negatives of a query are drawn from the best ``--negatives-from`` of those candidates by float
-cosine (the order a float-rescoring stage would show the reranker). Each step scores a group of
-one positive and ``--group - 1`` negatives per query, both directions (caption -> images and
-image -> captions), with a listwise softmax loss on ``match + itc_scale * cosine``.
+train pairs, a faiss binary flat index, the Hamming top-``--candidates`` of every train query,
+re-sorted by float cosine (the order a float-rescoring stage would show); a query's hard
+negatives are drawn from the first ``--negatives-from`` of those. Half of each group's negatives
+are random instead (``--hard-fraction``): a head trained from scratch on hard negatives alone did
+not learn (VSE++ saw the same). Each step scores a group of one positive and ``--group - 1``
+negatives per query, both directions (caption -> images, image -> captions), with a listwise
+softmax loss.
 
-The lite encoder was itself trained on these captions, so its cosine is over-confident on train;
-the ITC scale is therefore frozen during training and chosen afterwards on the validation images
-(the lite trainer's own held-out draw of 500 train images, never trained on by either model).
+Why the head reads the *frozen* token features and learns to match on its own (``--itc-in-loss
+0``): the lite encoder was trained on these very captions, so its tuned features and its cosine are
+over-confident on train. A first run on the tuned features with the ITC term inside the loss
+(``--features tuned --itc-in-loss 15.8``) got worse on validation the longer it trained. The ITC
+weight of the final score is chosen afterwards on the validation images (the lite trainer's own
+held-out draw of 500 train images, never trained on by either model), and the best validation
+checkpoint is kept.
 
     python scripts/train_cross_encoder.py --output rerank/weights/cross-encoder
 """
@@ -33,8 +39,8 @@ from eval.recall import retrieval_recall
 from hashing import create_hasher
 from hashing.index import create_index
 from rerank.cross_encoder import (
-    CONFIG_NAME, DEFAULT_HEAD_CONFIG, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, ImageStates,
-    LiteTokenFeatures, TextStates, image_embedding_from_stage,
+    CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER,
+    WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, ImageStates, LiteTokenFeatures, TextStates,
 )
 from retrieval.atomic import atomic_write_dir
 from retrieval.encoders.lite import IMAGE_STAGES, TEXT_LAYERS, WEIGHTS_DIR as LITE_DIR, load_lite_model
@@ -55,12 +61,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--candidates", type=int, default=128)
     p.add_argument("--negatives-from", type=int, default=48)
     p.add_argument("--group", type=int, default=16, help="candidates per query in a training group (1 positive)")
+    p.add_argument("--hard-fraction", type=float, default=0.5, help="share of a group's negatives from stage 1")
     p.add_argument("--batch-size", type=int, default=32, help="queries per direction per step")
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--features", choices=["tuned", "frozen"], default="frozen",
+                   help="token features: the lite towers' tuned tops, or the frozen activations entering them")
+    p.add_argument("--itc-in-loss", type=float, default=0.0,
+                   help="ITC scale inside the training loss (0: the head learns to match on its own; the "
+                        "fusion scale is chosen on validation either way)")
     p.add_argument("--dim", type=int, default=DEFAULT_HEAD_CONFIG["dim"])
     p.add_argument("--heads", type=int, default=DEFAULT_HEAD_CONFIG["heads"])
     p.add_argument("--dropout", type=float, default=DEFAULT_HEAD_CONFIG["dropout"])
@@ -155,14 +167,21 @@ def group_loss(head, feats, query_rows, groups, direction: str) -> torch.Tensor:
 
 
 def sample_groups(rng, queries: np.ndarray, positives: list[np.ndarray], ranked: np.ndarray, group: int,
-                  negatives_from: int) -> np.ndarray:
+                  negatives_from: int, n_items: int, hard_fraction: float) -> np.ndarray:
+    """Column 0 the positive; then hard negatives (stage-1 top) and random ones (a head trained
+    from scratch on hard negatives alone does not get off the ground, as VSE++ observed)."""
     out = np.empty((len(queries), group), dtype=np.int64)
+    n_hard = int(round((group - 1) * hard_fraction))
     for row, q in enumerate(queries):
         pos = positives[q]
         pool = ranked[q, :negatives_from]
         pool = pool[~np.isin(pool, pos)]
         out[row, 0] = rng.choice(pos)
-        out[row, 1:] = rng.choice(pool, group - 1, replace=len(pool) < group - 1)
+        out[row, 1:1 + n_hard] = rng.choice(pool, n_hard, replace=len(pool) < n_hard)
+        randoms = rng.choice(n_items, group - 1 - n_hard)
+        clash = np.isin(randoms, pos)
+        randoms[clash] = rng.choice(pool, int(clash.sum()))
+        out[row, 1 + n_hard:] = randoms
     return out
 
 
@@ -206,6 +225,23 @@ def recall_from(parts, t2i_cand, i2t_cand, nt, ni, caption_image, itc_scale: flo
             **{k: v for k, v in i2t.items() if k.startswith("text_")}}
 
 
+def frozen_tokens(lite, train, cache: Path) -> dict[str, torch.Tensor]:
+    """The frozen activations of the train split, from scripts/train_lite.py's trunk caches."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_lite", ROOT / "scripts" / "train_lite.py")
+    train_lite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_lite)
+    if (train_lite.IMAGE_STAGES - train_lite.IMAGE_CACHED_STAGES, train_lite.TEXT_LAYERS - train_lite.TEXT_CACHED_LAYERS) \
+            != (FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER):
+        raise SystemExit("train_lite's trunk caches no longer hold the frozen activations the head expects")
+    image = train_lite.image_trunk_features(lite, train.image_paths, cache)
+    hidden, mask = train_lite.text_trunk_features(lite, train.captions, cache)
+    length = int(mask.sum(1).max())
+    return {"image_tokens": image.flatten(2).transpose(1, 2).contiguous(),
+            "text_tokens": hidden[:, :length].contiguous(), "text_mask": mask[:, :length].contiguous()}
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -215,6 +251,8 @@ def main() -> None:
     lite = load_lite_model(LITE_DIR)
     train = load_karpathy(args.annotations, args.images, "train")
     feats = split_features(lite, train, args.cache)
+    if args.features == "frozen":
+        feats.update(frozen_tokens(lite, train, args.cache))
 
     order = np.random.default_rng(LITE_VAL_SEED).permutation(train.n_images)
     val_images = np.sort(order[: args.val_images])
@@ -242,8 +280,9 @@ def main() -> None:
     fit_positives_t2i = [np.array([o]) for o in fit_owner]
     fit_positives_i2t = [np.flatnonzero(fit_owner == i) for i in range(len(fit_images))]
 
-    head_config = {**DEFAULT_HEAD_CONFIG, "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
-                   "init_itc_scale": float(lite.logit_scale.exp())}
+    head_config = {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[args.features], "features": args.features,
+                   "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
+                   "init_itc_scale": args.itc_in_loss}
     head = CrossEncoderHead(**head_config)
     head.itc_scale.requires_grad_(False)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -263,8 +302,10 @@ def main() -> None:
             g["lr"] = lr
         q_caps = rng.choice(len(fit_caps), args.batch_size, replace=False)
         q_imgs = rng.choice(len(fit_images), args.batch_size, replace=False)
-        g_t2i = sample_groups(rng, q_caps, fit_positives_t2i, fit_t2i, args.group, args.negatives_from)
-        g_i2t = sample_groups(rng, q_imgs, fit_positives_i2t, fit_i2t, args.group, args.negatives_from)
+        g_t2i = sample_groups(rng, q_caps, fit_positives_t2i, fit_t2i, args.group, args.negatives_from,
+                              len(fit_images), args.hard_fraction)
+        g_i2t = sample_groups(rng, q_imgs, fit_positives_i2t, fit_i2t, args.group, args.negatives_from,
+                              len(fit_caps), args.hard_fraction)
         loss = (group_loss(head, feats, fit_cap_global[q_caps], fit_img_global[g_t2i], "t2i")
                 + group_loss(head, feats, fit_img_global[q_imgs], fit_cap_global[g_i2t], "i2t")) / 2
         optimizer.zero_grad(set_to_none=True)
@@ -272,7 +313,7 @@ def main() -> None:
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
             parts = val_view()
-            scales = [0.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0]
+            scales = [0.0] + [2.0 ** e for e in range(9)]
             rows = {s: recall_from(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner, s) for s in scales}
             r1 = {s: m["image_retrieval_recall@1"] + m["text_retrieval_recall@1"] for s, m in rows.items()}
             scale = max(r1, key=r1.get)
