@@ -43,8 +43,10 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from .machine import machine
 from hashing.index import BinaryIndex, assign_buckets, binary_kmeans, create_index
+from retrieval.atomic import write_json
+
+from .machine import machine
 
 GOALS = {"recall": 0.95, "batch_x_float": 20.0, "single_x_float": 100.0}
 
@@ -306,8 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{best['index']} {best['params']} recall {best['recall']:.3f} -> {best['x_float']:.1f}x float "
               f"(goal {s['goal_x_float']:.0f}x: {'met' if s['goal_met'] else 'MISSED'})"))
     print(f"load average start {info['loadavg_start']}, end {info['loadavg_end']} on {info['cpus_usable']} cores")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**result, "markdown": table}, indent=2))
+    write_json(args.output, {**result, "markdown": table})
     print(f"wrote {args.output}")
     return result
 

@@ -39,12 +39,20 @@ class Embeddings:
     seconds: dict[str, float]
 
 
-def embed_dataset(encoder: Any, dataset: CaptionDataset, batch_size: int = 64,
-                  progress: bool | None = None) -> Embeddings:
+def embed_dataset(encoder: Any, dataset: CaptionDataset, batch_size: int = 64, progress: bool | None = None,
+                  cache_dir: str | Path | None = None, chunk_size: int | None = None,
+                  image_keys: list[str] | None = None) -> Embeddings:
+    """Both modalities of a split, sharded over ``accelerate launch`` processes when there are several,
+    and cached in ``cache_dir`` chunk by chunk (a rerun or an interrupted run encodes only what is
+    missing; ``eval/embedding_cache.py``). One process without a cache is a plain encoder call."""
+    from .sharded import encode
+
     t0 = time.perf_counter()
-    images = encoder.encode_images(dataset.image_paths, batch_size=batch_size, progress=progress)
+    images = encode(encoder, dataset.image_paths, "image", batch_size, progress, cache_dir, chunk_size,
+                    keys=image_keys)
     t1 = time.perf_counter()
-    texts = encoder.encode_texts(dataset.captions, batch_size=4 * batch_size, progress=progress)
+    texts = encode(encoder, dataset.captions, "text", 4 * batch_size, progress, cache_dir,
+                   4 * chunk_size if chunk_size else None)
     t2 = time.perf_counter()
     return Embeddings(images, texts, {"encode_images": t1 - t0, "encode_texts": t2 - t1})
 
@@ -85,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--output", type=Path, default=None, help="write results JSON here")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache embeddings here, chunk by chunk: reruns and interrupted runs reuse them")
+    p.add_argument("--cache-chunk-size", type=int, default=None, help="images per cache chunk (captions: 4x)")
     two = p.add_argument_group("two-stage pipelines (eval/two_stage.py)")
     two.add_argument("--rerank", nargs="+", default=None, metavar="NAME",
                      help="pipelines to run after Hamming recall: none (hash only), float, cross, blip2, rewrite")
@@ -105,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    from .sharded import get_state
+
+    state = get_state()  # first: under `accelerate launch`, every process runs this script
+    main_process = state.is_main_process
+    if args.device is None and state.num_processes > 1:
+        args.device = str(state.device)
     from retrieval import Retriever, load_encoder
 
     from .hf_datasets import DatasetUnavailableError
@@ -125,7 +142,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoder = load_encoder(args.model, device=args.device)
     args.saved_hasher = saved.hasher if saved is not None else None
     load_seconds = time.perf_counter() - t0
-    emb = embed_dataset(encoder, dataset, args.batch_size)
+    image_keys = None
+    if dataset.image_paths and not isinstance(dataset.image_paths[0], (str, Path)):  # in-memory (HF datasets)
+        image_keys = [f"{args.dataset}@{args.hf_revision}:{args.split}:{i}" for i in range(dataset.n_images)]
+    emb = embed_dataset(encoder, dataset, args.batch_size, progress=None if main_process else False,
+                        cache_dir=args.cache_dir, chunk_size=args.cache_chunk_size, image_keys=image_keys)
+    args.fit_emb = None
+    if args.rerank and needs_fit_embeddings(args):  # every process takes part in sharded encoding
+        args.fit_emb = embed_dataset(encoder, load_dataset_arg(args, args.fit_split), args.batch_size,
+                                     progress=None if main_process else False, cache_dir=args.cache_dir,
+                                     chunk_size=args.cache_chunk_size)
+    if not main_process:
+        return {}
     t0 = time.perf_counter()
     metrics = evaluate_embeddings(emb, dataset)
     result = {
@@ -139,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": {"load_model": load_seconds, **emb.seconds, "score": time.perf_counter() - t0,
                     "total": time.perf_counter() - start},
         "device": str(encoder.device),
+        "processes": state.num_processes,
+        "cache_dir": None if args.cache_dir is None else str(args.cache_dir),
         "machine": machine(),
         "tie_convention": "expected value over random order of tied scores",
     }
@@ -212,6 +242,12 @@ def load_dataset_arg(args: argparse.Namespace, split: str) -> CaptionDataset:
     return load_caption_dataset(args.dataset, split, args.images, **kwargs)
 
 
+def needs_fit_embeddings(args: argparse.Namespace) -> bool:
+    from hashing import available_methods
+
+    return not args.retriever and not args.fit_embeddings and args.hasher in available_methods()
+
+
 def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:
     """The saved retriever's hasher, a saved hasher, or one fitted on every pair of ``--fit-split``."""
     from hashing import Hasher, available_methods, create_hasher
@@ -228,8 +264,7 @@ def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:
             raise SystemExit(f"{args.fit_embeddings}: {len(images)} images / {len(texts)} captions, but split "
                              f"{args.fit_split!r} has {fit.n_images} / {len(fit.captions)}")
     else:
-        emb = embed_dataset(encoder, fit, args.batch_size)
-        images, texts = emb.images, emb.texts
+        images, texts = args.fit_emb.images, args.fit_emb.texts
     return create_hasher(args.hasher, args.bits).fit(images[fit.caption_image], texts)
 
 
