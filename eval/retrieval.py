@@ -281,9 +281,9 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
     retriever.fusion_weight = args.fusion_weight
     text_queries, text_vectors = list(dataset.captions), None
     if args.queries == "keywords":
-        from .keywords import keyword_query
+        from .keywords import keyword_queries
 
-        text_queries = [keyword_query(c) for c in dataset.captions]
+        text_queries = keyword_queries(dataset.captions)
         text_vectors = encoder.encode_texts(text_queries, batch_size=4 * args.batch_size)
     # a str would be read as a text query by Retriever.search: image files go in as Paths
     image_queries = [Path(p) if isinstance(p, str) else p for p in dataset.images]
