@@ -103,7 +103,7 @@ def query_modality(query: Any) -> str:
 
 
 class Retriever:
-    """See the module docstring. ``hasher`` must be fitted (or use :meth:`build` / :meth:`fit`)."""
+    """See the module docstring. ``hasher`` must be fitted before adding items (:meth:`build` fits it)."""
 
     def __init__(
         self,
@@ -187,10 +187,11 @@ class Retriever:
         """A Karpathy-style caption dataset (``eval.karpathy.CaptionDataset``): every image and caption
         indexed, the hasher fitted on all (image, caption) pairs; payloads name the path / owner image."""
         n_images = dataset.n_images
+        images = [str(p) if isinstance(p, (str, Path)) else p for p in dataset.images]  # paths, or PIL (HF datasets)
         return cls.build(
-            images=[str(p) for p in dataset.image_paths],
+            images=images,
             texts=list(dataset.captions),
-            image_payloads=[{"path": str(p)} for p in dataset.image_paths],
+            image_payloads=[{"path": p} if isinstance(p, str) else {"row": i} for i, p in enumerate(images)],
             text_payloads=[{"caption": c, "image_id": int(i)} for c, i in zip(dataset.captions, dataset.caption_image)],
             fit_pairs=(np.asarray(dataset.caption_image), np.arange(len(dataset.captions))),
             **kwargs,

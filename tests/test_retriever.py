@@ -217,3 +217,15 @@ def test_every_index_kind_serves_a_retriever(paths):
             continue  # needs UDDH bucket assignments, not plain codes
         r = build(paths, index=kind, index_params=params)
         assert r.search("green", k=1, rerank="float")[0].payload == {"name": "green"}
+
+
+def test_from_dataset_indexes_every_image_and_caption(paths):
+    from eval.karpathy import CaptionDataset
+
+    captions = [f"a {n} square" for n in NAMES] + [f"something {n}" for n in NAMES]
+    ds = CaptionDataset("toy", "test", [Path(p) for p in paths], captions, np.tile(np.arange(len(NAMES)), 2))
+    r = Retriever.from_dataset(ds, encoder=ToyEncoder(), bits=16)
+    assert (len(r.galleries["image"]), len(r.galleries["text"])) == (len(NAMES), 2 * len(NAMES))
+    assert r.search("magenta", k=1, rerank="float")[0].payload == {"path": paths[NAMES.index("magenta")]}
+    owners = {h.payload["image_id"] for h in r.search(Path(paths[NAMES.index("cyan")]), k=2, rerank="float")}
+    assert owners == {NAMES.index("cyan")}
