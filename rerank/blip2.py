@@ -46,8 +46,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Hashable, Sequence
 
@@ -59,6 +57,7 @@ from tqdm.auto import tqdm
 from retrieval.images import load_image
 
 from .base import Candidates, Query, Reranker, register_reranker
+from .lru import FeatureCache
 
 DEFAULT_MODEL_ID = "Salesforce/blip2-itm-vit-g"
 ITM_MODES = ("logit", "probability")
@@ -76,45 +75,6 @@ def lavis_caption(text: str, max_words: int = LAVIS_MAX_WORDS) -> str:
     text = re.sub(r"\s{2,}", " ", text).rstrip("\n").strip(" ")
     words = text.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else text
-
-
-class FeatureCache:
-    """A bounded LRU map shared by threads; ``capacity`` 0 disables it."""
-
-    def __init__(self, capacity: int) -> None:
-        if not isinstance(capacity, int) or capacity < 0:
-            raise ValueError(f"cache_size must be an int >= 0, got {capacity!r}")
-        self.capacity = capacity
-        self.hits = 0
-        self.misses = 0
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-            return None
-
-    def put(self, key: Hashable, value: Any) -> None:
-        if self.capacity == 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class PendingImage:

@@ -26,8 +26,6 @@ weights ship in ``rerank/weights/cross-encoder/`` (safetensors + config.json + m
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Sequence
@@ -38,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Candidates, Query, Reranker, other_modality, register_reranker
+from .lru import FeatureCache
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "cross-encoder"
 FORMAT_VERSION = 1
@@ -231,34 +230,6 @@ def cache_key(modality: str, item: Any) -> Hashable | None:
     return None
 
 
-class StateCache:
-    """A bounded, thread-safe LRU of prepared per-item states, keyed by (modality, id)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        return None
-
-    def put(self, key: Hashable, value: Any) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 def read_head_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     try:
@@ -313,7 +284,7 @@ class CrossEncoderReranker(Reranker):
             lite_model = load_lite_model(self.saved_config.get("encoder") or LITE_DIR).to(self.device)
         self.features = LiteTokenFeatures(lite_model, self.device, self.head.config["features"])
         self.batch_size = batch_size
-        self.cache = StateCache(cache_size)
+        self.cache = FeatureCache(cache_size)
 
     def config(self) -> dict[str, Any]:
         return {"method": self.method, "model_id": self.model_id, "cache_size": self.cache.capacity,
