@@ -109,6 +109,23 @@ class CaptionDataset:
         return idx.astype(np.int64)
 
 
+def one_caption_per_image(caption_image: np.ndarray, n_images: int, seed: int = 0) -> np.ndarray:
+    """Index of one caption per image, in image order, drawn by ``default_rng(seed).integers`` per image.
+
+    For query sets of one query per image (keyword queries, whose rewriting costs an LLM call each);
+    the draw is fixed so that every script picks the same captions for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    caption_image = np.asarray(caption_image)
+    picks = []
+    for i in range(n_images):
+        caps = np.flatnonzero(caption_image == i)
+        if not len(caps):
+            raise ValueError(f"image {i} has no caption")
+        picks.append(caps[rng.integers(len(caps))])
+    return np.asarray(picks, dtype=np.int64)
+
+
 def caption_text(sentence: dict, where: str) -> str:
     raw = sentence.get("raw")
     if isinstance(raw, str) and raw.strip():

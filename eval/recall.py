@@ -68,27 +68,34 @@ def retrieval_recall(
 
 
 def two_way_recall(
-    text_to_image: np.ndarray, image_to_text: np.ndarray, caption_image: np.ndarray, ks: Iterable[int] = DEFAULT_KS
+    text_to_image: np.ndarray, image_to_text: np.ndarray, caption_image: np.ndarray, ks: Iterable[int] = DEFAULT_KS,
+    text_query_rows: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """R@K when each direction has its own scores: (n_captions, n_images) and (n_images, n_captions).
+    """R@K when each direction has its own scores: (n_queries, n_images) and (n_images, n_captions).
 
     A reranked pipeline scores only each query's candidates, so the two directions no longer share
-    one matrix (use ``-inf`` for items outside a query's candidates).
+    one matrix (use ``-inf`` for items outside a query's candidates). Text queries are all captions
+    in order, or the captions ``text_query_rows`` (e.g. one per image).
     """
     text_to_image, image_to_text = np.asarray(text_to_image), np.asarray(image_to_text)
     caption_image = np.asarray(caption_image)
-    if text_to_image.ndim != 2 or text_to_image.shape[0] != len(caption_image):
+    rows = np.arange(len(caption_image)) if text_query_rows is None else np.asarray(text_query_rows)
+    if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(caption_image))):
+        raise ValueError(f"text_query_rows must be caption indices in [0, {len(caption_image)})")
+    if text_to_image.ndim != 2 or text_to_image.shape[0] != len(rows):
+        rows_name = "n_captions" if text_query_rows is None else "len(text_query_rows)"
         raise ValueError(
-            f"similarity must be (n_captions, n_images) = ({len(caption_image)}, n_images), got {text_to_image.shape}"
+            f"text->image scores must be ({rows_name}, n_images) = ({len(rows)}, n_images), got {text_to_image.shape}"
         )
-    if image_to_text.shape != text_to_image.shape[::-1]:
-        raise ValueError(f"image->text scores must be {text_to_image.shape[::-1]}, got {image_to_text.shape}")
+    if image_to_text.shape != (text_to_image.shape[1], len(caption_image)):
+        raise ValueError(f"image->text scores must be {(text_to_image.shape[1], len(caption_image))}, "
+                         f"got {image_to_text.shape}")
     if caption_image.min(initial=0) < 0 or caption_image.max(initial=0) >= text_to_image.shape[1]:
         raise ValueError("caption_image holds image indices outside the similarity matrix")
     ks = tuple(ks)
-    positives = np.zeros(text_to_image.shape, dtype=bool)
+    positives = np.zeros(image_to_text.shape[::-1], dtype=bool)
     positives[np.arange(len(caption_image)), caption_image] = True
-    t2i = expected_hits(text_to_image, positives, ks)
+    t2i = expected_hits(text_to_image, positives[rows], ks)
     i2t = expected_hits(image_to_text, positives.T, ks)
     metrics: dict[str, float] = {}
     for k in ks:

@@ -107,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help=".npz holding {split}_image / {split}_text embeddings of --fit-split (else encoded now)")
     two.add_argument("--queries", choices=["captions", "keywords"], default="captions",
                      help="text queries: the captions, or keyword queries derived from them (eval/keywords.py)")
+    two.add_argument("--one-caption-per-image", action="store_true",
+                     help="text queries from one seeded caption per image only (eval.karpathy.one_caption_per_image; "
+                          "as scripts/eval_rewrite.py draws them), e.g. when each query costs an LLM call")
+    two.add_argument("--query-seed", type=int, default=0, help="seed of --one-caption-per-image's draw")
     two.add_argument("--reranker-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="reranker constructor argument, e.g. cross.model_id=runs/cross (JSON value or string)")
     two.add_argument("--fusion-weight", type=float, default=0.0, help="weight of z(stage 1) added to z(stage 2)")
@@ -279,11 +283,16 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
     retriever = gallery_retriever(encoder, hasher, dataset.image_paths, emb.images, dataset.captions, emb.texts,
                                   args.candidates)
     retriever.fusion_weight = args.fusion_weight
-    text_queries, text_vectors = list(dataset.captions), None
+    rows = np.arange(len(dataset.captions))
+    if args.one_caption_per_image:
+        from .karpathy import one_caption_per_image
+
+        rows = one_caption_per_image(dataset.caption_image, dataset.n_images, args.query_seed)
+    text_queries, text_vectors = [dataset.captions[j] for j in rows], emb.texts[rows]
     if args.queries == "keywords":
         from .keywords import keyword_queries
 
-        text_queries = keyword_queries(dataset.captions)
+        text_queries = keyword_queries(text_queries)
         text_vectors = encoder.encode_texts(text_queries, batch_size=4 * args.batch_size)
     # a str would be read as a text query by Retriever.search: image files go in as Paths
     image_queries = [Path(p) if isinstance(p, str) else p for p in dataset.images]
@@ -294,10 +303,13 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
         reranker = None if name == "none" else create_reranker(name, **extra.get(name, {}))
         load_seconds = time.perf_counter() - t0
         result = evaluate_pipeline(retriever, dataset.caption_image, emb.images, emb.texts, image_queries,
-                                   text_queries, reranker, args.candidates, text_query_vectors=text_vectors)
+                                   text_queries, reranker, args.candidates, text_query_vectors=text_vectors,
+                                   text_query_rows=None if not args.one_caption_per_image else rows)
         result["latency"] = single_query_latency(retriever, text_queries, image_queries, reranker,
                                                  args.candidates, args.latency_queries)
-        result.update(hasher=args.hasher, bits=hasher.bits, queries=args.queries, fusion_weight=args.fusion_weight)
+        result.update(hasher=args.hasher, bits=hasher.bits, queries=args.queries, fusion_weight=args.fusion_weight,
+                      text_queries=len(text_queries),
+                      query_seed=args.query_seed if args.one_caption_per_image else None)
         result["seconds"].update(hasher_fit=fit_seconds, load_reranker=load_seconds)
         print(f"{pipeline_label(result)}: rsum {result['rsum']:.1f}", flush=True)
         results.append(result)

@@ -55,11 +55,14 @@ def ranked_scores(retriever: Any, vectors: np.ndarray, modality: str, queries: S
 def evaluate_pipeline(retriever: Any, caption_image: np.ndarray, image_vectors: np.ndarray,
                       text_vectors: np.ndarray, image_queries: Sequence[Any], text_queries: Sequence[str],
                       rerank: Any, candidates: int = 128, ks: tuple[int, ...] = DEFAULT_KS,
-                      text_query_vectors: np.ndarray | None = None, progress: bool | None = None) -> dict[str, Any]:
+                      text_query_vectors: np.ndarray | None = None, progress: bool | None = None,
+                      text_query_rows: np.ndarray | None = None) -> dict[str, Any]:
     """R@K both directions and per-stage wall time for one pipeline (``rerank`` None/"none" = hash only).
 
     ``text_queries`` / ``text_query_vectors`` may replace the captions as text queries (keyword-style
-    queries); caption ``j``'s query still has caption ``j``'s image as its answer.
+    queries); the query of caption ``j`` still has caption ``j``'s image as its answer. With
+    ``text_query_rows``, text query ``r`` stands for caption ``text_query_rows[r]`` (a subset of the
+    captions, e.g. one per image); image queries always search all captions.
     """
     name = rerank if isinstance(rerank, str) or rerank is None else rerank.method
     rerank = False if rerank in (None, "none") else rerank
@@ -72,7 +75,7 @@ def evaluate_pipeline(retriever: Any, caption_image: np.ndarray, image_vectors: 
     i2t = ranked_scores(retriever, image_vectors, "image", image_queries, n_texts, candidates, rerank,
                         progress=progress, desc=f"{name or 'hash'} image->text")
     t2 = time.perf_counter()
-    metrics = two_way_recall(t2i, i2t, caption_image, ks)
+    metrics = two_way_recall(t2i, i2t, caption_image, ks, text_query_rows=text_query_rows)
     return {**metrics, "pipeline": name or "none", "candidates": candidates,
             "seconds": {"text_to_image": t1 - t0, "image_to_text": t2 - t1}}
 
@@ -82,8 +85,12 @@ def single_query_latency(retriever: Any, text_queries: Sequence[str], image_quer
     """Median and 90th-percentile milliseconds of one ``Retriever.search`` (encoding included).
 
     The first query of each direction is run once untimed (warm-up: lazy loads, caches of code).
-    Reranker caches are not cleared between queries, as in a long-running service.
+    What a reranker cached for the timed query itself (its features, its LLM rewrites, perhaps from
+    the batch run) is dropped first (``Reranker.forget``); what it cached for the gallery items is
+    kept, as in a long-running service.
     """
+    from rerank.base import Query, Reranker
+
     rng = np.random.default_rng(seed)
     rerank = False if rerank in (None, "none") else rerank
     out = {}
@@ -93,6 +100,8 @@ def single_query_latency(retriever: Any, text_queries: Sequence[str], image_quer
         times = []
         for i in picks:
             q = pool[i]
+            if isinstance(rerank, Reranker):
+                rerank.forget(Query(direction.split("_")[0], q))
             t0 = time.perf_counter()
             retriever.search(q, k=k, candidates=candidates, rerank=rerank)
             times.append(1000 * (time.perf_counter() - t0))

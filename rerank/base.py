@@ -133,6 +133,13 @@ class Reranker(ABC):
             if name in self.requires and getattr(candidates, name) is None:
                 raise ValueError(f"reranker {self.method!r} needs the candidates' {name} (Candidates.{name})")
 
+    def forget(self, query: Query) -> None:
+        """Drops what was cached for this query itself (features, rewrites), not for any item.
+
+        A latency probe calls it before timing a query the batch run has already seen, so it times
+        a new query against a warm gallery, which is what a long-running service answers.
+        """
+
     def attach(self, encoder: Any) -> None:
         """Called by the Retriever with its stage-1 encoder; rerankers that re-encode (query rewriting) keep it."""
 

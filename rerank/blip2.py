@@ -187,6 +187,10 @@ class Blip2Reranker(Reranker):
                 "max_text_length": self.max_text_length, "text_preprocess": self.text_preprocess,
                 "revision": self.revision}
 
+    def forget(self, query: Query) -> None:
+        if query.modality == "image" and query.content is not None:  # texts are not cached
+            self.cache.pop(PendingImage(query.content, None).key)
+
     def cache_info(self) -> dict[str, int]:
         return {"size": len(self.cache), "capacity": self.cache.capacity, "hits": self.cache.hits,
                 "misses": self.cache.misses}

@@ -37,6 +37,11 @@ class FeatureCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
+    def pop(self, key: Hashable) -> Any:
+        """Removes and returns ``key``'s value (None when absent)."""
+        with self._lock:
+            return self._items.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -310,6 +310,10 @@ class QueryRewriter:
                 self.save_cache()
         return [list(entries[q][:n]) for q in queries]
 
+    def forget(self, query: str) -> None:
+        """Drops the query's cached rewrites from memory (the cache file keeps them until the next save)."""
+        self.cache.get(self.settings_key(), {}).pop(query, None)
+
     def generate(self, rows: Sequence[tuple[str, int]]) -> list[str]:
         """Cleaned generations for (query, variant index) rows, uncached.
 
@@ -434,6 +438,10 @@ class RewriteReranker(Reranker):
         self.original_weight = float(original_weight)
         self.encoder = encoder
         self.progress = progress
+
+    def forget(self, query: Query) -> None:
+        if query.modality == "text" and query.content is not None:
+            self.rewriter.forget(query.content)
 
     def attach(self, encoder: Any) -> None:
         """The Retriever hands over its stage-1 encoder; an encoder given explicitly is kept."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval.karpathy import load_karpathy
+from eval.karpathy import load_karpathy, one_caption_per_image
 from eval.keywords import KEYWORD_RULE_VERSION, caption_keywords
 from eval.machine import machine
 from eval.recall import expected_hits
@@ -66,9 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def keyword_queries(captions: list[str], caption_image: np.ndarray, n_images: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """(caption index per image, keyword query per image): one seeded caption of each image."""
-    rng = np.random.default_rng(seed)
-    per_image = [np.flatnonzero(caption_image == i) for i in range(n_images)]
-    picks = np.asarray([caps[rng.integers(len(caps))] for caps in per_image], dtype=np.int64)
+    picks = one_caption_per_image(caption_image, n_images, seed)
     return picks, [caption_keywords(captions[j]) for j in picks]
 
 

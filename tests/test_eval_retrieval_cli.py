@@ -63,6 +63,22 @@ def test_pipelines_folds_and_reference_in_one_run(tmp_path, flickr30k_like):
     assert delta["reference"] == 0.6678 and delta["delta"] == pytest.approx(saved["image_retrieval_recall@1"] - 0.6678)
 
 
+def test_one_caption_per_image_keyword_queries(tmp_path, flickr30k_like):
+    from eval.retrieval import main
+
+    annotations, images = flickr30k_like
+    model = save_tiny_open_clip(tmp_path / "tiny")
+    common = ["--model", f"local-dir:{model}", "--dataset", str(annotations), "--images", str(images),
+              "--split", "test", "--rerank", "float", "--candidates", "12", "--bits", "16", "--fit-split", "test",
+              "--latency-queries", "2", "--device", "cpu"]
+    every = main(common)["pipelines"][0]
+    subset = main([*common, "--one-caption-per-image", "--query-seed", "1", "--queries", "keywords"])["pipelines"][0]
+    assert (every["text_queries"], subset["text_queries"]) == (12, 6) and subset["query_seed"] == 1
+    assert subset["queries"] == "keywords"
+    # image queries still search every caption
+    assert subset["text_retrieval_recall@5"] == every["text_retrieval_recall@5"]
+
+
 def test_unreachable_hub_dataset_is_one_clear_error(offline_hub):
     from eval.retrieval import main
 

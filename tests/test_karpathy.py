@@ -129,3 +129,16 @@ def test_select_and_validation(karpathy):
         type(test)("x", "test", test.image_paths, test.captions, test.caption_image + 1)
     with pytest.raises(ValueError, match="one entry per caption"):
         type(test)("x", "test", test.image_paths, test.captions[:-1], test.caption_image)
+
+
+def test_one_caption_per_image_is_seeded_and_owned_by_each_image():
+    from eval.karpathy import one_caption_per_image
+
+    caption_image = np.array([0, 1, 0, 2, 1, 0, 2, 2])
+    picks = one_caption_per_image(caption_image, 3, seed=0)
+    assert picks.dtype == np.int64 and list(caption_image[picks]) == [0, 1, 2]
+    np.testing.assert_array_equal(picks, one_caption_per_image(caption_image, 3, seed=0))
+    draws = {tuple(one_caption_per_image(caption_image, 3, seed=s)) for s in range(20)}
+    assert len(draws) > 1  # the seed chooses among each image's captions
+    with pytest.raises(ValueError, match="image 3 has no caption"):
+        one_caption_per_image(caption_image, 4)

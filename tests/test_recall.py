@@ -71,3 +71,24 @@ def test_errors_name_the_problem():
         retrieval_recall(np.zeros((4, 3)), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="outside"):
         retrieval_recall(np.zeros((3, 3)), np.array([0, 1, 5]))
+
+
+def test_two_way_recall_on_a_subset_of_text_queries():
+    from eval.recall import two_way_recall
+
+    rng = np.random.default_rng(3)
+    caption_image = np.repeat(np.arange(6), 3)
+    sim = rng.normal(size=(18, 6))
+    full = two_way_recall(sim, sim.T, caption_image)
+    rows = np.array([1, 5, 6, 11, 12, 17])
+    subset = two_way_recall(sim[rows], sim.T, caption_image, text_query_rows=rows)
+    # text->image: the same per-query hits averaged over the chosen rows only; image->text unchanged
+    positives = caption_image[:, None] == np.arange(6)[None]
+    hits = expected_hits(sim, positives, [1, 5])
+    assert subset["image_retrieval_recall@1"] == pytest.approx(hits[1][rows].mean())
+    assert subset["image_retrieval_recall@5"] == pytest.approx(hits[5][rows].mean())
+    assert subset["text_retrieval_recall@1"] == full["text_retrieval_recall@1"]
+    with pytest.raises(ValueError, match="len.text_query_rows"):
+        two_way_recall(sim, sim.T, caption_image, text_query_rows=rows)
+    with pytest.raises(ValueError, match="caption indices"):
+        two_way_recall(sim[:2], sim.T, caption_image, text_query_rows=np.array([0, 18]))

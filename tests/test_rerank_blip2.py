@@ -142,6 +142,21 @@ def test_lru_cache_reuses_features_and_is_bounded(tiny_dir):
     assert uncached.cache_info()["size"] == 0
 
 
+def test_forget_re_encodes_only_the_query_image(tiny_dir):
+    scorer = Blip2Reranker(tiny_dir, device="cpu", text_preprocess="none", cache_size=8)
+    first = scorer.score(*image_query(IMAGES[0], CAPTIONS))
+    scorer.score(*text_query(CAPTIONS[0], IMAGES[:3]))
+    seen, handle = count_vit_images(scorer)
+    try:
+        scorer.forget(Query("image", IMAGES[0]))
+        scorer.forget(Query("text", CAPTIONS[0]))  # texts are not cached: a no-op
+        np.testing.assert_allclose(scorer.score(*image_query(IMAGES[0], CAPTIONS)), first, atol=1e-6)
+        scorer.score(*text_query(CAPTIONS[0], IMAGES[:3]))
+        assert seen == [1]  # the query image once; its neighbours stayed cached
+    finally:
+        handle.remove()
+
+
 def test_cache_follows_content_not_ids(tmp_path, reranker):
     """Reused ids with other pixels, or a file rewritten in place, must not get stale features."""
     inverted = [255 - image for image in IMAGES[:2]]  # same shapes, other pixels

@@ -176,6 +176,17 @@ def test_cache_avoids_generation_and_extends_variants(tiny_lm):
     assert three == rewriter(tiny_lm, n_variants=3).rewrite(QUERIES)
 
 
+def test_forget_drops_one_query_so_it_is_generated_again(tiny_lm):
+    reranker = RewriteReranker(llm=str(tiny_lm), adapter=None, n_variants=2, max_new_tokens=6, progress=False)
+    r = reranker.rewriter
+    first = r.rewrite(QUERIES)
+    calls = count_generate_rows(r)
+    reranker.forget(Query("text", QUERIES[0]))
+    reranker.forget(Query("image", "some.jpg"))  # nothing cached for an image query: a no-op
+    assert r.rewrite(QUERIES) == first  # seeded: the same rewrites again
+    assert sum(calls) == 2  # only the forgotten query's 2 variants were generated
+
+
 def test_json_cache_persists_across_instances(tiny_lm, tmp_path):
     path = tmp_path / "rewrites.json"
     first = rewriter(tiny_lm, n_variants=2, cache_file=path).rewrite(QUERIES)
