@@ -53,6 +53,7 @@ FROZEN_TEXT_LAYER = 4
 
 DEFAULT_HEAD_CONFIG: dict[str, Any] = {
     "features": "tuned",
+    "attention": "t2i",
     "image_dim": 320,
     "text_dim": 384,
     "image_tokens": 49,
@@ -64,48 +65,64 @@ DEFAULT_HEAD_CONFIG: dict[str, Any] = {
 }
 
 
-@dataclass
-class ImageStates:
-    """Per-image tensors the head reuses for every pair: keys/values (n, heads, P, dh)."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    embedding: torch.Tensor  # (n, embed_dim) unit ITC vectors
-
-    def __getitem__(self, index: Any) -> "ImageStates":
-        return ImageStates(self.keys[index], self.values[index], self.embedding[index])
+#: Which side's tokens attend over the other's. ``t2i``: every caption token attends over the
+#: image's 7x7 regions and the tokens are pooled (SCAN t-i); ``i2t``: every region attends over
+#: the caption's tokens and the regions are pooled (SCAN i-t). SCAN found the two complementary.
+ATTENTION_DIRECTIONS = ("t2i", "i2t")
 
 
 @dataclass
-class TextStates:
-    """Per-caption tensors: token states (m, L, d), queries (m, heads, L, dh), pooling weights (m, L)."""
+class States:
+    """Per-item tensors a head reuses for every pair an item is in (images or captions).
 
-    tokens: torch.Tensor
-    queries: torch.Tensor
-    weights: torch.Tensor
+    The attending side has ``tokens`` (n, T, d), ``queries`` (n, heads, T, dh) and pooling
+    ``weights`` (n, T); the attended side has ``keys`` / ``values`` (n, heads, T, dh) and, for
+    captions, a 0/1 mask in ``weights``. Unused fields are None. ``embedding``: unit ITC vectors.
+    """
+
     embedding: torch.Tensor
+    tokens: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
-    def __getitem__(self, index: Any) -> "TextStates":
-        return TextStates(self.tokens[index], self.queries[index], self.weights[index], self.embedding[index])
+    TOKEN_AXES = {"tokens": 1, "queries": 2, "keys": 2, "values": 2, "weights": 1}
+
+    def _map(self, fn: Any) -> "States":
+        """fn(field name, tensor) applied to every tensor present."""
+        return States(fn("embedding", self.embedding),
+                      **{f: None if getattr(self, f) is None else fn(f, getattr(self, f)) for f in self.TOKEN_AXES})
+
+    def __getitem__(self, index: Any) -> "States":
+        return self._map(lambda name, t: t[index])
+
+    @property
+    def length(self) -> int:
+        """Tokens per item (the padded length for captions)."""
+        return next(getattr(self, f).shape[a] for f, a in self.TOKEN_AXES.items() if getattr(self, f) is not None)
+
+    def trim(self, length: int) -> "States":
+        """The first ``length`` tokens: drops a caption's padding, so cached states do not depend on batch mates."""
+        def cut(name: str, t: torch.Tensor) -> torch.Tensor:
+            return t if name == "embedding" else t.narrow(self.TOKEN_AXES[name], 0, length)
+        return self._map(cut)
+
+    def pad(self, length: int) -> "States":
+        def widen(name: str, t: torch.Tensor) -> torch.Tensor:
+            if name == "embedding":
+                return t
+            axis = self.TOKEN_AXES[name]
+            return F.pad(t, [0, 0] * (t.dim() - axis - 1) + [0, length - t.shape[axis]])
+        return self._map(widen)
 
 
-def cat_states(states: Sequence[Any]) -> Any:
-    """Concatenates ImageStates/TextStates; text token axes are padded to the longest."""
-    first = states[0]
-    if isinstance(first, ImageStates):
-        return ImageStates(*(torch.cat([getattr(s, f) for s in states]) for f in ("keys", "values", "embedding")))
-    length = max(s.tokens.shape[1] for s in states)
-
-    def pad(t: torch.Tensor, axis: int) -> torch.Tensor:
-        widths = [0, 0] * (t.dim() - axis - 1) + [0, length - t.shape[axis]]
-        return F.pad(t, widths)
-
-    return TextStates(
-        torch.cat([pad(s.tokens, 1) for s in states]),
-        torch.cat([pad(s.queries, 2) for s in states]),
-        torch.cat([pad(s.weights, 1) for s in states]),
-        torch.cat([s.embedding for s in states]),
-    )
+def cat_states(states: Sequence[States]) -> States:
+    """Concatenates states along the item axis; captions are padded to the longest."""
+    length = max(s.length for s in states)
+    padded = [s.pad(length) for s in states]
+    first = padded[0]
+    return first._map(lambda name, _: torch.cat([getattr(s, name) for s in padded]))
 
 
 class CrossEncoderHead(nn.Module):
@@ -120,9 +137,12 @@ class CrossEncoderHead(nn.Module):
         c = self.config
         if c["features"] not in FEATURE_SETS:
             raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {c['features']!r}")
+        if c["attention"] not in ATTENTION_DIRECTIONS:
+            raise ValueError(f"attention must be one of {ATTENTION_DIRECTIONS}, got {c['attention']!r}")
         d, self.heads = c["dim"], c["heads"]
         if d % self.heads:
             raise ValueError(f"dim {d} must be divisible by heads {self.heads}")
+        self.text_attends = c["attention"] == "t2i"
         self.image_proj = nn.Sequential(nn.Linear(c["image_dim"], d), nn.LayerNorm(d))
         self.image_pos = nn.Parameter(torch.zeros(1, c["image_tokens"], d))
         self.text_proj = nn.Sequential(nn.Linear(c["text_dim"], d), nn.LayerNorm(d))
@@ -140,29 +160,44 @@ class CrossEncoderHead(nn.Module):
         n, length, d = x.shape
         return x.view(n, length, self.heads, d // self.heads).transpose(1, 2)
 
-    def prepare_images(self, tokens: torch.Tensor, embedding: torch.Tensor) -> ImageStates:
-        """tokens (n, P, image_dim), embedding (n, e) -> reusable keys/values."""
+    def _attending(self, x: torch.Tensor, mask: torch.Tensor | None, embedding: torch.Tensor) -> States:
+        logits = self.token_weight(x).squeeze(-1)
+        if mask is not None:
+            logits = logits.masked_fill(mask == 0, float("-inf"))
+        return States(embedding, tokens=x, queries=self._split(self.q(x)), weights=logits.softmax(-1))
+
+    def _attended(self, x: torch.Tensor, mask: torch.Tensor | None, embedding: torch.Tensor) -> States:
+        return States(embedding, keys=self._split(self.k(x)), values=self._split(self.v(x)),
+                      weights=None if mask is None else mask.float())
+
+    def prepare_images(self, tokens: torch.Tensor, embedding: torch.Tensor) -> States:
+        """tokens (n, P, image_dim), embedding (n, e) -> the image side's reusable states."""
         x = self.image_proj(tokens.float()) + self.image_pos
-        return ImageStates(self._split(self.k(x)), self._split(self.v(x)), F.normalize(embedding.float(), dim=-1))
+        side = self._attended if self.text_attends else self._attending
+        return side(x, None, F.normalize(embedding.float(), dim=-1))
 
-    def prepare_texts(self, tokens: torch.Tensor, mask: torch.Tensor, embedding: torch.Tensor) -> TextStates:
-        """tokens (m, L, text_dim), mask (m, L) -> reusable token states, queries and pooling weights."""
+    def prepare_texts(self, tokens: torch.Tensor, mask: torch.Tensor, embedding: torch.Tensor) -> States:
+        """tokens (m, L, text_dim), mask (m, L) -> the caption side's reusable states."""
         x = self.text_proj(tokens.float())
-        logits = self.token_weight(x).squeeze(-1).masked_fill(mask == 0, float("-inf"))
-        return TextStates(x, self._split(self.q(x)), logits.softmax(-1), F.normalize(embedding.float(), dim=-1))
+        side = self._attending if self.text_attends else self._attended
+        return side(x, mask, F.normalize(embedding.float(), dim=-1))
 
-    def pair_scores(self, text: TextStates, image: ImageStates) -> torch.Tensor:
+    def match_logits(self, text: States, image: States) -> torch.Tensor:
+        """Matching logits of aligned pairs (text[i], image[i]) -> (n,), without the ITC term."""
+        attending, attended = (text, image) if self.text_attends else (image, text)
+        mask = None if attended.weights is None else (attended.weights > 0)[:, None, None, :]
+        out = F.scaled_dot_product_attention(attending.queries, attended.keys, attended.values, attn_mask=mask)
+        n, h, length, dh = out.shape
+        out = out.transpose(1, 2).reshape(n, length, h * dh)
+        weights = attending.weights.unsqueeze(-1)
+        match = (self.dropout(attending.tokens) * out * weights).sum(1)
+        # SCAN's relevance (cosine of each token with what it attended to), an easy path to learn first
+        alignment = (F.normalize(attending.tokens, dim=-1) * F.normalize(out, dim=-1) * weights).sum((1, 2))
+        return self.mlp(match).squeeze(-1) + self.align_scale * alignment
+
+    def pair_scores(self, text: States, image: States) -> torch.Tensor:
         """Scores of aligned pairs (text[i], image[i]) -> (n,): match logit + itc_scale * cosine."""
-        attended = F.scaled_dot_product_attention(text.queries, image.keys, image.values)  # (n, h, L, dh)
-        n, h, length, dh = attended.shape
-        attended = attended.transpose(1, 2).reshape(n, length, h * dh)
-        weights = text.weights.unsqueeze(-1)
-        match = (self.dropout(text.tokens) * attended * weights).sum(1)
-        # SCAN's relevance (cosine of each word with what it attended to), an easy path to learn first
-        alignment = (F.normalize(text.tokens, dim=-1) * F.normalize(attended, dim=-1) * weights).sum((1, 2))
-        logit = self.mlp(match).squeeze(-1) + self.align_scale * alignment
-        cosine = (text.embedding * image.embedding).sum(-1)
-        return logit + self.itc_scale * cosine
+        return self.match_logits(text, image) + self.itc_scale * (text.embedding * image.embedding).sum(-1)
 
 
 # -- token features from the lite towers ---------------------------------------------------------
@@ -292,11 +327,11 @@ class CrossEncoderReranker(Reranker):
 
     # -- states, cached by content---------------------------------------------------------------
     @torch.inference_mode()
-    def image_states(self, items: Sequence[Any]) -> ImageStates:
+    def image_states(self, items: Sequence[Any]) -> States:
         return self._states("image", items)
 
     @torch.inference_mode()
-    def text_states(self, texts: Sequence[str]) -> TextStates:
+    def text_states(self, texts: Sequence[str]) -> States:
         return self._states("text", texts)
 
     def _states(self, modality: str, items: Sequence[Any]) -> Any:
@@ -311,9 +346,7 @@ class CrossEncoderReranker(Reranker):
             for pos, j in enumerate(chunk):
                 state = fresh[pos:pos + 1]
                 if modality == "text":  # drop padding so cached states do not depend on batch mates
-                    length = int((state.weights > 0).sum())
-                    state = TextStates(state.tokens[:, :length], state.queries[:, :, :length],
-                                       state.weights[:, :length], state.embedding)
+                    state = state.trim(int((state.weights > 0).sum()))
                 found[j] = state
                 if keys[j] is not None:
                     self.cache.put(keys[j], state)
@@ -326,9 +359,14 @@ class CrossEncoderReranker(Reranker):
         tokens, mask, embedding = self.features.texts(items)
         return self.head.prepare_texts(tokens, mask, embedding)
 
+    def forget(self, query: Query) -> None:
+        key = cache_key(query.modality, query.content)
+        if key is not None:
+            self.cache.pop(key)
+
     # -- scoring -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def score_pairs(self, text: TextStates, text_index: torch.Tensor, image: ImageStates,
+    def score_pairs(self, text: States, text_index: torch.Tensor, image: States,
                     image_index: torch.Tensor, chunk: int = 4096) -> np.ndarray:
         """Scores of the pairs (text[text_index[p]], image[image_index[p]]), in chunks."""
         out = [self.head.pair_scores(text[text_index[s:s + chunk]], image[image_index[s:s + chunk]])

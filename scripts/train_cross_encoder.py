@@ -39,8 +39,8 @@ from eval.recall import retrieval_recall
 from hashing import create_hasher
 from hashing.index import create_index
 from rerank.cross_encoder import (
-    CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER,
-    WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, ImageStates, LiteTokenFeatures, TextStates,
+    ATTENTION_DIRECTIONS, CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER,
+    WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, LiteTokenFeatures, States,
 )
 from retrieval.atomic import atomic_write_dir
 from retrieval.encoders.lite import IMAGE_STAGES, TEXT_LAYERS, WEIGHTS_DIR as LITE_DIR, load_lite_model
@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--features", choices=["tuned", "frozen"], default="frozen",
                    help="token features: the lite towers' tuned tops, or the frozen activations entering them")
+    p.add_argument("--attention", choices=list(ATTENTION_DIRECTIONS), default="t2i",
+                   help="t2i: caption tokens attend over image regions; i2t: regions attend over tokens")
     p.add_argument("--itc-in-loss", type=float, default=0.0,
                    help="ITC scale inside the training loss (0: the head learns to match on its own; the "
                         "fusion scale is chosen on validation either way)")
@@ -142,7 +144,7 @@ def by_float(candidates: np.ndarray, queries: np.ndarray, items: np.ndarray) -> 
 
 # -- training ----------------------------------------------------------------------------------
 def prepare(head: CrossEncoderHead, feats: dict, image_rows: np.ndarray, text_rows: np.ndarray
-            ) -> tuple[ImageStates, TextStates]:
+            ) -> tuple[States, States]:
     tr, ir = torch.as_tensor(text_rows), torch.as_tensor(image_rows)
     length = max(int(feats["text_mask"][tr].sum(1).max()), 1)
     images = head.prepare_images(feats["image_tokens"][ir], feats["image_embedding"][ir])
@@ -281,7 +283,7 @@ def main() -> None:
     fit_positives_i2t = [np.flatnonzero(fit_owner == i) for i in range(len(fit_images))]
 
     head_config = {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[args.features], "features": args.features,
-                   "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
+                   "attention": args.attention, "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
                    "init_itc_scale": args.itc_in_loss}
     head = CrossEncoderHead(**head_config)
     head.itc_scale.requires_grad_(False)

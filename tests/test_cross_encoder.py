@@ -20,9 +20,9 @@ from retrieval.hub import ModelNotAvailableError
 TINY = {"image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
 
 
-def tiny_head(seed: int = 0) -> CrossEncoderHead:
+def tiny_head(seed: int = 0, attention: str = "t2i") -> CrossEncoderHead:
     torch.manual_seed(seed)
-    head = CrossEncoderHead(**TINY)
+    head = CrossEncoderHead(**TINY, attention=attention)
     for p in head.parameters():  # the default init leaves positions at zero; make every part matter
         torch.nn.init.normal_(p, std=0.3)
     return head.eval()
@@ -39,9 +39,10 @@ def save_head(head: CrossEncoderHead, directory: Path) -> Path:
     return directory
 
 
+@pytest.mark.parametrize("attention", ["t2i", "i2t"])
 @torch.no_grad()
-def test_pair_scores_do_not_depend_on_padding_or_batch_mates():
-    head = tiny_head()
+def test_pair_scores_do_not_depend_on_padding_or_batch_mates(attention):
+    head = tiny_head(attention=attention)
     tokens, img_tokens = torch.randn(3, 6, 384), torch.randn(3, 49, 320)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     t_emb, i_emb = torch.randn(3, 256), torch.randn(3, 256)
@@ -56,10 +57,19 @@ def test_pair_scores_do_not_depend_on_padding_or_batch_mates():
     parts = [head.prepare_texts(tokens[j:j + 1, :int(mask[j].sum())], mask[j:j + 1, :int(mask[j].sum())],
                                 t_emb[j:j + 1]) for j in range(3)]
     assert torch.allclose(head.pair_scores(cat_states(parts), images), together, atol=1e-5)
+    # padded caption tokens change nothing, whichever side attends
+    noisy = tokens.clone()
+    noisy[mask == 0] = 100.0
+    assert torch.allclose(head.pair_scores(head.prepare_texts(noisy, mask, t_emb), images), together, atol=1e-4)
     # the ITC term is exactly itc_scale * cosine
     cos = torch.nn.functional.cosine_similarity(t_emb, i_emb)
     head.itc_scale.add_(5.0)
     assert torch.allclose(head.pair_scores(texts, images) - together, 5.0 * cos, atol=1e-4)
+
+
+def test_attention_direction_is_checked():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        CrossEncoderHead(**TINY, attention="both")
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +107,15 @@ def test_scores_are_invariant_to_order_batching_and_caching(reranker, images):
     assert np.allclose(reranker.score(query, Candidates("image", np.arange(4), items=images)), first, atol=1e-5)
     reranker.cache = type(reranker.cache)(100)
     reranker.batch_size = 2
+
+
+def test_forget_drops_the_query_features_only(reranker, images):
+    query = Query("text", "a cat on a sofa")
+    reranker.score(query, Candidates("image", np.arange(4), items=images))
+    size = len(reranker.cache)
+    reranker.forget(query)
+    assert len(reranker.cache) == size - 1  # the gallery images stay cached
+    assert reranker.cache.get(("text", "a cat on a sofa")) is None
 
 
 def test_image_query_scores_captions_consistently_with_text_queries(reranker, images):
