@@ -408,7 +408,8 @@ class RewriteReranker(Reranker):
     ``score = original_weight * cos(query embedding, c) + (1 - original_weight) * mean_v cos(enc(v), c)``
     (:func:`fuse_similarities`). The text ``encoder`` must be the stage-1 encoder that embedded the
     candidates; it is not part of :meth:`config`, so a reranker rebuilt from its config gets it
-    injected: a Retriever calls :meth:`attach` with its own encoder.
+    injected: a Retriever calls :meth:`attach` with its own encoder. An image query (image->text
+    search) has nothing to rewrite and gets the plain cosine, as float rescoring gives it.
     """
 
     method = "rewrite"
@@ -450,8 +451,6 @@ class RewriteReranker(Reranker):
 
     def check(self, query: Query, candidates: Candidates) -> None:
         super().check(query, candidates)
-        if query.modality != "text":
-            raise ValueError(f"reranker {self.method!r} rewrites text queries; got an {query.modality} query")
         if self.encoder is None:
             raise ValueError(
                 f"reranker {self.method!r} needs the stage-1 text encoder: pass encoder= or set .encoder "
@@ -467,16 +466,19 @@ class RewriteReranker(Reranker):
             raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
         for q, c in zip(queries, candidates):
             self.check(q, c)
-        if not queries:
-            return []
-        variants = self.rewriter.rewrite([q.content for q in queries])
+        # an image query has nothing to rewrite: it is scored as float rescoring scores it
+        out = [cosine(q.embedding, c.embeddings) for q, c in zip(queries, candidates)]
+        rows = [i for i, q in enumerate(queries) if q.modality == "text"]
+        if not rows:
+            return out
+        variants = self.rewriter.rewrite([queries[i].content for i in rows])
         flat = [v for vs in variants for v in vs]
         vectors = np.asarray(self.encoder.encode_texts(flat), dtype=np.float32)
-        out, start = [], 0
-        for q, c, vs in zip(queries, candidates, variants):
-            v_sims = np.stack([cosine(v, c.embeddings) for v in vectors[start:start + len(vs)]])
+        start = 0
+        for i, vs in zip(rows, variants):
+            v_sims = np.stack([cosine(v, candidates[i].embeddings) for v in vectors[start:start + len(vs)]])
             start += len(vs)
-            out.append(fuse_similarities(cosine(q.embedding, c.embeddings), v_sims, self.original_weight))
+            out[i] = fuse_similarities(out[i], v_sims, self.original_weight)
         return out
 
     def config(self) -> dict[str, Any]:

@@ -321,6 +321,13 @@ def test_score_batch_matches_score_with_one_encoder_call(tiny_lm):
     assert encoder.calls == before + 1
     for q, c, s in zip(qs, cs, batch):
         np.testing.assert_allclose(reranker.score(q, c), s, atol=1e-6)
+    # an image query in the same batch: nothing to rewrite, plain cosine, text rows unchanged
+    image_q = Query("image", "photo.jpg", embedding=np.ones(FakeEncoder.dim, dtype=np.float32))
+    image_c = Candidates("text", np.arange(3), embeddings=np.eye(3, FakeEncoder.dim, dtype=np.float32))
+    mixed = reranker.score_batch([image_q, *qs], [image_c, *cs])
+    np.testing.assert_allclose(mixed[0], np.full(3, 1 / np.sqrt(FakeEncoder.dim)), atol=1e-6)
+    for got, want in zip(mixed[1:], batch):
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_reranker_errors_and_config_round_trip(tiny_lm):
@@ -332,9 +339,6 @@ def test_reranker_errors_and_config_round_trip(tiny_lm):
         reranker.score(Query("text", "dog"), c)
     with pytest.raises(ValueError, match="embeddings"):
         reranker.score(Query("text", "dog", embedding=np.ones(8, np.float32)), Candidates("image", ids=np.arange(4)))
-    with pytest.raises(ValueError, match="text queries"):
-        reranker.score(Query("image", "a.jpg", embedding=np.ones(8, np.float32)), Candidates("text", ids=np.arange(4),
-                                                                                          embeddings=np.ones((4, 8))))
     with pytest.raises(ValueError, match="original_weight"):
         RewriteReranker(original_weight=1.5)
     rebuilt = reranker_from_config(json.loads(json.dumps(reranker.config())))
