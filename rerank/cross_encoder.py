@@ -5,19 +5,22 @@ way LAVIS scores retrieval: an ITM-style matching logit on the stage-1 candidate
 dual encoder's ITC similarity (``final = match + itc_scale * cos``). The head therefore learns a
 *correction* to the dual-encoder ranking, which is what a reranker is for.
 
-Architecture (one cross-attention layer, SCAN-style text-to-image attention, Lee et al. 2018):
-every caption token attends over the 7x7 EfficientNet-Lite0 feature map; the token's match
-feature is its elementwise product with what it attended to; a learned token weighting pools the
-tokens, and an MLP maps the pooled match feature to a logit, to which SCAN's relevance (the
-weighted cosine of each token with its attended image vector) is added. Everything that depends on only one
-side (projections, keys, values, token weights) is computed once per item, so a (query, candidate)
-pair costs only the attention itself and a small MLP: re-scoring 128 candidates is cheap enough
-for a CPU.
+Architecture (one cross-attention layer, SCAN-style attention, Lee et al. 2018): with
+``attention="t2i"`` every caption token attends over the 7x7 EfficientNet-Lite0 feature map; the
+token's match feature is its elementwise product with what it attended to; a learned token
+weighting pools the tokens, and an MLP maps the pooled match feature to a logit, to which SCAN's
+relevance (the weighted cosine of each token with its attended image vector) is added. With
+``attention="i2t"`` the roles swap: every image region attends over the caption's tokens and the
+regions are pooled. SCAN's best results came from scoring a t-i and an i-t model together; a
+:class:`HeadEnsemble` does that (match logits summed, one ITC term). Everything that depends on
+only one side (projections, queries, keys, values, pooling weights) is computed once per item, so
+a (query, candidate) pair costs only the attention itself and a small MLP: re-scoring 128
+candidates is cheap enough for a CPU.
 
-Features: the output of EfficientNet-Lite0's last stage (320 x 7 x 7, the tuned stage included;
-the 1x1 conv head above it only widens it to 1280) and MiniLM's last hidden states (384 per token):
-the same forward passes that give the dual-encoder embeddings, so the reranker needs nothing but
-the raw candidates.
+Features (:data:`FEATURE_SETS`): the shipped heads read the *frozen* activations inside the lite
+towers (EfficientNet-Lite0's stage-6 output, 192 x 7 x 7, and MiniLM's layer-4 hidden states),
+taken from the same forward passes that give the dual-encoder embeddings, so the reranker needs
+nothing but the raw candidates.
 
 Trained by ``scripts/train_cross_encoder.py`` on Flickr8K train with hard negatives from stage 1;
 weights ship in ``rerank/weights/cross-encoder/`` (safetensors + config.json + model card).
@@ -98,6 +101,11 @@ class States:
         return self._map(lambda name, t: t[index])
 
     @property
+    def token_mask(self) -> torch.Tensor:
+        """(n, T) bool: a caption's real tokens (its padding is False)."""
+        return self.weights > 0
+
+    @property
     def length(self) -> int:
         """Tokens per item (the padded length for captions)."""
         return next(getattr(self, f).shape[a] for f, a in self.TOKEN_AXES.items() if getattr(self, f) is not None)
@@ -117,12 +125,38 @@ class States:
         return self._map(widen)
 
 
-def cat_states(states: Sequence[States]) -> States:
+@dataclass
+class EnsembleStates:
+    """One item's (or a batch's) States for each member of a :class:`HeadEnsemble`, in member order."""
+
+    parts: tuple[States, ...]
+
+    def __getitem__(self, index: Any) -> "EnsembleStates":
+        return EnsembleStates(tuple(p[index] for p in self.parts))
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.parts[0].embedding
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        return self.parts[0].token_mask
+
+    @property
+    def length(self) -> int:
+        return self.parts[0].length
+
+    def trim(self, length: int) -> "EnsembleStates":
+        return EnsembleStates(tuple(p.trim(length) for p in self.parts))
+
+
+def cat_states(states: Sequence[States | EnsembleStates]) -> States | EnsembleStates:
     """Concatenates states along the item axis; captions are padded to the longest."""
+    if isinstance(states[0], EnsembleStates):
+        return EnsembleStates(tuple(cat_states([s.parts[m] for s in states]) for m in range(len(states[0].parts))))
     length = max(s.length for s in states)
     padded = [s.pad(length) for s in states]
-    first = padded[0]
-    return first._map(lambda name, _: torch.cat([getattr(s, name) for s in padded]))
+    return padded[0]._map(lambda name, _: torch.cat([getattr(s, name) for s in padded]))
 
 
 class CrossEncoderHead(nn.Module):
@@ -197,6 +231,36 @@ class CrossEncoderHead(nn.Module):
 
     def pair_scores(self, text: States, image: States) -> torch.Tensor:
         """Scores of aligned pairs (text[i], image[i]) -> (n,): match logit + itc_scale * cosine."""
+        return self.match_logits(text, image) + self.itc_scale * (text.embedding * image.embedding).sum(-1)
+
+
+class HeadEnsemble(nn.Module):
+    """Heads trained separately (e.g. one per attention direction, as SCAN ensembles t-i and i-t),
+    scored together: the sum of their match logits plus one ITC term, ``itc_scale * cosine``.
+
+    Members must read the same token features, since the reranker computes one set per item.
+    """
+
+    def __init__(self, members: Sequence[CrossEncoderHead], itc_scale: float) -> None:
+        super().__init__()
+        features = {m.config["features"] for m in members}
+        if len(members) < 1 or len(features) != 1:
+            raise ValueError(f"an ensemble needs at least one head, all on the same features; got {sorted(features)}")
+        self.members = nn.ModuleList(members)
+        self.itc_scale = nn.Parameter(torch.tensor(float(itc_scale)), requires_grad=False)
+        self.config = {"features": features.pop(), "members": [m.config for m in members],
+                       "itc_scale": float(itc_scale)}
+
+    def prepare_images(self, tokens: torch.Tensor, embedding: torch.Tensor) -> EnsembleStates:
+        return EnsembleStates(tuple(m.prepare_images(tokens, embedding) for m in self.members))
+
+    def prepare_texts(self, tokens: torch.Tensor, mask: torch.Tensor, embedding: torch.Tensor) -> EnsembleStates:
+        return EnsembleStates(tuple(m.prepare_texts(tokens, mask, embedding) for m in self.members))
+
+    def match_logits(self, text: EnsembleStates, image: EnsembleStates) -> torch.Tensor:
+        return sum(m.match_logits(t, i) for m, t, i in zip(self.members, text.parts, image.parts))
+
+    def pair_scores(self, text: EnsembleStates, image: EnsembleStates) -> torch.Tensor:
         return self.match_logits(text, image) + self.itc_scale * (text.embedding * image.embedding).sum(-1)
 
 
@@ -276,15 +340,22 @@ def read_head_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def load_head(path_or_repo_id: str | Path = WEIGHTS_DIR) -> tuple[CrossEncoderHead, dict[str, Any]]:
-    """The trained head from a local directory or a Hub repo id (through the shared resolver)."""
+def build_head(config: dict[str, Any]) -> CrossEncoderHead | HeadEnsemble:
+    """A head, or an ensemble of heads (``{"members": [head configs], "itc_scale": s}``), from its config."""
+    if "members" in config:
+        return HeadEnsemble([CrossEncoderHead(**c) for c in config["members"]], config.get("itc_scale", 0.0))
+    return CrossEncoderHead(**config)
+
+
+def load_head(path_or_repo_id: str | Path = WEIGHTS_DIR) -> tuple[CrossEncoderHead | HeadEnsemble, dict[str, Any]]:
+    """The trained head (or ensemble) from a local directory or a Hub repo id (through the shared resolver)."""
     from safetensors.torch import load_file
 
     from retrieval.hub import resolve_pretrained_dir
 
     directory = resolve_pretrained_dir(path_or_repo_id, [CONFIG_NAME, WEIGHTS_NAME])
     config = read_head_config(directory)
-    head = CrossEncoderHead(**config["head"])
+    head = build_head(config["head"])
     state = load_file(str(directory / WEIGHTS_NAME))
     missing, unexpected = head.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if missing or unexpected:
@@ -346,7 +417,7 @@ class CrossEncoderReranker(Reranker):
             for pos, j in enumerate(chunk):
                 state = fresh[pos:pos + 1]
                 if modality == "text":  # drop padding so cached states do not depend on batch mates
-                    state = state.trim(int((state.weights > 0).sum()))
+                    state = state.trim(int(state.token_mask.sum()))
                 found[j] = state
                 if keys[j] is not None:
                     self.cache.put(keys[j], state)

@@ -40,7 +40,7 @@ from hashing import create_hasher
 from hashing.index import create_index
 from rerank.cross_encoder import (
     ATTENTION_DIRECTIONS, CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER,
-    WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, LiteTokenFeatures, States,
+    WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, HeadEnsemble, LiteTokenFeatures, States, load_head,
 )
 from retrieval.atomic import atomic_write_dir
 from retrieval.encoders.lite import IMAGE_STAGES, TEXT_LAYERS, WEIGHTS_DIR as LITE_DIR, load_lite_model
@@ -72,6 +72,10 @@ def parse_args() -> argparse.Namespace:
                    help="token features: the lite towers' tuned tops, or the frozen activations entering them")
     p.add_argument("--attention", choices=list(ATTENTION_DIRECTIONS), default="t2i",
                    help="t2i: caption tokens attend over image regions; i2t: regions attend over tokens")
+    p.add_argument("--ensemble", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="no training: score these trained heads together (match logits summed, one ITC term; "
+                        "SCAN ensembles its t-i and i-t models so), choose the ITC scale on validation, save "
+                        "the ensemble to --output")
     p.add_argument("--itc-in-loss", type=float, default=0.0,
                    help="ITC scale inside the training loss (0: the head learns to match on its own; the "
                         "fusion scale is chosen on validation either way)")
@@ -227,6 +231,60 @@ def recall_from(parts, t2i_cand, i2t_cand, nt, ni, caption_image, itc_scale: flo
             **{k: v for k, v in i2t.items() if k.startswith("text_")}}
 
 
+#: ITC scales tried: 0 and powers of 2 up to 256 while training; an ensemble (whose summed logits
+#: want about twice a single head's scale, between two powers of 2) gets steps of sqrt(2).
+ITC_SCALES = [0.0] + [2.0 ** e for e in range(9)]
+ENSEMBLE_ITC_SCALES = [0.0] + [2.0 ** (e / 2) for e in range(17)]
+
+
+def best_itc_scale(parts, val_t2i, val_i2t, n_caps, n_images, val_owner,
+                   scales: list[float] = ITC_SCALES) -> tuple[float, dict[str, float]]:
+    """The ITC scale (of ``scales``) with the best validation R@1 sum, and its recalls."""
+    rows = {s: recall_from(parts, val_t2i, val_i2t, n_caps, n_images, val_owner, s) for s in scales}
+    r1 = {s: m["image_retrieval_recall@1"] + m["text_retrieval_recall@1"] for s, m in rows.items()}
+    scale = max(r1, key=r1.get)
+    return scale, rows[scale]
+
+
+def save_model(output: Path, state: dict[str, torch.Tensor], head_config: dict, training: dict) -> None:
+    """Weights, config and (kept) model card, written atomically."""
+    from safetensors.torch import save_file
+
+    card = output / "README.md"
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
+        config = {"format_version": FORMAT_VERSION, "model_type": "lite-cross-encoder", "head": head_config,
+                  "encoder": None,  # the shipped lite encoder
+                  "training": training}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        if card.exists():
+            (tmp / card.name).write_text(card.read_text())
+
+    atomic_write_dir(output, write)
+
+
+def save_ensemble(args, feats, val_images, val_caps, val_owner, val_t2i, val_i2t) -> None:
+    """``--ensemble``: the heads of ``args.ensemble`` scored together, ITC scale chosen on validation."""
+    members, trainings = [], []
+    for directory in args.ensemble:
+        head, config = load_head(directory)
+        members += list(head.members) if isinstance(head, HeadEnsemble) else [head]
+        trainings += config["training"].get("members", [config["training"]])
+    ensemble = HeadEnsemble(members, itc_scale=0.0)
+    parts = rerank_scores(ensemble, feats, val_images, val_caps, val_t2i, val_i2t)
+    base = recall_from(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner, None)
+    scale, best = best_itc_scale(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner,
+                                 ENSEMBLE_ITC_SCALES)
+    print("val float rescoring:", json.dumps({k: round(v, 4) for k, v in base.items()}))
+    print(f"val ensemble (itc_scale {scale}):", json.dumps({k: round(v, 4) for k, v in best.items()}))
+    ensemble.itc_scale.fill_(scale)
+    save_model(args.output, ensemble.state_dict(), {"members": ensemble.config["members"], "itc_scale": scale},
+               {"ensemble_of": [str(d) for d in args.ensemble], "val_float_rescoring": base,
+                "best": {"itc_scale": scale, **best}, "members": trainings})
+    print(f"saved {args.output}")
+
+
 def frozen_tokens(lite, train, cache: Path) -> dict[str, torch.Tensor]:
     """The frozen activations of the train split, from scripts/train_lite.py's trunk caches."""
     import importlib.util
@@ -271,9 +329,11 @@ def main() -> None:
     fit_caps, fit_owner = subset(fit_images)
     val_caps, val_owner = subset(val_images)
     t0 = time.time()
-    fit_t2i, fit_i2t = stage1_candidates(image_emb[fit_images], text_emb[fit_caps], fit_owner, args.bits,
-                                         args.candidates, args.seed)
     val_t2i, val_i2t = stage1_candidates(image_emb[val_images], text_emb[val_caps], val_owner, args.bits,
+                                         args.candidates, args.seed)
+    if args.ensemble:
+        return save_ensemble(args, feats, val_images, val_caps, val_owner, val_t2i, val_i2t)
+    fit_t2i, fit_i2t = stage1_candidates(image_emb[fit_images], text_emb[fit_caps], fit_owner, args.bits,
                                          args.candidates, args.seed)
     fit_t2i = by_float(fit_t2i, text_emb[fit_caps], image_emb[fit_images])
     fit_i2t = by_float(fit_i2t, image_emb[fit_images], text_emb[fit_caps])
@@ -315,42 +375,24 @@ def main() -> None:
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
             parts = val_view()
-            scales = [0.0] + [2.0 ** e for e in range(9)]
-            rows = {s: recall_from(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner, s) for s in scales}
-            r1 = {s: m["image_retrieval_recall@1"] + m["text_retrieval_recall@1"] for s, m in rows.items()}
-            scale = max(r1, key=r1.get)
-            record = {"step": step, "loss": float(loss), "itc_scale": scale,
-                      **{k: round(v, 4) for k, v in rows[scale].items()}}
+            scale, metrics = best_itc_scale(parts, val_t2i, val_i2t, len(val_caps), len(val_images), val_owner)
+            record = {"step": step, "loss": float(loss.detach()), "itc_scale": scale,
+                      **{k: round(v, 4) for k, v in metrics.items()}}
             history.append(record)
             print(json.dumps(record), flush=True)
-            if r1[scale] > best:
-                best = r1[scale]
+            r1 = metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]
+            if r1 > best:
+                best = r1
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
                 best_state["itc_scale"] = torch.tensor(scale)
                 best_record = record
 
-    from safetensors.torch import save_file
-
-    card = args.output / "README.md"
-
-    def write(tmp: Path) -> None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / WEIGHTS_NAME))
-        config = {
-            "format_version": FORMAT_VERSION, "model_type": "lite-cross-encoder",
-            "head": {**head_config, "init_itc_scale": float(best_state["itc_scale"])},
-            "encoder": None,  # the shipped lite encoder
-            "training": {"data": "Flickr8K train (Karpathy split) minus the lite trainer's 500 validation images",
-                         "negatives": f"ITQ {args.bits}-bit Hamming top-{args.candidates}, float-sorted, "
-                                      f"first {args.negatives_from}",
-                         **{k: getattr(args, k) for k in ("group", "batch_size", "steps", "lr", "weight_decay",
-                                                          "warmup_steps", "seed", "val_images")},
-                         "val_float_rescoring": base, "best": best_record, "history": history},
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        if card.exists():
-            (tmp / card.name).write_text(card.read_text())
-
-    atomic_write_dir(args.output, write)
+    training = {"data": "Flickr8K train (Karpathy split) minus the lite trainer's 500 validation images",
+                "negatives": f"ITQ {args.bits}-bit Hamming top-{args.candidates}, float-sorted, first {args.negatives_from}",
+                **{k: getattr(args, k) for k in ("attention", "group", "batch_size", "steps", "lr", "weight_decay",
+                                                 "warmup_steps", "seed", "val_images")},
+                "val_float_rescoring": base, "best": best_record, "history": history}
+    save_model(args.output, best_state, {**head_config, "init_itc_scale": float(best_state["itc_scale"])}, training)
     print(f"saved {args.output}: {json.dumps(best_record)}")
 
 

@@ -13,7 +13,8 @@ from conftest import FLICKR8K
 from hub_cache import add_to_hub_cache
 from rerank import Candidates, Query, create_reranker, reranker_from_config
 from rerank.cross_encoder import (
-    CONFIG_NAME, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, CrossEncoderReranker, cat_states,
+    CONFIG_NAME, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, CrossEncoderReranker, HeadEnsemble,
+    cat_states,
 )
 from retrieval.hub import ModelNotAvailableError
 
@@ -65,6 +66,34 @@ def test_pair_scores_do_not_depend_on_padding_or_batch_mates(attention):
     cos = torch.nn.functional.cosine_similarity(t_emb, i_emb)
     head.itc_scale.add_(5.0)
     assert torch.allclose(head.pair_scores(texts, images) - together, 5.0 * cos, atol=1e-4)
+
+
+@torch.no_grad()
+def test_ensemble_is_the_sum_of_member_logits_plus_one_itc_term(tmp_path, images):
+    t2i, i2t = tiny_head(0, "t2i"), tiny_head(1, "i2t")
+    ensemble = HeadEnsemble([t2i, i2t], itc_scale=3.0).eval()
+    tokens, img_tokens = torch.randn(3, 5, 384), torch.randn(3, 49, 320)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    t_emb, i_emb = torch.randn(3, 256), torch.randn(3, 256)
+    texts, imgs = ensemble.prepare_texts(tokens, mask, t_emb), ensemble.prepare_images(img_tokens, i_emb)
+    expected = sum(h.match_logits(h.prepare_texts(tokens, mask, t_emb), h.prepare_images(img_tokens, i_emb))
+                   for h in (t2i, i2t)) + 3.0 * torch.nn.functional.cosine_similarity(t_emb, i_emb)
+    scores = ensemble.pair_scores(texts, imgs)
+    assert torch.allclose(scores, expected, atol=1e-4)
+    parts = [ensemble.prepare_texts(tokens[j:j + 1], mask[j:j + 1], t_emb[j:j + 1]).trim(int(mask[j].sum()))
+             for j in range(3)]
+    assert torch.allclose(ensemble.pair_scores(cat_states(parts), imgs), scores, atol=1e-4)
+    # saved and loaded as one reranker; its cache and batching keep scores unchanged
+    reranker = CrossEncoderReranker(save_head(ensemble, tmp_path / "ensemble"), device="cpu", batch_size=2)
+    assert isinstance(reranker.head, HeadEnsemble) and len(reranker.head.members) == 2
+    query = Query("text", "a dog in a park")
+    first = reranker.score(query, Candidates("image", np.arange(4), items=images))
+    reranker.forget(query)
+    batch = reranker.score_batch([Query("text", "two children play"), query],
+                                 [Candidates("image", np.arange(4), items=images)] * 2)
+    assert np.allclose(batch[1], first, atol=1e-5)
+    with pytest.raises(ValueError, match="same features"):
+        HeadEnsemble([t2i, CrossEncoderHead(**{**TINY, "features": "frozen", "image_dim": 192})], 1.0)
 
 
 def test_attention_direction_is_checked():
