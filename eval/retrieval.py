@@ -304,7 +304,7 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
         load_seconds = time.perf_counter() - t0
         result = evaluate_pipeline(retriever, dataset.caption_image, emb.images, emb.texts, image_queries,
                                    text_queries, reranker, args.candidates, text_query_vectors=text_vectors,
-                                   text_query_rows=None if not args.one_caption_per_image else rows)
+                                   text_query_rows=rows)
         result["latency"] = single_query_latency(retriever, text_queries, image_queries, reranker,
                                                  args.candidates, args.latency_queries)
         result.update(hasher=args.hasher, bits=hasher.bits, queries=args.queries, fusion_weight=args.fusion_weight,

@@ -17,7 +17,13 @@ weight of the final score is chosen afterwards on the validation images (the lit
 held-out draw of 500 train images, never trained on by either model), and the best validation
 checkpoint is kept.
 
-    python scripts/train_cross_encoder.py --output rerank/weights/cross-encoder
+The shipped reranker is two heads, one per attention direction, trained separately and scored
+together (SCAN's t-i + i-t ensemble); ``--ensemble`` trains nothing, it scores saved heads together
+and picks the ensemble's ITC weight on the same validation images:
+
+    python scripts/train_cross_encoder.py --attention t2i --output runs/cross-t2i
+    python scripts/train_cross_encoder.py --attention i2t --output runs/cross-i2t
+    python scripts/train_cross_encoder.py --ensemble runs/cross-t2i runs/cross-i2t --output rerank/weights/cross-encoder
 """
 
 from __future__ import annotations
