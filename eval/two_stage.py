@@ -94,14 +94,15 @@ def single_query_latency(retriever: Any, text_queries: Sequence[str], image_quer
     rng = np.random.default_rng(seed)
     rerank = False if rerank in (None, "none") else rerank
     out = {}
-    for direction, pool in (("text_to_image", text_queries), ("image_to_text", image_queries)):
+    directions = (("text_to_image", "text", text_queries), ("image_to_text", "image", image_queries))
+    for direction, modality, pool in directions:
         picks = rng.choice(len(pool), min(n, len(pool)), replace=False)
         retriever.search(pool[picks[0]], k=k, candidates=candidates, rerank=rerank)
         times = []
         for i in picks:
             q = pool[i]
             if isinstance(rerank, Reranker):
-                rerank.forget(Query(direction.split("_")[0], q))
+                rerank.forget(Query(modality, q))
             t0 = time.perf_counter()
             retriever.search(q, k=k, candidates=candidates, rerank=rerank)
             times.append(1000 * (time.perf_counter() - t0))

@@ -122,6 +122,13 @@ class Reranker(ABC):
             raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
         return [self.score(q, c) for q, c in zip(queries, candidates)]
 
+    def check_batch(self, queries: Sequence[Query], candidates: Sequence[Candidates]) -> None:
+        """:meth:`check` for every pair, after checking there is one candidate list per query."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
+        for query, cands in zip(queries, candidates):
+            self.check(query, cands)
+
     def check(self, query: Query, candidates: Candidates) -> None:
         if query.modality == candidates.modality:
             raise ValueError(f"query and candidates are both {query.modality}: a reranker scores across modalities")

@@ -262,10 +262,7 @@ class Blip2Reranker(Reranker):
 
     def score_batch(self, queries: Sequence[Query], candidates: Sequence[Candidates]) -> list[np.ndarray]:
         """All pairs of all queries, grouped by image so that each distinct image is encoded once."""
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
-        for query, cands in zip(queries, candidates):
-            self.check(query, cands)
+        self.check_batch(queries, candidates)
         texts: dict[str, int] = {}
         images: dict[Hashable, int] = {}
         pending: list[PendingImage] = []

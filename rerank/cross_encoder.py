@@ -450,10 +450,7 @@ class CrossEncoderReranker(Reranker):
     @torch.inference_mode()
     def score_batch(self, queries: Sequence[Query], candidates: Sequence[Candidates]) -> list[np.ndarray]:
         """Featurises all queries of a modality in one batch, then scores each candidate list."""
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
-        for q, c in zip(queries, candidates):
-            self.check(q, c)
+        self.check_batch(queries, candidates)
         out: list[np.ndarray] = [np.empty(0, dtype=np.float32) for _ in queries]
         for modality in ("text", "image"):
             rows = [i for i, q in enumerate(queries) if q.modality == modality and len(candidates[i])]

@@ -462,10 +462,7 @@ class RewriteReranker(Reranker):
 
     def score_batch(self, queries: Sequence[Query], candidates: Sequence[Candidates]) -> list[np.ndarray]:
         """All queries' rewrites in one generation pass and one encoder call."""
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidate lists")
-        for q, c in zip(queries, candidates):
-            self.check(q, c)
+        self.check_batch(queries, candidates)
         # an image query has nothing to rewrite: it is scored as float rescoring scores it
         out = [cosine(q.embedding, c.embeddings) for q, c in zip(queries, candidates)]
         rows = [i for i, q in enumerate(queries) if q.modality == "text"]
