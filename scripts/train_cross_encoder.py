@@ -68,6 +68,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--negatives-from", type=int, default=48)
     p.add_argument("--group", type=int, default=16, help="candidates per query in a training group (1 positive)")
     p.add_argument("--hard-fraction", type=float, default=0.5, help="share of a group's negatives from stage 1")
+    p.add_argument("--hard-fraction-end", type=float, default=None,
+                   help="ramp the hard share linearly to this by the last step (VSE++'s warm start: random "
+                        "negatives get the head off the ground, hard ones teach the top of the list)")
     p.add_argument("--batch-size", type=int, default=32, help="queries per direction per step")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -195,6 +198,13 @@ def sample_groups(rng, queries: np.ndarray, positives: list[np.ndarray], ranked:
         randoms[clash] = rng.choice(pool, int(clash.sum()))
         out[row, 1 + n_hard:] = randoms
     return out
+
+
+def hard_fraction_at(step: int, steps: int, start: float, end: float | None) -> float:
+    """The hard-negative share at ``step`` (1-based): ``start``, ramped linearly to ``end`` if given."""
+    if end is None:
+        return start
+    return start + (end - start) * min(step, steps) / steps
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -370,10 +380,11 @@ def main() -> None:
             g["lr"] = lr
         q_caps = rng.choice(len(fit_caps), args.batch_size, replace=False)
         q_imgs = rng.choice(len(fit_images), args.batch_size, replace=False)
+        hard = hard_fraction_at(step, args.steps, args.hard_fraction, args.hard_fraction_end)
         g_t2i = sample_groups(rng, q_caps, fit_positives_t2i, fit_t2i, args.group, args.negatives_from,
-                              len(fit_images), args.hard_fraction)
+                              len(fit_images), hard)
         g_i2t = sample_groups(rng, q_imgs, fit_positives_i2t, fit_i2t, args.group, args.negatives_from,
-                              len(fit_caps), args.hard_fraction)
+                              len(fit_caps), hard)
         loss = (group_loss(head, feats, fit_cap_global[q_caps], fit_img_global[g_t2i], "t2i")
                 + group_loss(head, feats, fit_img_global[q_imgs], fit_cap_global[g_i2t], "i2t")) / 2
         optimizer.zero_grad(set_to_none=True)
@@ -395,8 +406,8 @@ def main() -> None:
 
     training = {"data": "Flickr8K train (Karpathy split) minus the lite trainer's 500 validation images",
                 "negatives": f"ITQ {args.bits}-bit Hamming top-{args.candidates}, float-sorted, first {args.negatives_from}",
-                **{k: getattr(args, k) for k in ("attention", "group", "batch_size", "steps", "lr", "weight_decay",
-                                                 "warmup_steps", "seed", "val_images")},
+                **{k: getattr(args, k) for k in ("attention", "group", "hard_fraction", "hard_fraction_end", "batch_size",
+                                                 "steps", "lr", "weight_decay", "warmup_steps", "seed", "val_images")},
                 "val_float_rescoring": base, "best": best_record, "history": history}
     save_model(args.output, best_state, {**head_config, "init_itc_scale": float(best_state["itc_scale"])}, training)
     print(f"saved {args.output}: {json.dumps(best_record)}")

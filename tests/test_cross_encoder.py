@@ -101,6 +101,37 @@ def test_attention_direction_is_checked():
         CrossEncoderHead(**TINY, attention="both")
 
 
+def load_train_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_cross_encoder.py"
+    spec = importlib.util.spec_from_file_location("train_cross_encoder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("hard_fraction", [0.0, 0.5, 1.0])
+def test_training_groups_put_the_positive_first_and_draw_the_hard_share_from_stage1(hard_fraction):
+    train = load_train_script()
+    rng = np.random.default_rng(0)
+    n_items, group, negatives_from = 200, 9, 12
+    positives = [np.array([q, (q + 1) % n_items]) for q in range(n_items)]
+    ranked = np.stack([rng.permutation(n_items) for _ in range(n_items)])
+    queries = np.arange(0, n_items, 7)
+    groups = train.sample_groups(rng, queries, positives, ranked, group, negatives_from, n_items, hard_fraction)
+    n_hard = round((group - 1) * hard_fraction)
+    for row, q in zip(groups, queries):
+        assert row[0] in positives[q] and not np.isin(row[1:], positives[q]).any()
+        assert np.isin(row[1:1 + n_hard], ranked[q, :negatives_from]).all()
+
+
+def test_hard_fraction_ramps_linearly_to_its_end_value():
+    ramp = load_train_script().hard_fraction_at
+    assert [ramp(s, 100, 0.5, None) for s in (1, 100)] == [0.5, 0.5]
+    assert ramp(50, 100, 0.5, 0.9) == pytest.approx(0.7) and ramp(100, 100, 0.5, 0.9) == pytest.approx(0.9)
+
+
 @pytest.fixture(scope="module")
 def reranker(tmp_path_factory) -> CrossEncoderReranker:
     directory = save_head(tiny_head(), tmp_path_factory.mktemp("head") / "cross")
