@@ -29,6 +29,7 @@ weights ship in ``rerank/weights/cross-encoder/`` (safetensors + config.json + m
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Sequence
@@ -155,7 +156,7 @@ def cat_states(states: Sequence[States | EnsembleStates]) -> States | EnsembleSt
     if isinstance(states[0], EnsembleStates):
         return EnsembleStates(tuple(cat_states([s.parts[m] for s in states]) for m in range(len(states[0].parts))))
     length = max(s.length for s in states)
-    padded = [s.pad(length) for s in states]
+    padded = [s if s.length == length else s.pad(length) for s in states]
     return padded[0]._map(lambda name, _: torch.cat([getattr(s, name) for s in padded]))
 
 
@@ -320,12 +321,19 @@ class LiteTokenFeatures:
         return torch.cat(hidden), mask, torch.cat(embeddings)
 
 
+def take(states: States | EnsembleStates, index: torch.Tensor) -> States | EnsembleStates:
+    """``states[index]``, without the copy when the index is every item in order (one query's candidates)."""
+    if len(index) == len(states.embedding) and torch.equal(index, torch.arange(len(index))):
+        return states
+    return states[index]
+
+
 def cache_key(modality: str, item: Any) -> Hashable | None:
     """Texts by their string; images by their path (in-memory images are not cached)."""
     if modality == "text":
         return ("text", item)
     if isinstance(item, (str, Path)):
-        return ("image", str(Path(item).resolve()))
+        return ("image", os.path.abspath(item))  # not Path.resolve: that stats every path component
     return None
 
 
@@ -440,7 +448,7 @@ class CrossEncoderReranker(Reranker):
     def score_pairs(self, text: States, text_index: torch.Tensor, image: States,
                     image_index: torch.Tensor, chunk: int = 4096) -> np.ndarray:
         """Scores of the pairs (text[text_index[p]], image[image_index[p]]), in chunks."""
-        out = [self.head.pair_scores(text[text_index[s:s + chunk]], image[image_index[s:s + chunk]])
+        out = [self.head.pair_scores(take(text, text_index[s:s + chunk]), take(image, image_index[s:s + chunk]))
                for s in range(0, len(text_index), chunk)]
         return torch.cat(out).float().cpu().numpy() if out else np.empty(0, dtype=np.float32)
 
