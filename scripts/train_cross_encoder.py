@@ -17,9 +17,10 @@ weight of the final score is chosen afterwards on the validation images (the lit
 held-out draw of 500 train images, never trained on by either model), and the best validation
 checkpoint is kept.
 
-The shipped reranker is two heads, one per attention direction, trained separately and scored
+The shipped reranker is four heads, two per attention direction, trained separately and scored
 together (SCAN's t-i + i-t ensemble); ``--ensemble`` trains nothing, it scores saved heads together
-and picks the ensemble's ITC weight on the same validation images:
+and picks the ensemble's ITC weight on the same validation images (the model card has the four
+training commands):
 
     python scripts/train_cross_encoder.py --attention t2i --output runs/cross-t2i
     python scripts/train_cross_encoder.py --attention i2t --output runs/cross-i2t
