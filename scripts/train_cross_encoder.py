@@ -50,7 +50,7 @@ from rerank.cross_encoder import (
     WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, HeadEnsemble, LiteTokenFeatures, States, load_head,
 )
 from retrieval.atomic import atomic_write_dir
-from retrieval.encoders.lite import IMAGE_STAGES, TEXT_LAYERS, WEIGHTS_DIR as LITE_DIR, load_lite_model
+from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE_VAL_SEED = 0  # scripts/train_lite.py's --seed: its validation draw is rng(seed).permutation[:500]
@@ -210,14 +210,13 @@ def hard_fraction_at(step: int, steps: int, start: float, end: float | None) -> 
 
 # -- evaluation --------------------------------------------------------------------------------
 @torch.no_grad()
-def rerank_scores(head, feats, image_rows, text_rows, t2i_cand, i2t_cand, itc_scale: float | None = None):
-    """Score matrices (captions x images) with -inf outside the candidates, for both directions.
+def rerank_scores(head, feats, image_rows, text_rows, t2i_cand, i2t_cand):
+    """Per direction, the (match logits, ITC cosines) of every query's candidates, each (queries, k).
 
-    ``itc_scale`` overrides the head's scale; the match logits are computed once and re-fused.
+    Kept apart so that :func:`recall_from` can fuse them at any ITC scale without re-running the head.
     """
     head.eval()
     images, texts = prepare(head, feats, image_rows, text_rows)
-    nt, ni = len(text_rows), len(image_rows)
     out = {}
     for name, cand in (("t2i", t2i_cand), ("i2t", i2t_cand)):
         nq, k = cand.shape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FLICKR8K
+from conftest import FLICKR8K, load_script
 from hub_cache import add_to_hub_cache
 from rerank import Candidates, Query, create_reranker, reranker_from_config
 from rerank.cross_encoder import (
@@ -101,19 +101,9 @@ def test_attention_direction_is_checked():
         CrossEncoderHead(**TINY, attention="both")
 
 
-def load_train_script():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_cross_encoder.py"
-    spec = importlib.util.spec_from_file_location("train_cross_encoder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("hard_fraction", [0.0, 0.5, 1.0])
 def test_training_groups_put_the_positive_first_and_draw_the_hard_share_from_stage1(hard_fraction):
-    train = load_train_script()
+    train = load_script("train_cross_encoder")
     rng = np.random.default_rng(0)
     n_items, group, negatives_from = 200, 9, 12
     positives = [np.array([q, (q + 1) % n_items]) for q in range(n_items)]
@@ -126,8 +116,36 @@ def test_training_groups_put_the_positive_first_and_draw_the_hard_share_from_sta
         assert np.isin(row[1:1 + n_hard], ranked[q, :negatives_from]).all()
 
 
+@torch.no_grad()
+def test_validation_scores_fuse_like_the_head_and_rank_only_the_candidates():
+    """Heads and ensembles are chosen on these numbers, so they must be what the reranker would score."""
+    train = load_script("train_cross_encoder")
+    head = tiny_head(2, "i2t")
+    n_img, caps_per_img, k = 6, 2, 3
+    owner = np.repeat(np.arange(n_img), caps_per_img)
+    mask = torch.ones(n_img * caps_per_img, 4, dtype=torch.long)
+    mask[::3, 2:] = 0
+    feats = {"image_tokens": torch.randn(n_img, 49, 320), "image_embedding": torch.randn(n_img, 256),
+             "text_tokens": torch.randn(len(owner), 4, 384), "text_mask": mask,
+             "text_embedding": torch.randn(len(owner), 256)}
+    rng = np.random.default_rng(0)
+    t2i = np.stack([rng.permutation(n_img)[:k] for _ in owner])
+    i2t = np.stack([rng.permutation(len(owner))[:k] for _ in range(n_img)])
+    parts = train.rerank_scores(head, feats, np.arange(n_img), np.arange(len(owner)), t2i, i2t)
+    images, texts = train.prepare(head, feats, np.arange(n_img), np.arange(len(owner)))
+    head.itc_scale.fill_(4.0)
+    match, cosine = parts["t2i"]
+    for q in (0, 5):
+        expected = head.pair_scores(texts[[q] * k], images[t2i[q]]).numpy()
+        np.testing.assert_allclose(match[q] + 4.0 * cosine[q], expected, atol=1e-4)
+    # R@1 is the share of captions whose best fused candidate is their own image
+    recall = train.recall_from(parts, t2i, i2t, len(owner), n_img, owner, 4.0)
+    top = t2i[np.arange(len(owner)), np.argmax(match + 4.0 * cosine, axis=1)]
+    assert 0 < recall["image_retrieval_recall@1"] == pytest.approx(np.mean(top == owner))
+
+
 def test_hard_fraction_ramps_linearly_to_its_end_value():
-    ramp = load_train_script().hard_fraction_at
+    ramp = load_script("train_cross_encoder").hard_fraction_at
     assert [ramp(s, 100, 0.5, None) for s in (1, 100)] == [0.5, 0.5]
     assert ramp(50, 100, 0.5, 0.9) == pytest.approx(0.7) and ramp(100, 100, 0.5, 0.9) == pytest.approx(0.9)
 

@@ -1,31 +1,20 @@
 """The embedded lite encoder: shipped weights, preprocessing, the training script's fast path."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import FLICKR8K
+from conftest import FLICKR8K, load_script
 from retrieval import load_encoder
 from retrieval.encoders.lite import WEIGHTS_DIR, LiteEncoder
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def lite():
     return load_encoder("lite", device="cpu")
-
-
-def load_training_script():
-    spec = importlib.util.spec_from_file_location("train_lite", ROOT / "scripts" / "train_lite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_shipped_weights_are_small_and_carry_preprocessing():
@@ -49,7 +38,7 @@ def test_embeddings_are_unit_vectors_and_deterministic(lite):
 
 def test_training_fast_path_equals_full_forward(lite):
     """The trainer runs the tower tops on cached trunk outputs; that must be the same network."""
-    train = load_training_script()
+    train = load_script("train_lite")
     model = lite.model
     pixels = torch.stack([lite.preprocess_image(Image.new("RGB", (224, 224), c)) for c in [(10, 200, 90), (250, 250, 0)]])
     tokens = lite.tokenize(["a dog runs on the beach", "two people"])

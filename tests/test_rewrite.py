@@ -2,7 +2,6 @@
 from a directory and from a local Hub cache, the rewrite cache, and the reranker's fusion."""
 
 import hashlib
-import importlib.util
 import json
 from importlib import metadata
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
 from hub_cache import add_to_hub_cache
 from eval.keywords import STOPWORDS, caption_keywords, keyword_queries
 from rerank import prompts
@@ -27,7 +27,6 @@ from rerank.rewrite import (
 )
 from retrieval.hub import ModelNotAvailableError
 
-ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["black dog running grass", "man red shirt", "two children playing water beach sand", "surfer wave"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -228,17 +227,10 @@ def test_adapter_settings_pick_the_zero_shot_prompt(tiny_lm, tiny_adapter):
 
 
 # -- training loss ----------------------------------------------------------------------------
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_rewriter", ROOT / "scripts" / "train_rewriter.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_training_loss_counts_only_the_caption_tokens(tiny_lm):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train = load_train_script()
+    train = load_script("train_rewriter")
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     pairs = [("dog grass", "A dog on the grass."), ("two children playing beach", "Two children play on a beach."),
