@@ -117,7 +117,7 @@ def test_training_groups_put_the_positive_first_and_draw_the_hard_share_from_sta
 
 
 @torch.no_grad()
-def test_validation_scores_fuse_like_the_head_and_rank_only_the_candidates():
+def test_validation_scores_fuse_like_the_head_and_recall_follows_the_fused_ranking():
     """Heads and ensembles are chosen on these numbers, so they must be what the reranker would score."""
     train = load_script("train_cross_encoder")
     head = tiny_head(2, "i2t")
