@@ -111,6 +111,8 @@ class Reranker(ABC):
 
     method: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: whether it can score items of the query's own modality (image -> image "more like this")
+    same_modality: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, query: Query, candidates: Candidates) -> np.ndarray:
@@ -130,7 +132,7 @@ class Reranker(ABC):
             self.check(query, cands)
 
     def check(self, query: Query, candidates: Candidates) -> None:
-        if query.modality == candidates.modality:
+        if query.modality == candidates.modality and not self.same_modality:
             raise ValueError(f"query and candidates are both {query.modality}: a reranker scores across modalities")
         if "query" in self.requires and query.content is None:
             raise ValueError(f"reranker {self.method!r} needs the query itself (Query.content), not only its embedding")

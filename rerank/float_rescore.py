@@ -28,6 +28,7 @@ class FloatReranker(Reranker):
 
     method = "float"
     requires = frozenset({"query_embedding", "embeddings"})
+    same_modality = True
 
     def score(self, query: Query, candidates: Candidates) -> np.ndarray:
         self.check(query, candidates)

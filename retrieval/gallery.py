@@ -59,6 +59,7 @@ class Gallery:
         self.dim = dim
         self.store_vectors = store_vectors
         self.ids = np.empty(0, dtype=np.int64)
+        self.codes = np.empty((0, index.code_bytes), dtype=np.uint8)
         self.vectors = np.empty((0, dim), dtype=np.float32) if store_vectors else None
         self.items: list[Any] = []
         self.payloads: list[Any] = []
@@ -84,6 +85,7 @@ class Gallery:
             self.index.train(codes)
         new_ids = self.index.add(codes, ids)  # validates codes and ids before touching anything
         self.ids = np.concatenate([self.ids, new_ids])
+        self.codes = np.concatenate([self.codes, codes])
         if self.vectors is not None:
             self.vectors = np.concatenate([self.vectors, vectors])
         start = len(self.items)
@@ -97,6 +99,36 @@ class Gallery:
             return np.fromiter((self._row_of[int(i)] for i in ids), dtype=np.int64, count=len(ids))
         except KeyError as e:
             raise KeyError(f"no {self.modality} with id {e.args[0]} in this retriever") from None
+
+    def fetch(self, ids: Sequence[int], vectors: bool = True) -> tuple[list[Any], np.ndarray | None, list[Any]]:
+        """Items, float vectors (None when not stored or not asked for) and payloads of ``ids``."""
+        rows = self.rows(np.asarray(ids, dtype=np.int64))
+        vecs = self.vectors[rows] if vectors and self.vectors is not None else None
+        return [self.items[r] for r in rows], vecs, [self.payloads[r] for r in rows]
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Drops ``ids`` (absent ones ignored); returns how many were removed."""
+        ids = np.asarray(ids, dtype=np.int64)
+        keep = ~np.isin(self.ids, ids)
+        removed = int((~keep).sum())
+        if removed:
+            self.index.remove(self.ids[~keep])
+            self.ids, self.codes = self.ids[keep], self.codes[keep]
+            if self.vectors is not None:
+                self.vectors = self.vectors[keep]
+            rows = np.flatnonzero(keep)
+            self.items = [self.items[r] for r in rows]
+            self.payloads = [self.payloads[r] for r in rows]
+            self._row_of = {int(i): r for r, i in enumerate(self.ids)}
+        return removed
+
+    def export(self, batch: int = 65536) -> Any:
+        """(ids, codes, vectors or None, items, payloads) in insertion order, ``batch`` rows at a time."""
+        for start in range(0, len(self.ids), batch):
+            end = start + batch
+            yield (self.ids[start:end], self.codes[start:end],
+                   self.vectors[start:end] if self.vectors is not None else None,
+                   [storable_item(i) for i in self.items[start:end]], self.payloads[start:end])
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -133,4 +165,5 @@ class Gallery:
         if any(v != n for v in sizes.values()):
             raise ValueError(f"{directory}: inconsistent sizes, {n} ids but {sizes}")
         gallery._row_of = {int(i): r for r, i in enumerate(gallery.ids)}
+        gallery.codes = np.full((n, index.code_bytes), 0, dtype=np.uint8)  # refilled by the Retriever
         return gallery

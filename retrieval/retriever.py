@@ -17,11 +17,23 @@ index and only ``add`` excludes them); model calls (encoder, reranker) are seria
 Hugging Face fast tokenizers are not re-entrant ("Already borrowed"). Results of concurrent
 searches equal those of sequential ones (tests/test_retriever.py).
 
-Saved as one directory (written atomically)::
+Hashers without captions: a photo collection has images only, so there are no pairs to fit a
+hasher on. The embedded ``lite`` encoder ships a fitted ITQ-64 hasher (Flickr8K train pairs,
+``retrieval/weights/lite/hasher``), used whenever a lite retriever is built with no fitted hasher
+and no texts. Any other encoder fits its hasher on the collection's own image vectors
+(``fit(images, images)``: the same hyperplanes and centre then hash text queries); fewer than
+:data:`MIN_IMAGES_TO_FIT` images fall back to LSH (random hyperplanes), with a warning.
+
+Saved as one directory (format 2, written atomically; format 1 still loads)::
 
     retriever.json   encoder id + its preprocessing, hasher, index kind, reranker, fusion weight
     hasher/          Hasher.save_pretrained
-    image/, text/    the two galleries (retrieval/gallery.py)
+    store.sqlite, chunks/   the items of both modalities (retrieval/store.py): codes, memory-mapped
+                     vectors (fp16 by default), items and payloads; the binary index is rebuilt from
+                     the codes on open
+
+A retriever opened with ``Retriever.open(directory, writable=True)`` (or made by
+:meth:`Retriever.create`) appends each ``add_*`` call to that directory as one atomic commit.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +57,17 @@ from rerank.fusion import fuse
 from .atomic import atomic_write_dir
 from .encoders import Encoder, load_encoder
 from .gallery import Gallery
+from .store import Store, check_vector_dtype
+from .stored_gallery import StoredGallery
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 CONFIG_NAME = "retriever.json"
 DEFAULT_CANDIDATES = 128
+#: Below this many images an images-only hasher fit falls back to LSH: ITQ's PCA of 64 dims from a
+#: few dozen points would be noise.
+MIN_IMAGES_TO_FIT = 256
+SHIPPED_HASHERS = {"lite": Path(__file__).parent / "weights" / "lite" / "hasher"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +79,8 @@ class Hit:
     hamming: int
     payload: Any = None
     modality: str = "image"
+    #: the raw content: an image's path (None for an in-memory image) or a caption
+    item: Any = None
 
 
 class ReadWriteLock:
@@ -95,11 +118,50 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
+class Timings:
+    """Adds each timed block's wall milliseconds to a caller's dict (or to nothing)."""
+
+    def __init__(self, out: dict[str, float] | None) -> None:
+        self.out = out
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.out is not None:
+                self.out[name] = self.out.get(name, 0.0) + 1e3 * (time.perf_counter() - start)
+
+
 def query_modality(query: Any) -> str:
     """A string is a text query; paths must be given as ``pathlib.Path`` to be read as images."""
     if isinstance(query, str):
         return "text"
     return "image"
+
+
+def shipped_hasher(encoder: Encoder, method: str, bits: int) -> Hasher | None:
+    """The fitted hasher that ships with ``encoder`` for (method, bits), if any."""
+    path = SHIPPED_HASHERS.get(encoder.model_id)
+    if path is None or not (path / "config.json").is_file():
+        return None
+    config = json.loads((path / "config.json").read_text())
+    if (config.get("method"), config.get("bits")) != (method, bits):
+        return None
+    return Hasher.from_pretrained(path)
+
+
+def fit_on_images(hasher: Hasher, image_vectors: np.ndarray) -> Hasher:
+    """Fits ``hasher`` with no captions; see the module docstring (LSH below MIN_IMAGES_TO_FIT)."""
+    n = len(image_vectors)
+    if n == 0:
+        raise ValueError("cannot fit a hasher on 0 images")
+    if n < MIN_IMAGES_TO_FIT and hasher.method != "lsh":
+        warnings.warn(f"only {n} images to fit a {hasher.method} hasher on (at least {MIN_IMAGES_TO_FIT} needed); "
+                      f"using LSH (random hyperplanes) instead", stacklevel=3)
+        hasher = create_hasher("lsh", hasher.bits, seed=hasher.seed)
+    return hasher.fit(image_vectors, image_vectors)
 
 
 class Retriever:
@@ -118,11 +180,15 @@ class Retriever:
         fusion_weight: float = 0.0,
         candidates: int = DEFAULT_CANDIDATES,
         device: str | None = None,
+        vector_dtype: str = "fp16",
     ) -> None:
         self.encoder = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         self.hasher = create_hasher(hasher, bits) if isinstance(hasher, str) else hasher
         self.index_kind, self.index_params = index, dict(index_params or {})
         self.store_vectors = store_vectors
+        #: how saved vectors are stored (fp16, int8, fp32); in memory they are float32
+        self.vector_dtype = check_vector_dtype(vector_dtype) if store_vectors else "none"
+        self.store: Store | None = None
         self.fusion_weight = float(fusion_weight)
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -163,9 +229,15 @@ class Retriever:
             image_vecs = retriever.encoder.encode_images(list(images), batch_size, progress)
         if text_vecs is None and len(texts):
             text_vecs = retriever.encoder.encode_texts(list(texts), 4 * batch_size, progress)
+        if not retriever.is_fitted and text_vecs is None:
+            if image_vecs is None:
+                raise ValueError("nothing to build from: pass images and/or texts")
+            retriever.hasher = (shipped_hasher(retriever.encoder, retriever.hasher.method, retriever.hasher.bits)
+                                or fit_on_images(retriever.hasher, image_vecs))
         if not retriever.is_fitted:
-            if image_vecs is None or text_vecs is None:
-                raise ValueError("fitting the hasher needs both images and texts (or pass a fitted hasher)")
+            if image_vecs is None:
+                raise ValueError("fitting the hasher on texts alone is not supported: pass images too "
+                                 "(or a fitted hasher)")
             if fit_pairs is None:
                 if len(images) != len(texts):
                     raise ValueError(f"{len(images)} images and {len(texts)} texts: pass fit_pairs=(image_rows, "
@@ -201,11 +273,32 @@ class Retriever:
     def is_fitted(self) -> bool:
         return bool(self.hasher.input_dims)
 
-    def _gallery(self, modality: str) -> Gallery:
+    def _gallery(self, modality: str) -> Gallery | StoredGallery:
         if modality not in self.galleries:
-            self.galleries[modality] = Gallery.create(modality, self.hasher.bits, self.encoder.dim, self.index_kind,
-                                                      self.index_params, self.store_vectors)
+            if self.store is not None:
+                self.galleries[modality] = StoredGallery(self.store, modality, self.hasher.bits, self.index_kind,
+                                                         self.index_params)
+            else:
+                self.galleries[modality] = Gallery.create(modality, self.hasher.bits, self.encoder.dim,
+                                                          self.index_kind, self.index_params, self.store_vectors)
         return self.galleries[modality]
+
+    def get_item(self, modality: str, id: int) -> tuple[Any, Any]:
+        """(item, payload) of one indexed item: its path or caption, and what was attached to it."""
+        gallery = self.galleries.get(modality)
+        if gallery is None:
+            raise KeyError(f"this retriever has no {modality} gallery")
+        with self._lock.read():
+            items, _, payloads = gallery.fetch([int(id)], vectors=False)
+        return items[0], payloads[0]
+
+    def remove(self, modality: str, ids: Sequence[int]) -> int:
+        """Drops items by id (committed at once for a retriever on disk); returns how many existed."""
+        gallery = self.galleries.get(modality)
+        if gallery is None:
+            return 0
+        with self._lock.write():
+            return gallery.remove(ids)
 
     def add_vectors(self, modality: str, vectors: np.ndarray, items: Sequence[Any],
                     payloads: Sequence[Any] | None = None, ids: np.ndarray | None = None) -> np.ndarray:
@@ -251,16 +344,21 @@ class Retriever:
         raise TypeError(f"rerank must be None, False, a reranker name or a Reranker, got {type(rerank).__name__}")
 
     def search(self, query: Any, k: int = 10, candidates: int | None = None,
-               rerank: Reranker | str | bool | None = None) -> list[Hit]:
-        """Top-``k`` hits for a text (searches images) or an image (searches texts).
+               rerank: Reranker | str | bool | None = None, target: str | None = None,
+               timings: dict[str, float] | None = None) -> list[Hit]:
+        """Top-``k`` hits for a text or an image query.
 
         ``rerank``: None uses the retriever's reranker (if any), False/"none" stage 1 only, a name
         (``"float"``, ``"cross"``, ``"blip2"``, ``"rewrite"``) or a Reranker instance.
+        ``target``: the gallery searched; None takes the other modality's when it holds items,
+        else the query's own (an images-only photo index answers image queries with images).
+        ``timings``: a dict to fill with ``encode_ms``, ``stage1_ms`` and ``stage2_ms``.
         """
-        return self.search_batch([query], k, candidates, rerank)[0]
+        return self.search_batch([query], k, candidates, rerank, target, timings)[0]
 
     def search_batch(self, queries: Sequence[Any], k: int = 10, candidates: int | None = None,
-                     rerank: Reranker | str | bool | None = None) -> list[list[Hit]]:
+                     rerank: Reranker | str | bool | None = None, target: str | None = None,
+                     timings: dict[str, float] | None = None) -> list[list[Hit]]:
         """Many queries at once: one encoder batch and one index search per modality."""
         if isinstance(queries, str) or not hasattr(queries, "__len__"):
             raise TypeError("queries must be a sequence (a list of strings and/or images)")
@@ -268,25 +366,24 @@ class Retriever:
             raise ValueError(f"k must be >= 1, got {k}")
         candidates = max(int(candidates or self.candidates), k)
         reranker = self._resolve_reranker(rerank)
+        clock = Timings(timings)
         out: list[list[Hit]] = [[] for _ in queries]
         for modality in ("text", "image"):
             positions = [i for i, q in enumerate(queries) if query_modality(q) == modality]
             if positions:
-                hits = self._search_modality([queries[i] for i in positions], modality, k, candidates, reranker)
+                batch = [queries[i] for i in positions]
+                with clock("encode_ms"), self._model_lock:
+                    vectors = (self.encoder.encode_texts(batch, progress=False) if modality == "text"
+                               else self.encoder.encode_images(batch, progress=False))
+                hits = self._search_vectors(vectors, modality, batch, k, candidates, reranker, target, clock)
                 for i, h in zip(positions, hits):
                     out[i] = h
         return out
 
-    def _search_modality(self, queries: list[Any], modality: str, k: int, candidates: int,
-                         reranker: Reranker | None) -> list[list[Hit]]:
-        with self._model_lock:
-            vectors = (self.encoder.encode_texts(queries, progress=False) if modality == "text"
-                       else self.encoder.encode_images(queries, progress=False))
-        return self._search_vectors(vectors, modality, queries, k, candidates, reranker)
-
     def search_embeddings(self, vectors: np.ndarray, modality: str, queries: Sequence[Any] | None = None,
                           k: int = 10, candidates: int | None = None,
-                          rerank: Reranker | str | bool | None = None) -> list[list[Hit]]:
+                          rerank: Reranker | str | bool | None = None, target: str | None = None,
+                          timings: dict[str, float] | None = None) -> list[list[Hit]]:
         """Like :meth:`search_batch` for queries already embedded by this retriever's encoder.
 
         ``modality`` is the queries' ("text" searches images). ``queries`` (their raw content) is
@@ -300,41 +397,55 @@ class Retriever:
         if queries is not None and len(queries) != len(vectors):
             raise ValueError(f"{len(vectors)} query vectors but {len(queries)} queries")
         return self._search_vectors(vectors, modality, queries, k, max(int(candidates or self.candidates), k),
-                                    self._resolve_reranker(rerank))
+                                    self._resolve_reranker(rerank), target, Timings(timings))
+
+    def target_of(self, modality: str, target: str | None = None) -> str:
+        """The gallery a query of ``modality`` searches (see :meth:`search`)."""
+        if target is not None:
+            if target not in ("image", "text"):
+                raise ValueError(f"target must be 'image', 'text' or None, got {target!r}")
+            return target
+        other = "image" if modality == "text" else "text"
+        return other if len(self.galleries.get(other, ())) or not len(self.galleries.get(modality, ())) else modality
 
     def _search_vectors(self, vectors: np.ndarray, modality: str, queries: Sequence[Any] | None, k: int,
-                        candidates: int, reranker: Reranker | None) -> list[list[Hit]]:
-        target = "image" if modality == "text" else "text"
-        codes = self.hasher.encode(vectors, modality)
-        with self._lock.read():
-            gallery = self.galleries.get(target)
-            if gallery is None or len(gallery) == 0:
-                return [[] for _ in vectors]
-            ids, distances = gallery.index.search(codes, candidates)
-            lists = []
-            for row in range(len(vectors)):
-                valid = ids[row] >= 0
-                cid, dist = ids[row][valid], distances[row][valid]
-                rows = gallery.rows(cid)
-                lists.append(Candidates(
-                    target, cid, items=[gallery.items[r] for r in rows],
-                    embeddings=gallery.vectors[rows] if gallery.vectors is not None else None,
-                    stage1_scores=(1.0 - 2.0 * dist / self.hasher.bits).astype(np.float32),
-                    extra={"hamming": dist, "payloads": [gallery.payloads[r] for r in rows]},
-                ))
-        if reranker is not None:
-            contents = queries if queries is not None else [None] * len(vectors)
-            qs = [Query(modality, q, v) for q, v in zip(contents, vectors)]
-            with self._model_lock:
-                stage2 = reranker.score_batch(qs, lists)
-            finals = [fuse(c.stage1_scores, s, self.fusion_weight) for c, s in zip(lists, stage2)]
-        else:
-            finals = [c.stage1_scores for c in lists]
+                        candidates: int, reranker: Reranker | None, target: str | None,
+                        clock: "Timings") -> list[list[Hit]]:
+        target = self.target_of(modality, target)
+        if target == modality and reranker is not None and not reranker.same_modality:
+            raise ValueError(f"reranker {reranker.method!r} scores across modalities; a {modality} query "
+                             f"searching {target}s can be reranked with 'float' or not at all")
+        with clock("stage1_ms"):
+            codes = self.hasher.encode(vectors, modality)
+            with self._lock.read():
+                gallery = self.galleries.get(target)
+                if gallery is None or len(gallery) == 0:
+                    return [[] for _ in vectors]
+                ids, distances = gallery.index.search(codes, candidates)
+                lists = []
+                for row in range(len(vectors)):
+                    valid = ids[row] >= 0
+                    cid, dist = ids[row][valid], distances[row][valid]
+                    items, embeddings, payloads = gallery.fetch(cid, vectors=True)
+                    lists.append(Candidates(
+                        target, cid, items=items, embeddings=embeddings,
+                        stage1_scores=(1.0 - 2.0 * dist / self.hasher.bits).astype(np.float32),
+                        extra={"hamming": dist, "payloads": payloads},
+                    ))
+        with clock("stage2_ms"):
+            if reranker is not None:
+                contents = queries if queries is not None else [None] * len(vectors)
+                qs = [Query(modality, q, v) for q, v in zip(contents, vectors)]
+                with self._model_lock:
+                    stage2 = reranker.score_batch(qs, lists)
+                finals = [fuse(c.stage1_scores, s, self.fusion_weight) for c, s in zip(lists, stage2)]
+            else:
+                finals = [c.stage1_scores for c in lists]
         results = []
         for cands, final in zip(lists, finals):
             order = np.argsort(-np.asarray(final), kind="stable")[:k]
             results.append([Hit(int(cands.ids[j]), float(final[j]), int(cands.extra["hamming"][j]),
-                                cands.extra["payloads"][j], target) for j in order])
+                                cands.extra["payloads"][j], target, cands.items[j]) for j in order])
         return results
 
     # -- persistence ------------------------------------------------------------------------------
@@ -346,37 +457,91 @@ class Retriever:
             "hasher": {"method": self.hasher.method, "bits": self.hasher.bits, "path": "hasher"},
             "index": {"kind": self.index_kind, "params": self.index_params},
             "store_vectors": self.store_vectors,
+            "vector_dtype": self.vector_dtype,
             "reranker": self.reranker.config() if self.reranker is not None else None,
             "fusion_weight": self.fusion_weight,
             "candidates": self.candidates,
-            "galleries": {m: len(g) for m, g in self.galleries.items()},
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Writes the whole retriever into a temporary sibling, then swaps it in (never half-written)."""
+    def _check_saveable(self) -> None:
         if not self.is_fitted:
             raise RuntimeError("refusing to save a retriever whose hasher is not fitted")
         if not self.encoder.model_id:
             raise ValueError(f"{type(self.encoder).__name__} has no model_id, so a loader could not rebuild it")
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Writes the whole retriever into a temporary sibling, then swaps it in (never half-written).
+
+        A retriever that lives in ``save_directory`` already (opened writable there) has every item
+        committed; only its settings are rewritten.
+        """
+        from .atomic import write_json
+
+        self._check_saveable()
         config = self.config()
+        if self.store is not None and Path(save_directory).resolve() == self.store.directory.resolve():
+            return write_json(Path(save_directory) / CONFIG_NAME, config).parent
 
         def write(tmp: Path) -> None:
             self.hasher.save_pretrained(tmp / "hasher")
-            for modality, gallery in self.galleries.items():
-                gallery.save(tmp / modality)
+            with Store.create(tmp, self.encoder.dim, self.hasher.bits, self.vector_dtype) as store:
+                for modality, gallery in self.galleries.items():
+                    for ids, codes, vectors, items, payloads in gallery.export():
+                        with store.transaction() as tx:
+                            tx.append(modality, codes, vectors, items, payloads, ids)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))  # last: marks a complete save
 
         with self._lock.read():
             return atomic_write_dir(save_directory, write)
 
     @classmethod
+    def create(cls, directory: str | os.PathLike, **kwargs: Any) -> "Retriever":
+        """A new, empty retriever living in ``directory``: every ``add_*`` is committed there.
+
+        ``kwargs`` go to the constructor; the hasher must be fitted (or ship with the encoder).
+        """
+        directory = Path(directory)
+        if (directory / CONFIG_NAME).exists():
+            raise FileExistsError(f"{directory} already holds a retriever; open it with Retriever.open")
+        if directory.exists() and any(directory.iterdir()):
+            raise FileExistsError(f"{directory} is not empty; a new retriever needs a new or empty folder")
+        retriever = cls(**kwargs)
+        if not retriever.is_fitted:
+            shipped = shipped_hasher(retriever.encoder, retriever.hasher.method, retriever.hasher.bits)
+            if shipped is None:
+                raise ValueError(f"the hasher is not fitted and none ships with encoder {retriever.encoder.model_id!r}"
+                                 f" for {retriever.hasher.method}-{retriever.hasher.bits}: pass a fitted hasher")
+            retriever.hasher = shipped
+        retriever._check_saveable()
+
+        def write(tmp: Path) -> None:  # all or nothing: a kill leaves no half-made index
+            retriever.hasher.save_pretrained(tmp / "hasher")
+            Store.create(tmp, retriever.encoder.dim, retriever.hasher.bits, retriever.vector_dtype).close()
+            (tmp / CONFIG_NAME).write_text(json.dumps(retriever.config(), indent=2))
+
+        atomic_write_dir(directory, write)
+        retriever.store = Store.open(directory, writable=True)
+        return retriever
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, *, writable: bool = False, **kwargs: Any) -> "Retriever":
+        """A saved retriever in a local directory; ``writable`` commits ``add_*`` calls there."""
+        return cls.from_pretrained(directory, writable=writable, **kwargs)
+
+    def close(self) -> None:
+        """Releases the store (files, the writer lock); the retriever is unusable afterwards."""
+        if self.store is not None:
+            self.store.close()
+
+    @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, encoder: Encoder | str | None = None,
-                        device: str | None = None, check_preprocess: bool = True,
+                        device: str | None = None, check_preprocess: bool = True, writable: bool = False,
                         **hub_kwargs: Any) -> "Retriever":
         """Loads from a directory or a Hub repo id (``HF_HUB_OFFLINE`` and the cache respected).
 
         The encoder is rebuilt from the saved id (or ``encoder`` overrides it); its preprocessing
-        must equal the saved one unless ``check_preprocess=False``.
+        must equal the saved one unless ``check_preprocess=False``. Format 1 directories (one
+        safetensors and one JSON per gallery) load into memory; format 2 opens the store.
         """
         from .hub import resolve_pretrained_dir
 
@@ -386,9 +551,10 @@ class Retriever:
             config = json.loads(config_file.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read {config_file}: {e}") from e
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_file}: format_version {config.get('format_version')!r} is not supported "
-                             f"(expected {FORMAT_VERSION})")
+        version = config.get("format_version")
+        if version not in READABLE_FORMATS:
+            raise ValueError(f"{config_file}: format_version {version!r} is not supported "
+                             f"(expected one of {READABLE_FORMATS})")
         saved = config["encoder"]
         if encoder is None:
             encoder = saved["id"]
@@ -405,9 +571,23 @@ class Retriever:
         reranker = reranker_from_config(config["reranker"]) if config.get("reranker") else None
         retriever = cls(encoder, hasher, index=config["index"]["kind"], index_params=config["index"]["params"],
                         store_vectors=config["store_vectors"], reranker=reranker,
-                        fusion_weight=config["fusion_weight"], candidates=config["candidates"])
-        for modality in config["galleries"]:
-            retriever.galleries[modality] = Gallery.load(directory / modality, modality, encoder.dim)
+                        fusion_weight=config["fusion_weight"], candidates=config["candidates"],
+                        vector_dtype=config.get("vector_dtype", "fp16"))
+        if version == 1:
+            for modality in config["galleries"]:
+                gallery = Gallery.load(directory / modality, modality, encoder.dim)
+                if gallery.vectors is not None:  # format 1 kept no codes; they are a function of the vectors
+                    gallery.codes = hasher.encode(gallery.vectors, modality)
+                retriever.galleries[modality] = gallery
+            return retriever
+        retriever.store = Store.open(directory, writable=writable)
+        if retriever.store.dim != encoder.dim or retriever.store.code_bytes != hasher.code_bytes:
+            raise ValueError(f"{directory}: the store holds {retriever.store.dim}-d vectors and "
+                             f"{retriever.store.code_bytes * 8}-bit codes, the config says {encoder.dim}-d, "
+                             f"{hasher.bits} bits")
+        for modality in ("image", "text"):
+            if retriever.store.chunks(modality):
+                retriever._gallery(modality)
         return retriever
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,

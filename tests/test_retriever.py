@@ -15,6 +15,7 @@ from hub_cache import add_to_hub_cache
 from rerank import FloatReranker, fuse
 from retrieval import Hit, Retriever
 from retrieval.gallery import Gallery
+from retrieval.store import Transaction
 from retrieval.hub import ModelNotAvailableError
 from toy_encoder import COLORS, ToyEncoder, solid_images
 
@@ -127,7 +128,7 @@ def test_missing_inputs_are_clear_errors(paths):
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
 def test_save_and_load_round_trip(paths, tmp_path, index):
-    r = build(paths, index=index, reranker=FloatReranker())
+    r = build(paths, index=index, reranker=FloatReranker(), vector_dtype="fp32")
     before = [hits_of(r.search(q, k=5)) for q in ("red", "cyan", Path(paths[2]))]
     saved = r.save_pretrained(tmp_path / "saved")
     config = json.loads((saved / "retriever.json").read_text())
@@ -135,7 +136,10 @@ def test_save_and_load_round_trip(paths, tmp_path, index):
     assert config["reranker"] == {"method": "float"} and config["index"]["kind"] == index
     loaded = Retriever.from_pretrained(saved, encoder=ToyEncoder())
     assert [hits_of(loaded.search(q, k=5)) for q in ("red", "cyan", Path(paths[2]))] == before
-    assert loaded.galleries["image"].items == paths
+    assert [loaded.get_item("image", i)[0] for i in range(len(paths))] == paths
+    assert loaded.get_item("text", 2) == (f"a {NAMES[2]} square", {"caption": NAMES[2]})
+    with pytest.raises(KeyError, match="no image with id 99"):
+        loaded.get_item("image", 99)
 
 
 def test_load_from_a_local_hub_cache_offline(paths, tmp_path, offline_hub):
@@ -168,10 +172,10 @@ def test_a_failed_save_leaves_the_previous_save_intact(paths, tmp_path, monkeypa
     snapshot = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
     r.add_texts(["white noise"])
 
-    def broken(self, directory):
+    def broken(self, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Gallery, "save", broken)
+    monkeypatch.setattr(Transaction, "append", broken)
     with pytest.raises(OSError, match="disk full"):
         r.save_pretrained(saved)
     after = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..images import ImageInput, load_image
+from ..images import ImageInput, describe, load_image
 
 
 def default_device() -> torch.device:
@@ -117,6 +117,37 @@ class Encoder(ABC):
                 bar.update(len(chunk))
         bar.close()
         return out
+
+    def encode_images_skipping(
+        self, images: Sequence[ImageInput], batch_size: int = 64, num_workers: int = 4
+    ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """Like :meth:`encode_images`, but an image that cannot be read is reported, not raised.
+
+        Returns the vectors of the readable images, their positions in ``images``, and
+        ``(position, reason)`` for each unreadable one: a folder indexer skips broken files
+        (empty, truncated, not an image) instead of dying on the first.
+        """
+        def load(indexed: tuple[int, ImageInput]) -> torch.Tensor | str:
+            try:
+                return self._load_and_preprocess(indexed)
+            except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
+                prefix = f"{describe(indexed[1], indexed[0])}: "
+                message = str(e)
+                return message[len(prefix):] if message.startswith(prefix) else f"{type(e).__name__}: {message}"
+
+        vectors, kept, failed = [], [], []
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                loaded = list(pool.map(load, enumerate(images[start:start + batch_size], start)))
+                good = [(i, t) for i, t in enumerate(loaded, start) if isinstance(t, torch.Tensor)]
+                failed += [(i, t) for i, t in enumerate(loaded, start) if not isinstance(t, torch.Tensor)]
+                if good:
+                    with self.autocast():
+                        features = self.forward_images(torch.stack([t for _, t in good]).to(self.device))
+                    vectors.append(normalize(features))
+                    kept += [i for i, _ in good]
+        out = np.concatenate(vectors) if vectors else np.empty((0, self.dim), dtype=np.float32)
+        return out, kept, failed
 
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None

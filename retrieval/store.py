@@ -1,0 +1,414 @@
+"""An append-only on-disk store of items: binary codes, float vectors, raw items and payloads.
+
+Why not one array file rewritten per save: a photo collection grows a chunk at a time, must
+survive ``kill -9`` mid-append, and must open in seconds at 1M+ items without reading every
+vector. So (rclip's habit: the index is a small database, not a pickle)::
+
+    store.sqlite              meta, chunks, items (id -> chunk/row, item, payload)
+    chunks/MOD-NNNNNNNN.codes.npy      packed uint8 codes of one appended chunk
+    chunks/MOD-NNNNNNNN.vectors.npy    its float vectors (fp16 by default; int8 or fp32)
+
+An append writes the chunk files (temporary name, fsync, rename) and then commits one SQLite
+transaction naming them; a chunk file that no committed row names is an orphan of a crash and is
+deleted the next time a writer opens the store. So every state a reader can see is a committed
+one: the last transaction, whole. Callers may add their own statements to the same transaction
+(the folder indexer records file fingerprints there), which makes "chunk encoded" and "files
+done" one atomic fact.
+
+Vectors are memory-mapped and read only for the candidates a query asks about. int8 follows
+sentence-transformers' ``quantize_embeddings``: per-dimension ranges from the first chunk,
+255 steps; values outside the ranges are clipped.
+
+Concurrency: any number of readers (one SQLite connection per thread, WAL journal); one writer
+at a time per store, enforced by an exclusive ``flock`` on ``.lock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .atomic import atomic_write_file, fsync_dir
+
+DB_NAME = "store.sqlite"
+CHUNK_DIR = "chunks"
+LOCK_NAME = ".lock"
+STORE_VERSION = 1
+VECTOR_DTYPES = ("fp16", "int8", "fp32", "none")  # none: codes only, no float rescoring
+MODALITIES = ("image", "text")
+#: Open memory maps kept per store; a chunk beyond that is re-mapped on use (cheap, no reads).
+MAX_OPEN_CHUNKS = 256
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    modality TEXT NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (modality, chunk));
+CREATE TABLE IF NOT EXISTS items (
+    modality TEXT NOT NULL, id INTEGER NOT NULL, chunk INTEGER NOT NULL, row INTEGER NOT NULL,
+    item TEXT, payload TEXT,
+    PRIMARY KEY (modality, id)) WITHOUT ROWID;
+"""
+
+
+class StoreError(ValueError):
+    """A store directory that is missing, of another version, or inconsistent; the message says which."""
+
+
+class StoreLockedError(RuntimeError):
+    """Another process is writing to this store."""
+
+
+def check_vector_dtype(vector_dtype: str) -> str:
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"vector_dtype must be one of {', '.join(VECTOR_DTYPES)}, got {vector_dtype!r}")
+    return vector_dtype
+
+
+class VectorCodec:
+    """Float32 unit vectors <-> their stored form (fp32, fp16, or int8 with per-dimension ranges)."""
+
+    def __init__(self, dtype: str, low: np.ndarray | None = None, high: np.ndarray | None = None) -> None:
+        self.dtype = check_vector_dtype(dtype)
+        self.low, self.high = low, high
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype({"fp32": np.float32, "fp16": np.float16, "int8": np.int8}[self.dtype])
+
+    @property
+    def calibrated(self) -> bool:
+        return self.dtype != "int8" or self.low is not None
+
+    def calibrate(self, vectors: np.ndarray) -> None:
+        low, high = vectors.min(0).astype(np.float32), vectors.max(0).astype(np.float32)
+        self.low, self.high = low, np.where(high > low, high, low + 1e-6).astype(np.float32)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        if self.dtype != "int8":
+            return vectors.astype(self.numpy_dtype)
+        steps = (vectors - self.low) / ((self.high - self.low) / 255.0)
+        return (np.clip(np.rint(steps), 0, 255) - 128).astype(np.int8)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        if self.dtype != "int8":
+            return np.asarray(stored, dtype=np.float32)
+        return ((stored.astype(np.float32) + 128.0) * ((self.high - self.low) / 255.0) + self.low).astype(np.float32)
+
+    def to_meta(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dtype": self.dtype}
+        if self.low is not None:
+            out["low"], out["high"] = self.low.tolist(), self.high.tolist()
+        return out
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "VectorCodec":
+        low = np.asarray(meta["low"], np.float32) if "low" in meta else None
+        high = np.asarray(meta["high"], np.float32) if "high" in meta else None
+        return cls(meta["dtype"], low, high)
+
+
+def chunk_path(directory: Path, modality: str, chunk: int, kind: str) -> Path:
+    return directory / CHUNK_DIR / f"{modality}-{chunk:08d}.{kind}.npy"
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write_file(path, lambda fh: np.save(fh, np.ascontiguousarray(array), allow_pickle=False))
+
+
+class Store:
+    """See the module docstring. Open with :meth:`create` or :meth:`open`; :meth:`close` when done."""
+
+    def __init__(self, directory: Path, writable: bool) -> None:
+        self.directory = directory
+        self.writable = writable
+        self._local = threading.local()
+        self._maps: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+        self._maps_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        meta = self._read_meta()
+        if int(meta.get("store_version", -1)) != STORE_VERSION:
+            raise StoreError(f"{directory / DB_NAME}: store_version {meta.get('store_version')!r} is not supported "
+                             f"(expected {STORE_VERSION})")
+        self.dim = int(meta["dim"])
+        self.code_bytes = int(meta["code_bytes"])
+        self.codecs = {m: VectorCodec.from_meta(json.loads(meta[f"codec:{m}"])) for m in MODALITIES}
+
+    # -- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str | os.PathLike, dim: int, bits: int, vector_dtype: str = "fp16") -> "Store":
+        """A new empty store in ``directory`` (created; it must not hold a store already)."""
+        directory = Path(directory)
+        check_vector_dtype(vector_dtype)
+        if bits <= 0 or bits % 8:
+            raise ValueError(f"bits must be a positive multiple of 8, got {bits!r}")
+        if (directory / DB_NAME).exists():
+            raise StoreError(f"{directory} already holds a store")
+        (directory / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(directory / DB_NAME)
+        try:
+            db.executescript(SCHEMA)
+            meta = {"store_version": STORE_VERSION, "dim": int(dim), "code_bytes": bits // 8,
+                    **{f"codec:{m}": json.dumps(VectorCodec(vector_dtype).to_meta()) for m in MODALITIES},
+                    **{f"next_id:{m}": 0 for m in MODALITIES}}
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+            db.commit()
+        finally:
+            db.close()
+        fsync_dir(directory)
+        return cls.open(directory, writable=True)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, writable: bool = False) -> "Store":
+        """Opens an existing store; ``writable`` takes the writer lock and clears crash leftovers."""
+        directory = Path(directory)
+        if not (directory / DB_NAME).is_file():
+            raise StoreError(f"{directory} holds no store ({DB_NAME} is missing)")
+        store = cls(directory, writable)
+        if writable:
+            store._take_lock()
+            store._remove_orphans()
+        return store
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"{self.directory} is being written by another process; wait for it "
+                                   f"to finish (or stop it)") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Closes this thread's connection and releases the writer lock.
+
+        A writer leaves the database in rollback-journal mode, so a finished store is one plain
+        file (no -wal/-shm) that read-only copies, such as a Hub snapshot, can open.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            if self.writable:
+                try:
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                except sqlite3.OperationalError:  # a reader still has it open: stays in WAL, still valid
+                    pass
+            conn.close()
+            self._local.conn = None
+        with self._maps_lock:
+            self._maps.clear()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3 connections must not be shared across threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            uri = f"file:{self.directory / DB_NAME}" + ("" if self.writable else "?mode=ro")
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+            if self.writable:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def _read_meta(self) -> dict[str, str]:
+        try:
+            return dict(self.db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.directory / DB_NAME}: cannot read the store: {e}") from e
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _remove_orphans(self) -> None:
+        known = {chunk_path(self.directory, m, c, kind).name
+                 for m, c in self.db.execute("SELECT modality, chunk FROM chunks") for kind in ("codes", "vectors")}
+        for f in (self.directory / CHUNK_DIR).iterdir():
+            if f.name not in known:
+                f.unlink()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def count(self, modality: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0])
+
+    def chunks(self, modality: str) -> list[tuple[int, int]]:
+        return list(self.db.execute("SELECT chunk, n FROM chunks WHERE modality = ? ORDER BY chunk", (modality,)))
+
+    def _map(self, modality: str, chunk: int, kind: str) -> np.ndarray:
+        key = (modality, chunk, kind)
+        with self._maps_lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+        array = np.load(chunk_path(self.directory, modality, chunk, kind), mmap_mode="r", allow_pickle=False)
+        with self._maps_lock:
+            self._maps[key] = array
+            while len(self._maps) > MAX_OPEN_CHUNKS:
+                self._maps.popitem(last=False)
+        return array
+
+    def chunk_codes(self, modality: str, chunk: int) -> np.ndarray:
+        return self._map(modality, chunk, "codes")
+
+    def live_codes(self, modality: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, codes) of every live item, chunk by chunk in append order (for building an index)."""
+        for chunk, _ in self.chunks(modality):
+            rows_ids = np.asarray(self.db.execute(
+                "SELECT row, id FROM items WHERE modality = ? AND chunk = ? ORDER BY row", (modality, chunk)
+            ).fetchall(), dtype=np.int64).reshape(-1, 2)
+            if len(rows_ids):
+                yield rows_ids[:, 1].copy(), np.ascontiguousarray(self.chunk_codes(modality, chunk)[rows_ids[:, 0]])
+
+    def fetch(self, modality: str, ids: Sequence[int], vectors: bool = True
+              ) -> tuple[list[Any], np.ndarray | None, list[Any]]:
+        """Items, float32 vectors (or None) and payloads of ``ids``, in their order; KeyError if unknown."""
+        ids = [int(i) for i in ids]
+        found: dict[int, tuple] = {}
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(f"SELECT id, chunk, row, item, payload FROM items "
+                                       f"WHERE modality = ? AND id IN ({marks})", (modality, *part)):
+                found[row[0]] = row[1:]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"no {modality} with id {missing[0]} in this store")
+        records = [found[i] for i in ids]
+        items = [r[2] for r in records]
+        payloads = [json.loads(r[3]) if r[3] is not None else None for r in records]
+        out = None
+        if vectors and self.codecs[modality].dtype != "none":
+            codec = self.codecs[modality]
+            out = np.empty((len(ids), self.dim), dtype=np.float32)
+            by_chunk: dict[int, list[int]] = {}
+            for pos, r in enumerate(records):
+                by_chunk.setdefault(r[0], []).append(pos)
+            for chunk, positions in by_chunk.items():
+                rows = np.asarray([records[p][1] for p in positions])
+                out[positions] = codec.decode(self._map(modality, chunk, "vectors")[rows])
+        return items, out, payloads
+
+    def ids(self, modality: str) -> np.ndarray:
+        return np.asarray([r[0] for r in self.db.execute(
+            "SELECT id FROM items WHERE modality = ? ORDER BY chunk, row", (modality,))], dtype=np.int64)
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
+
+    # -- writing ----------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator["Transaction"]:
+        """One atomic commit: everything done through the yielded object lands together or not at all."""
+        if not self.writable:
+            raise PermissionError(f"{self.directory} was opened read-only")
+        with self._write_lock:
+            db = self.db
+            tx = Transaction(self)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                for f in tx.written:
+                    f.unlink(missing_ok=True)
+                self.codecs = tx.codecs_before
+                raise
+            fsync_dir(self.directory / CHUNK_DIR)
+
+
+class Transaction:
+    """Appends, removals and payload updates of one :meth:`Store.transaction`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+        self.written: list[Path] = []
+        self.codecs_before = dict(store.codecs)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.db.executemany(sql, rows)
+
+    def next_id(self, modality: str) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = ?", (f"next_id:{modality}",)).fetchone()[0])
+
+    def append(self, modality: str, codes: np.ndarray, vectors: np.ndarray | None, items: Sequence[str | None],
+               payloads: Sequence[Any], ids: np.ndarray | None = None) -> np.ndarray:
+        """Writes one chunk; returns its ids (consecutive after every id ever used, unless given)."""
+        store = self.store
+        n = len(codes)
+        if codes.dtype != np.uint8 or codes.shape != (n, store.code_bytes):
+            raise ValueError(f"codes must be uint8 ({n}, {store.code_bytes}), got {codes.dtype} {codes.shape}")
+        codec = store.codecs[modality]
+        if codec.dtype != "none" and (vectors is None or vectors.shape != (n, store.dim)):
+            raise ValueError(f"vectors must be ({n}, {store.dim}), got {getattr(vectors, 'shape', None)}")
+        if len(items) != n or len(payloads) != n:
+            raise ValueError(f"{n} codes but {len(items)} items and {len(payloads)} payloads")
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+        start = self.next_id(modality)
+        if ids is None:
+            ids = np.arange(start, start + n, dtype=np.int64)
+        else:
+            ids = np.asarray(ids, dtype=np.int64)
+            clash = self.db.execute(f"SELECT id FROM items WHERE modality = ? AND id IN "
+                                    f"({','.join('?' * min(n, 500))})", (modality, *map(int, ids[:500]))).fetchone()
+            if clash:
+                raise ValueError(f"{modality} id {clash[0]} is already in the store")
+        if not codec.calibrated:
+            codec = VectorCodec(codec.dtype)
+            codec.calibrate(vectors)
+            store.codecs = {**store.codecs, modality: codec}
+            self.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(codec.to_meta()), f"codec:{modality}"))
+        row = self.db.execute("SELECT MAX(chunk) FROM chunks WHERE modality = ?", (modality,)).fetchone()
+        chunk = (row[0] + 1) if row[0] is not None else 0
+        files = [("codes", codes)] + ([("vectors", codec.encode(vectors))] if codec.dtype != "none" else [])
+        for kind, array in files:
+            path = chunk_path(store.directory, modality, chunk, kind)
+            save_npy(path, array)
+            self.written.append(path)
+        self.execute("INSERT INTO chunks VALUES (?, ?, ?)", (modality, chunk, n))
+        self.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
+            (modality, int(i), chunk, r, item, json.dumps(p) if p is not None else None)
+            for r, (i, item, p) in enumerate(zip(ids, items, payloads))))
+        self.execute("UPDATE meta SET value = ? WHERE key = ?",
+                     (str(max(start, int(ids.max()) + 1)), f"next_id:{modality}"))
+        return ids
+
+    def remove(self, modality: str, ids: Sequence[int]) -> int:
+        """Drops items (their chunk rows stay on disk, unreferenced); returns how many existed."""
+        removed = 0
+        for i in ids:
+            removed += self.execute("DELETE FROM items WHERE modality = ? AND id = ?", (modality, int(i))).rowcount
+        return removed
+
+    def set_payload(self, modality: str, id: int, payload: Any) -> None:
+        self.execute("UPDATE items SET payload = ? WHERE modality = ? AND id = ?",
+                     (json.dumps(payload) if payload is not None else None, modality, int(id)))
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
