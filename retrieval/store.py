@@ -271,14 +271,25 @@ class Store:
     def chunk_codes(self, modality: str, chunk: int) -> np.ndarray:
         return self._map(modality, chunk, "codes")
 
-    def live_codes(self, modality: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, codes) of every live item, chunk by chunk in append order (for building an index)."""
-        for chunk, _ in self.chunks(modality):
-            rows_ids = np.asarray(self.db.execute(
-                "SELECT row, id FROM items WHERE modality = ? AND chunk = ? ORDER BY row", (modality, chunk)
-            ).fetchall(), dtype=np.int64).reshape(-1, 2)
-            if len(rows_ids):
-                yield rows_ids[:, 1].copy(), np.ascontiguousarray(self.chunk_codes(modality, chunk)[rows_ids[:, 0]])
+    def live_codes(self, modality: str, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, codes) of every live item, chunk by chunk in append order (for building an index).
+
+        One pass over the items table, read ``batch`` rows at a time into numpy (a list of Python
+        tuples for 1M rows would cost more memory than the index it builds).
+        """
+        cursor = self.db.execute("SELECT chunk, row, id FROM items WHERE modality = ?", (modality,))
+        parts = []
+        while rows := cursor.fetchmany(batch):
+            parts.append(np.asarray(rows, dtype=np.int64))
+        if not parts:
+            return
+        table = np.concatenate(parts)
+        del parts
+        table = table[np.lexsort((table[:, 1], table[:, 0]))]
+        starts = np.flatnonzero(np.diff(table[:, 0], prepend=-1))
+        for s, e in zip(starts, list(starts[1:]) + [len(table)]):
+            chunk = int(table[s, 0])
+            yield table[s:e, 2].copy(), np.ascontiguousarray(self.chunk_codes(modality, chunk)[table[s:e, 1]])
 
     def fetch(self, modality: str, ids: Sequence[int], vectors: bool = True
               ) -> tuple[list[Any], np.ndarray | None, list[Any]]:

@@ -233,3 +233,56 @@ def test_from_dataset_indexes_every_image_and_caption(paths):
     assert r.search("magenta", k=1, rerank="float")[0].payload == {"path": paths[NAMES.index("magenta")]}
     owners = {h.payload["image_id"] for h in r.search(Path(paths[NAMES.index("cyan")]), k=2, rerank="float")}
     assert owners == {NAMES.index("cyan")}
+
+
+def test_format_1_directories_still_load_and_save_as_format_2(paths, tmp_path):
+    r = build(paths, reranker=FloatReranker(), vector_dtype="fp32")
+    old = tmp_path / "v1"
+    r.hasher.save_pretrained(old / "hasher")
+    for modality, gallery in r.galleries.items():
+        gallery.save(old / modality)
+    config = {**r.config(), "format_version": 1, "galleries": {m: len(g) for m, g in r.galleries.items()}}
+    del config["vector_dtype"]
+    (old / "retriever.json").write_text(json.dumps(config))
+    queries = ("red", "cyan", Path(paths[2]))
+    expected = [hits_of(r.search(q, k=5)) for q in queries]
+    loaded = Retriever.from_pretrained(old, encoder=ToyEncoder())
+    assert [hits_of(loaded.search(q, k=5)) for q in queries] == expected
+    loaded.vector_dtype = "fp32"
+    upgraded = Retriever.from_pretrained(loaded.save_pretrained(tmp_path / "v2"), encoder=ToyEncoder())
+    assert json.loads((tmp_path / "v2" / "retriever.json").read_text())["format_version"] == 2
+    assert [hits_of(upgraded.search(q, k=5)) for q in queries] == expected
+
+
+def test_fp16_storage_keeps_rankings_and_a_retriever_on_disk_commits_each_add(paths, tmp_path):
+    r = build(paths, reranker=FloatReranker())
+    queries = ["red", "cyan", "navy", Path(paths[2])]
+    saved = Retriever.from_pretrained(r.save_pretrained(tmp_path / "saved"), encoder=ToyEncoder())
+    for q in queries:
+        a, b = r.search(q, k=5), saved.search(q, k=5)
+        assert [h.id for h in a] == [h.id for h in b]
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=2e-3)
+    live = Retriever.create(tmp_path / "live", encoder=ToyEncoder(), hasher=r.hasher)
+    live.add_images(paths[:3], payloads=[{"n": i} for i in range(3)])
+    live.add_texts(["a red square"])
+    live.close()
+    reopened = Retriever.open(tmp_path / "live", encoder=ToyEncoder())
+    assert len(reopened.galleries["image"]) == 3 and reopened.get_item("image", 1) == (paths[1], {"n": 1})
+    assert reopened.search(Path(paths[0]), k=1)[0].item == "a red square"
+    with pytest.raises(FileExistsError, match="already holds a retriever"):
+        Retriever.create(tmp_path / "live", encoder=ToyEncoder(), hasher=r.hasher)
+    with pytest.raises(ValueError, match="none ships with encoder 'toy'"):
+        Retriever.create(tmp_path / "other", encoder=ToyEncoder())
+
+
+def test_images_only_builds_fit_on_the_images_or_fall_back_to_lsh(paths):
+    with pytest.warns(UserWarning, match="only 12 images .* using LSH"):
+        r = Retriever.build(images=paths, encoder=ToyEncoder(), bits=16)
+    assert r.hasher.method == "lsh" and "text" not in r.galleries
+    assert r.search("red", k=1, rerank="float")[0].item == paths[0]
+    import retrieval.retriever as retriever_module
+
+    many = np.repeat(r.encoder.encode_images(paths), 30, axis=0)
+    many += np.random.default_rng(0).normal(0, 0.01, many.shape).astype(np.float32)
+    r = Retriever.build(image_vectors=many, images=[None] * len(many), encoder=ToyEncoder(), bits=16)
+    assert r.hasher.method == "itq" and len(many) >= retriever_module.MIN_IMAGES_TO_FIT

@@ -1,0 +1,192 @@
+"""The ``crossmodal`` command line (also ``python -m retrieval``).
+
+    crossmodal index ~/Pictures --out ~/photos.index          # walk, encode, resume, update
+    crossmodal search ~/photos.index "a dog on the beach" -k 5
+    crossmodal search ~/photos.index --image query.jpg --json
+    crossmodal info ~/photos.index
+
+One entry point with subcommands (clip-retrieval's habit); each subcommand lives in one function.
+Errors a user can fix (a missing folder, a bad captions file, another indexer running) print one
+line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .collection import SKIPPED_REPORT, FolderIndexer
+
+    indexer = FolderIndexer(args.out, encoder=args.encoder, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                            progress=False if args.quiet else None, hasher=args.hasher, bits=args.bits,
+                            vector_dtype=args.vectors)
+    report = indexer.run(args.paths, captions=args.captions)
+    print(report.summary())
+    if report.encoded and report.seconds > 0:
+        print(f"{report.encoded / report.seconds:.1f} images/s over the whole run")
+    for path, reason in report.skipped[:10]:
+        print(f"  skipped {path}: {reason}")
+    if len(report.skipped) > 10:
+        print(f"  ... and {len(report.skipped) - 10} more")
+    if report.skipped:
+        print(f"  the full list: {Path(args.out) / SKIPPED_REPORT}")
+    return 0
+
+
+def hit_label(hit: Any) -> str:
+    if isinstance(hit.payload, dict):
+        for key in ("path", "caption"):
+            if key in hit.payload:
+                return str(hit.payload[key])
+    return str(hit.item) if hit.item is not None else f"{hit.modality} #{hit.id}"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .retriever import Retriever
+
+    if (args.query is None) == (args.image is None):
+        raise UsageError("give either a text query or --image FILE, not both")
+    if args.image is not None and not Path(args.image).is_file():
+        raise UsageError(f"--image {args.image}: no such file")
+    retriever = Retriever.open(args.index)
+    query = args.query if args.query is not None else Path(args.image)
+    timings: dict[str, float] = {}
+    rerank = False if args.rerank == "none" else args.rerank
+    hits = retriever.search(query, k=args.k, rerank=rerank, target=args.target, timings=timings)
+    if args.json:
+        print(json.dumps({"query": args.query if args.query is not None else {"image": str(args.image)},
+                          "timings_ms": timings,
+                          "hits": [{"rank": r, "id": h.id, "modality": h.modality, "score": h.score,
+                                    "hamming": h.hamming, "item": h.item, "payload": h.payload}
+                                   for r, h in enumerate(hits, 1)]}, indent=2))
+        return 0
+    if not hits:
+        print("no results: the index holds nothing to search for this query")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>3}  {hit.score:8.4f}  hamming {hit.hamming:>3}  {hit_label(hit)}")
+    return 0
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .retriever import CONFIG_NAME
+    from .store import Store
+
+    directory = Path(args.index)
+    config_file = directory / CONFIG_NAME
+    if not config_file.is_file():
+        raise UsageError(f"{directory} holds no index ({CONFIG_NAME} is missing)")
+    config = json.loads(config_file.read_text())
+    if config.get("format_version") != 2:
+        raise UsageError(f"{directory} is a format-{config.get('format_version')} retriever; "
+                         f"open it with Retriever.from_pretrained and save it again to upgrade")
+    with Store.open(directory) as store:
+        counts = {m: store.count(m) for m in ("image", "text")}
+        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        files = skipped = 0
+        if "files" in tables:
+            files = store.db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            skipped = store.db.execute("SELECT COUNT(*) FROM files WHERE error IS NOT NULL").fetchone()[0]
+        disk = store.disk_bytes()
+    info = {
+        "index": str(directory), "images": counts["image"], "texts": counts["text"], "files": files,
+        "skipped_files": skipped, "encoder": config["encoder"]["id"], "dim": config["encoder"]["dim"],
+        "hasher": config["hasher"]["method"], "bits": config["hasher"]["bits"], "index_kind": config["index"]["kind"],
+        "vectors": config.get("vector_dtype"), "reranker": (config.get("reranker") or {}).get("method"),
+        "disk_bytes": disk,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"index     {info['index']}")
+    print(f"items     {info['images']} images, {info['texts']} captions"
+          + (f" (from {files} files, {skipped} skipped)" if files else ""))
+    print(f"encoder   {info['encoder']} ({info['dim']}-d)")
+    print(f"hasher    {info['hasher']}, {info['bits']} bits; index {info['index_kind']}; vectors {info['vectors']}")
+    print(f"on disk   {human_bytes(disk)}")
+    return 0
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hashing.base import SUPPORTED_BITS
+
+    from .collection import DEFAULT_CHUNK_SIZE
+    from .store import VECTOR_DTYPES
+
+    parser = argparse.ArgumentParser(prog="crossmodal", description="Search your images with text and with images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", help="index a folder of images (resumable, incremental)",
+                       description="Walks PATHs recursively and indexes every image into INDEX. Rerun the same "
+                                   "command to resume after an interruption or to pick up new, changed and "
+                                   "deleted files.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image folders or files")
+    p.add_argument("--out", "-o", required=True, metavar="INDEX", help="the index folder (created if missing)")
+    p.add_argument("--encoder", default=None,
+                   help="encoder id for a new index (default: lite, the embedded offline model); an existing "
+                        "index keeps its own")
+    p.add_argument("--captions", default=None, metavar="FILE",
+                   help="CSV or JSONL of path, caption: also index the captions (text side)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help="images per committed chunk (at most one chunk is redone after a kill)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--hasher", default="itq", help="hash method for a new index")
+    p.add_argument("--bits", type=int, default=64, choices=SUPPORTED_BITS, help="code length for a new index")
+    p.add_argument("--vectors", default="fp16", choices=[d for d in VECTOR_DTYPES],
+                   help="how float vectors for rescoring are stored (none: codes only)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index by text or by image")
+    p.add_argument("index", metavar="INDEX")
+    p.add_argument("query", nargs="?", default=None, help="a text query")
+    p.add_argument("--image", default=None, metavar="FILE", help="search with this image instead")
+    p.add_argument("-k", type=int, default=10, help="results to show")
+    p.add_argument("--rerank", default="float",
+                   help="none, float (exact cosine of the stored vectors), cross, blip2, rewrite")
+    p.add_argument("--target", choices=["image", "text"], default=None,
+                   help="what to return (default: images for text; captions for images if the index has any)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="what an index holds")
+    p.add_argument("index", metavar="INDEX")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from .store import StoreError, StoreLockedError
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+    except (UsageError, StoreError, StoreLockedError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"crossmodal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
