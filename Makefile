@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install browser demo test clean
 
 install: $(STAMP)
 
@@ -21,7 +21,19 @@ $(STAMP): pyproject.toml constraints-dev.txt
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m retrieval.demo
 
-test: $(STAMP)
+# The page tests (tests/test_server_page.py) drive Debian's chromium through chromium-driver; as root
+# (CI, a fresh machine) they are installed here when missing, elsewhere those tests are skipped.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				chromium chromium-driver; \
+		else \
+			echo "chromium/chromium-driver missing and not root: the browser tests will be skipped"; \
+		fi; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean:

@@ -149,7 +149,7 @@ function searchFile(file) {
   return run(() => api("search?" + params({}).toString(), { method: "POST", body: data }), preview);
 }
 
-function fromUrl() {
+function fromUrl(initial = false) {
   const p = new URLSearchParams(location.search);
   if (p.get("k")) kInput.value = p.get("k");
   if (p.get("target") !== null) targetSelect.value = p.get("target");
@@ -159,8 +159,11 @@ function fromUrl() {
   }
   if (p.get("q")) return searchUrl({ q: p.get("q") }, false);
   if (p.get("item")) return searchUrl({ item: p.get("item"), modality: p.get("modality") || "image" }, false);
+  if (initial) return;  // nothing asked for: leave alone whatever the user started meanwhile (a drop)
+  ++generation;
   results.replaceChildren();
   statusLine.textContent = "";
+  showError("");
 }
 
 async function loadAbout() {
@@ -198,7 +201,7 @@ drop.addEventListener("drop", (e) => {
   searchFile(e.dataTransfer.files[0]);
 });
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter") fileInput.click(); });
-window.addEventListener("popstate", fromUrl);
+window.addEventListener("popstate", () => fromUrl(false));
 
 readTokenFromHash();
-loadAbout().then(fromUrl);
+loadAbout().then(() => fromUrl(true));
