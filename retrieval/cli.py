@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", metavar="INDEX")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    from .server.cli import add_parser as add_serve_parser  # `serve`: retrieval/server/cli.py
+    add_serve_parser(sub)
     return parser
 
 

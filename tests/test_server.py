@@ -477,3 +477,53 @@ def test_serve_names_an_index_it_cannot_open(tmp_path):
     result = subprocess.run([sys.executable, "-m", "retrieval.server.cli", str(tmp_path / "missing"), "--port", "0"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "cannot serve" in result.stderr and "missing" in result.stderr
+
+
+@pytest.mark.slow
+def test_crossmodal_serve_serves_an_index_made_by_crossmodal_index(tmp_path, image_dir):
+    """The real command pair with the lite encoder: ``crossmodal index`` a folder, ``crossmodal serve`` it."""
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    root = Path(__file__).resolve().parents[1]
+    index = tmp_path / "squares.index"
+    made = subprocess.run([sys.executable, "-m", "retrieval", "index", str(image_dir), "--out", str(index), "-q"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert made.returncode == 0, made.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", str(index), "--port", str(port),
+                               "--log-level", "warning"], env=env, cwd=root)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        health = wait_for_health(url, server)
+        assert health["items"] == {"image": len(NAMES)}
+        with httpx.Client(base_url=url, timeout=60) as c:
+            body = upload(c, (image_dir / "magenta.png").read_bytes(), "magenta.png", {"k": 3}).json()
+            assert body["target"] == "image" and Path(body["hits"][0]["path"]).name == "magenta.png"
+            assert body["hits"][0]["hamming"] == 0
+            text = c.get("/search", params={"q": "a red square", "k": 4}).json()
+            assert len(text["hits"]) == 4 and all(Path(h["path"]).parent == image_dir for h in text["hits"])
+            assert c.get(body["hits"][0]["thumbnail_url"]).headers["content-type"] == "image/jpeg"
+    finally:
+        server.terminate()
+        # uvicorn shuts down on SIGTERM, then re-raises the signal so a parent sees how it ended
+        assert server.wait(30) in (0, -15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 300) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with {process.returncode}"
+        try:
+            return httpx.get(f"{url}/health", timeout=2).json()
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError(f"no answer from {url}/health within {timeout} s")

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index", metavar="INDEX",
                         help="an index directory (written by `crossmodal index` or Retriever.save_pretrained)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; another host needs --token)")
+                        help="address to bind (default 127.0.0.1: this machine only; on another, also set --token)")
     parser.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     parser.add_argument("--rerank", nargs="+", metavar="NAME", default=None,
                         help="stage-2 rerankers clients may ask for, the first being the default (none, float, "
@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the start-up search that loads each reranker's model")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false",
+                        help="no log line per request (under load the log costs CPU)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"crossmodal serve: cannot serve {args.index}: {e}", file=sys.stderr)
         return 2
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5)
+                            access_log=args.access_log, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
