@@ -99,7 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     two = p.add_argument_group("two-stage pipelines (eval/two_stage.py)")
     two.add_argument("--rerank", nargs="+", default=None, metavar="NAME",
                      help="pipelines to run after Hamming recall: none (hash only), float, cross, blip2, rewrite")
-    two.add_argument("--candidates", type=int, default=128, help="stage-1 candidates per query")
+    two.add_argument("--candidates", type=int, default=128, help="stage-1 candidates per query (the reranker's depth)")
+    two.add_argument("--hamming-candidates", nargs="+", default=None, metavar="N|GALLERY=N",
+                     help="stage-1 cascade: Hamming top-N, float-rescored down to --candidates; one N for both "
+                          "galleries or image=N text=M (by the gallery searched); 0 turns it off "
+                          "(default: the Retriever's)")
     two.add_argument("--hasher", default="itq", help="hash method to fit, or a saved hasher directory / Hub id")
     two.add_argument("--bits", type=int, default=64)
     two.add_argument("--fit-split", default="train", help="split whose (image, caption) pairs fit the hasher")
@@ -209,18 +213,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def pipeline_label(result: dict[str, Any]) -> str:
-    stage1 = f"{result['hasher']} {result['bits']}-bit top-{result['candidates']}"
+    depth = result.get("hamming_candidates") or {}
+    cascade = (f"Hamming top-{depth.get('image')}/{depth.get('text')} (T→I/I→T) -> float "
+               if any(depth.values()) else "")
+    stage1 = f"{result['hasher']} {result['bits']}-bit {cascade}top-{result['candidates']}"
     return stage1 if result["pipeline"] == "none" else f"{stage1} + {result['pipeline']}"
 
 
 def latency_table(results: list[dict[str, Any]]) -> str:
-    lines = ["| pipeline | T→I median ms/query | I→T median ms/query | T→I batch s | I→T batch s |",
-             "|---|---|---|---|---|"]
+    """Per pipeline: the recall ceiling (float top-10 kept among the reranker's candidates) and timings."""
+    lines = ["| pipeline | T→I float top-10 kept | I→T float top-10 kept | T→I median ms/query | "
+             "I→T median ms/query | T→I batch s | I→T batch s |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lat, sec = r["latency"], r["seconds"]
-        lines.append(f"| {pipeline_label(r)} | {lat['text_to_image_median_ms']:.1f} | {lat['image_to_text_median_ms']:.1f}"
+        lat, sec, kept = r["latency"], r["seconds"], r["float_top10_kept"]
+        lines.append(f"| {pipeline_label(r)} | {kept['text_to_image']:.3f} | {kept['image_to_text']:.3f} "
+                     f"| {lat['text_to_image_median_ms']:.1f} | {lat['image_to_text_median_ms']:.1f}"
                      f" | {sec['text_to_image']:.1f} | {sec['image_to_text']:.1f} |")
     return "\n".join(lines)
+
+
+def parse_hamming_candidates(values: list[str] | None) -> Any:
+    """``--hamming-candidates`` as the Retriever takes it ("default" when not given)."""
+    if not values:
+        return "default"
+    if len(values) == 1 and "=" not in values[0]:
+        n = int(values[0])
+        return n or None
+    out: dict[str, int | None] = {}
+    for value in values:
+        gallery, _, n = value.partition("=")
+        if gallery not in ("image", "text") or not n.isdigit():
+            raise SystemExit(f"--hamming-candidates: expected N or image=N text=M, got {value!r}")
+        out[gallery] = int(n) or None
+    return out
 
 
 def reranker_args(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -281,7 +306,7 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
     hasher = fit_hasher(args, encoder)
     fit_seconds = time.perf_counter() - t0
     retriever = gallery_retriever(encoder, hasher, dataset.image_paths, emb.images, dataset.captions, emb.texts,
-                                  args.candidates)
+                                  args.candidates, hamming_candidates=parse_hamming_candidates(args.hamming_candidates))
     retriever.fusion_weight = args.fusion_weight
     rows = np.arange(len(dataset.captions))
     if args.one_caption_per_image:

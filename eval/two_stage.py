@@ -26,11 +26,16 @@ from .recall import DEFAULT_KS, two_way_recall
 
 def gallery_retriever(encoder: Any, hasher: Any, image_items: Sequence[Any], image_vectors: np.ndarray,
                       captions: Sequence[str], text_vectors: np.ndarray, candidates: int = 128,
-                      index: str = "flat") -> Any:
-    """A Retriever over one evaluation split, from embeddings already computed."""
+                      index: str = "flat", hamming_candidates: Any = "default") -> Any:
+    """A Retriever over one evaluation split, from embeddings already computed.
+
+    ``hamming_candidates``: the stage-1 cascade depth (``Retriever``'s argument); "default" keeps
+    the Retriever's default.
+    """
     from retrieval import Retriever
 
-    retriever = Retriever(encoder, hasher, index=index, candidates=candidates)
+    extra = {} if hamming_candidates == "default" else {"hamming_candidates": hamming_candidates}
+    retriever = Retriever(encoder, hasher, index=index, candidates=candidates, **extra)
     retriever.add_vectors("image", image_vectors, [str(p) if isinstance(p, Path) else p for p in image_items],
                           [{"row": i} for i in range(len(image_items))])
     retriever.add_vectors("text", text_vectors, list(captions), [{"row": j} for j in range(len(captions))])
@@ -76,8 +81,32 @@ def evaluate_pipeline(retriever: Any, caption_image: np.ndarray, image_vectors: 
                         progress=progress, desc=f"{name or 'hash'} image->text")
     t2 = time.perf_counter()
     metrics = two_way_recall(t2i, i2t, caption_image, ks, text_query_rows=text_query_rows)
+    ceiling = {
+        "text_to_image": recall_ceiling(retriever, t_vectors, "text", image_vectors, candidates),
+        "image_to_text": recall_ceiling(retriever, image_vectors, "image", text_vectors, candidates),
+    }
     return {**metrics, "pipeline": name or "none", "candidates": candidates,
+            "hamming_candidates": dict(retriever.hamming_candidates), "float_top10_kept": ceiling,
             "seconds": {"text_to_image": t1 - t0, "image_to_text": t2 - t1}}
+
+
+def recall_ceiling(retriever: Any, query_vectors: np.ndarray, modality: str, gallery_vectors: np.ndarray,
+                   candidates: int, top: int = 10) -> float:
+    """Share of each query's exhaustive float top-``top`` among the candidates handed to the reranker.
+
+    No reranker can rank first what stage 1 did not hand it, so this bounds every pipeline. The
+    candidates are what ``search_embeddings(rerank=False, k=candidates)`` returns: the same lists a
+    reranker receives (Hamming top-N, float-rescored to ``candidates`` when the cascade is on).
+    """
+    stage1 = ranked_scores(retriever, query_vectors, modality, None, len(gallery_vectors), candidates, False,
+                           progress=False)
+    kept = 0.0
+    top = min(top, len(gallery_vectors))
+    for start in range(0, len(query_vectors), 1024):
+        sims = query_vectors[start:start + 1024] @ gallery_vectors.T
+        best = np.argpartition(-sims, top - 1, axis=1)[:, :top]
+        kept += float(np.isfinite(np.take_along_axis(stage1[start:start + 1024], best, axis=1)).sum())
+    return kept / (top * len(query_vectors))
 
 
 def single_query_latency(retriever: Any, text_queries: Sequence[str], image_queries: Sequence[Any], rerank: Any,

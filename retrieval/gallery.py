@@ -106,6 +106,9 @@ class Gallery:
         vecs = self.vectors[rows] if vectors and self.vectors is not None else None
         return [self.items[r] for r in rows], vecs, [self.payloads[r] for r in rows]
 
+    def fetch_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        return self.vectors[self.rows(np.asarray(ids, dtype=np.int64))]
+
     def remove(self, ids: Sequence[int]) -> int:
         """Drops ``ids`` (absent ones ignored); returns how many were removed."""
         ids = np.asarray(ids, dtype=np.int64)

@@ -67,6 +67,13 @@ DEFAULT_CANDIDATES = 128
 #: Below this many images an images-only hasher fit falls back to LSH: ITQ's PCA of 64 dims from a
 #: few dozen points would be noise.
 MIN_IMAGES_TO_FIT = 256
+#: Stage 1 takes this many Hamming neighbours per searched gallery and rescores them with the float
+#: vectors down to ``candidates`` (the reranker's depth); None: Hamming top-``candidates`` only.
+#: Chosen on the lite trainer's 500 held-out train images, galleries padded to 1,000 images / 5,000
+#: captions (scripts/choose_hamming_candidates.py, runs/hamming_candidates.json): the smallest N
+#: keeping >= 0.97 of the float top-10. Text queries already keep 0.982 at 128 images; image queries
+#: need 384 captions (0.904 at 128).
+DEFAULT_HAMMING_CANDIDATES: dict[str, int | None] = {"image": None, "text": 384}
 SHIPPED_HASHERS = {"lite": Path(__file__).parent / "weights" / "lite" / "hasher"}
 
 
@@ -141,6 +148,19 @@ def query_modality(query: Any) -> str:
     return "image"
 
 
+def check_hamming_candidates(value: int | dict[str, int | None] | None) -> dict[str, int | None]:
+    """An int for both galleries, or {"image": N, "text": M} (keys: the gallery searched)."""
+    if value is None or isinstance(value, (int, np.integer)):
+        value = {"image": value, "text": value}
+    if not isinstance(value, dict) or set(value) - {"image", "text"}:
+        raise ValueError(f"hamming_candidates must be an int, None or a dict with keys 'image'/'text', got {value!r}")
+    out = {m: value.get(m) for m in ("image", "text")}
+    for m, n in out.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+            raise ValueError(f"hamming_candidates[{m!r}] must be a positive integer or None, got {n!r}")
+    return {m: (int(n) if n is not None else None) for m, n in out.items()}
+
+
 def shipped_hasher(encoder: Encoder, method: str, bits: int) -> Hasher | None:
     """The fitted hasher that ships with ``encoder`` for (method, bits), if any."""
     path = SHIPPED_HASHERS.get(encoder.model_id)
@@ -181,6 +201,7 @@ class Retriever:
         candidates: int = DEFAULT_CANDIDATES,
         device: str | None = None,
         vector_dtype: str = "fp16",
+        hamming_candidates: int | dict[str, int | None] | None = DEFAULT_HAMMING_CANDIDATES,
     ) -> None:
         self.encoder = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         self.hasher = create_hasher(hasher, bits) if isinstance(hasher, str) else hasher
@@ -193,6 +214,7 @@ class Retriever:
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         self.candidates = int(candidates)
+        self.hamming_candidates = check_hamming_candidates(hamming_candidates)
         self._rerankers: dict[str, Reranker] = {}
         self.reranker: Reranker | None = None
         self.reranker = self._resolve_reranker(reranker) if reranker not in (None, "none") else None
@@ -421,17 +443,10 @@ class Retriever:
                 gallery = self.galleries.get(target)
                 if gallery is None or len(gallery) == 0:
                     return [[] for _ in vectors]
-                ids, distances = gallery.index.search(codes, candidates)
-                lists = []
-                for row in range(len(vectors)):
-                    valid = ids[row] >= 0
-                    cid, dist = ids[row][valid], distances[row][valid]
-                    items, embeddings, payloads = gallery.fetch(cid, vectors=True)
-                    lists.append(Candidates(
-                        target, cid, items=items, embeddings=embeddings,
-                        stage1_scores=(1.0 - 2.0 * dist / self.hasher.bits).astype(np.float32),
-                        extra={"hamming": dist, "payloads": payloads},
-                    ))
+                depth = self.hamming_depth(target, candidates, gallery)
+                ids, distances = gallery.index.search(codes, depth)
+                lists = [self._candidates(gallery, target, ids[row], distances[row], vectors[row], candidates)
+                         for row in range(len(vectors))]
         with clock("stage2_ms"):
             if reranker is not None:
                 contents = queries if queries is not None else [None] * len(vectors)
@@ -448,6 +463,33 @@ class Retriever:
                                 cands.extra["payloads"][j], target, cands.items[j]) for j in order])
         return results
 
+    def hamming_depth(self, target: str, candidates: int, gallery: Any) -> int:
+        """How many Hamming neighbours stage 1 takes: ``hamming_candidates`` when float vectors can
+        rescore them down to ``candidates``, else ``candidates`` itself."""
+        depth = self.hamming_candidates.get(target)
+        if depth is None or depth <= candidates or not gallery.store_vectors:
+            return candidates
+        return depth
+
+    def _candidates(self, gallery: Any, target: str, ids: np.ndarray, distances: np.ndarray, query: np.ndarray,
+                    candidates: int) -> Candidates:
+        """One query's stage-1 output: Hamming top-depth, float-rescored down to ``candidates`` if deeper.
+
+        With the cascade, the stage-1 score is the float cosine (the Hamming distance stays in
+        ``extra``); without it, the Hamming similarity ``1 - 2 d / bits``.
+        """
+        valid = ids >= 0
+        cid, dist = ids[valid], distances[valid]
+        if len(cid) > candidates:
+            cosine = gallery.fetch_vectors(cid) @ query
+            keep = np.sort(np.argsort(-cosine, kind="stable")[:candidates])  # keep Hamming order among them
+            cid, dist, scores = cid[keep], dist[keep], cosine[keep].astype(np.float32)
+        else:
+            scores = (1.0 - 2.0 * dist / self.hasher.bits).astype(np.float32)
+        items, embeddings, payloads = gallery.fetch(cid, vectors=True)
+        return Candidates(target, cid, items=items, embeddings=embeddings, stage1_scores=scores,
+                          extra={"hamming": dist, "payloads": payloads})
+
     # -- persistence ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {
@@ -461,6 +503,7 @@ class Retriever:
             "reranker": self.reranker.config() if self.reranker is not None else None,
             "fusion_weight": self.fusion_weight,
             "candidates": self.candidates,
+            "hamming_candidates": self.hamming_candidates,
         }
 
     def _check_saveable(self) -> None:
@@ -572,6 +615,7 @@ class Retriever:
         retriever = cls(encoder, hasher, index=config["index"]["kind"], index_params=config["index"]["params"],
                         store_vectors=config["store_vectors"], reranker=reranker,
                         fusion_weight=config["fusion_weight"], candidates=config["candidates"],
+                        hamming_candidates=config.get("hamming_candidates"),
                         vector_dtype=config.get("vector_dtype", "fp16"))
         if version == 1:
             for modality in config["galleries"]:

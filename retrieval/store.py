@@ -291,34 +291,44 @@ class Store:
             chunk = int(table[s, 0])
             yield table[s:e, 2].copy(), np.ascontiguousarray(self.chunk_codes(modality, chunk)[table[s:e, 1]])
 
-    def fetch(self, modality: str, ids: Sequence[int], vectors: bool = True
-              ) -> tuple[list[Any], np.ndarray | None, list[Any]]:
-        """Items, float32 vectors (or None) and payloads of ``ids``, in their order; KeyError if unknown."""
+    def _records(self, modality: str, ids: Sequence[int], columns: str) -> list[tuple]:
+        """Rows ``(chunk, row, *columns)`` of ``ids`` in their order; KeyError names an unknown id."""
         ids = [int(i) for i in ids]
         found: dict[int, tuple] = {}
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             part = ids[start:start + 500]
             marks = ",".join("?" * len(part))
-            for row in self.db.execute(f"SELECT id, chunk, row, item, payload FROM items "
+            for row in self.db.execute(f"SELECT id, chunk, row{columns} FROM items "
                                        f"WHERE modality = ? AND id IN ({marks})", (modality, *part)):
                 found[row[0]] = row[1:]
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise KeyError(f"no {modality} with id {missing[0]} in this store")
-        records = [found[i] for i in ids]
+        try:
+            return [found[i] for i in ids]
+        except KeyError as e:
+            raise KeyError(f"no {modality} with id {e.args[0]} in this store") from None
+
+    def _vectors(self, modality: str, records: list[tuple]) -> np.ndarray:
+        codec = self.codecs[modality]
+        out = np.empty((len(records), self.dim), dtype=np.float32)
+        by_chunk: dict[int, list[int]] = {}
+        for pos, r in enumerate(records):
+            by_chunk.setdefault(r[0], []).append(pos)
+        for chunk, positions in by_chunk.items():
+            rows = np.asarray([records[p][1] for p in positions])
+            out[positions] = codec.decode(self._map(modality, chunk, "vectors")[rows])
+        return out
+
+    def fetch(self, modality: str, ids: Sequence[int], vectors: bool = True
+              ) -> tuple[list[Any], np.ndarray | None, list[Any]]:
+        """Items, float32 vectors (or None) and payloads of ``ids``, in their order; KeyError if unknown."""
+        records = self._records(modality, ids, ", item, payload")
         items = [r[2] for r in records]
         payloads = [json.loads(r[3]) if r[3] is not None else None for r in records]
-        out = None
-        if vectors and self.codecs[modality].dtype != "none":
-            codec = self.codecs[modality]
-            out = np.empty((len(ids), self.dim), dtype=np.float32)
-            by_chunk: dict[int, list[int]] = {}
-            for pos, r in enumerate(records):
-                by_chunk.setdefault(r[0], []).append(pos)
-            for chunk, positions in by_chunk.items():
-                rows = np.asarray([records[p][1] for p in positions])
-                out[positions] = codec.decode(self._map(modality, chunk, "vectors")[rows])
-        return items, out, payloads
+        has_vectors = vectors and self.codecs[modality].dtype != "none"
+        return items, self._vectors(modality, records) if has_vectors else None, payloads
+
+    def fetch_vectors(self, modality: str, ids: Sequence[int]) -> np.ndarray:
+        """Float32 vectors of ``ids`` only (what the float-rescoring cut of stage 1 reads)."""
+        return self._vectors(modality, self._records(modality, ids, ""))
 
     def ids(self, modality: str) -> np.ndarray:
         return np.asarray([r[0] for r in self.db.execute(

@@ -67,6 +67,9 @@ class StoredGallery:
     def fetch(self, ids: Sequence[int], vectors: bool = True) -> tuple[list[Any], np.ndarray | None, list[Any]]:
         return self.store.fetch(self.modality, ids, vectors and self.store_vectors)
 
+    def fetch_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        return self.store.fetch_vectors(self.modality, ids)
+
     def remove(self, ids: Sequence[int]) -> int:
         with self.store.transaction() as tx:
             removed = tx.remove(self.modality, ids)

@@ -286,3 +286,26 @@ def test_images_only_builds_fit_on_the_images_or_fall_back_to_lsh(paths):
     many += np.random.default_rng(0).normal(0, 0.01, many.shape).astype(np.float32)
     r = Retriever.build(image_vectors=many, images=[None] * len(many), encoder=ToyEncoder(), bits=16)
     assert r.hasher.method == "itq" and len(many) >= retriever_module.MIN_IMAGES_TO_FIT
+
+
+def test_the_cascade_hands_the_reranker_the_float_best_of_the_hamming_top_n(paths):
+    captions = [f"a {a} and {b} square" for a in NAMES for b in NAMES]
+    r = Retriever.build(images=paths, texts=captions, encoder=ToyEncoder(), bits=16,
+                        fit_pairs=(np.repeat(np.arange(len(paths)), len(NAMES)), np.arange(len(captions))),
+                        hamming_candidates={"image": None, "text": 60})
+    query = r.encoder.encode_images([paths[3]])
+    text_vectors = r.galleries["text"].vectors
+    hamming = r.galleries["text"].index.search(r.hasher.encode(query, "image"), 60).ids[0]
+    cosine = text_vectors[hamming] @ query[0]
+    expected = set(hamming[np.argsort(-cosine, kind="stable")[:20]].tolist())
+    hits = r.search_embeddings(query, "image", k=20, candidates=20, rerank=False)[0]
+    assert {h.id for h in hits} == expected
+    assert [h.score for h in hits] == sorted(h.score for h in hits)[::-1]  # ranked by the float cosine
+    assert hits[0].score == pytest.approx(float(cosine.max()), abs=1e-6)
+    plain = Retriever.build(images=paths, texts=captions, encoder=ToyEncoder(), bits=16, hamming_candidates=None,
+                            fit_pairs=(np.repeat(np.arange(len(paths)), len(NAMES)), np.arange(len(captions))))
+    plain_hits = plain.search_embeddings(query, "image", k=20, candidates=20, rerank=False)[0]
+    assert {h.id for h in plain_hits} == set(hamming[:20].tolist())  # Hamming top-20 only
+    assert r.search_embeddings(query, "image", k=5, candidates=20, rerank="float")[0][0].id == hits[0].id
+    with pytest.raises(ValueError, match=r"hamming_candidates\['text'\] must be a positive integer"):
+        Retriever(ToyEncoder(), "itq", hamming_candidates={"text": 0})
