@@ -7,8 +7,12 @@ For each size, synthetic unit vectors (256-d, a seeded Gaussian mixture) go thro
 a 20K sample), for each vector dtype asked. A fresh Python process then opens it and reports the
 resident memory the open added (``/proc/self/statm`` before and after ``Retriever.open``, the
 encoder loaded first so that it is not counted), the open time, and p50/p99 of single
-hash + float-rescored searches. The goal of issue 11 compares the largest size's memory with the
+hash + float-rescored searches (faiss on one thread, as in eval.bench). The goal of issue 11 compares the largest size's memory with the
 smallest's.
+
+Stage-1 cost: in the same process, single queries through the cascade (Hamming top-384, float
+rescoring down to 128, the default depth for caption galleries) beside exhaustive float search
+(faiss ``IndexFlatIP`` over the same vectors as float32, one thread).
 
 Equality: the same queries answered by an in-memory Retriever over the same float32 vectors and
 by the reopened one: identical rankings are expected from fp32 storage; fp16/int8 report the
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +43,9 @@ CHUNK = 100_000
 
 OPEN_PROBE = r"""
 import json, os, sys, time
+import faiss
 import numpy as np
+faiss.omp_set_num_threads(1)  # single queries: OpenMP's spin-waits cost more than they save on 2 cores
 
 def rss():
     with open("/proc/self/statm") as fh:
@@ -59,8 +66,27 @@ for q in queries:
     h = r.search_embeddings(q[None], "text", k=10, rerank="float")[0]
     times.append(1e3 * (time.perf_counter() - t0))
     hits.append([[x.id, x.score] for x in h])
-print(json.dumps({"open_s": open_s, "rss_added": after_open - before, "rss_after_search": rss() - before,
+rss_after_search = rss() - before
+# the stage-1 cascade (Hamming top-384, float-rescored to 128) against exhaustive float search, side by side
+r.hamming_candidates = {"image": 384, "text": 384}
+cascade = []
+for q in queries:
+    t0 = time.perf_counter()
+    r.search_embeddings(q[None], "text", k=10, rerank=False)
+    cascade.append(1e3 * (time.perf_counter() - t0))
+flat = faiss.IndexFlatIP(queries.shape[1])
+store, gallery = r.store, r.galleries["image"]
+for ids, _ in store.live_codes("image"):
+    flat.add(store.fetch_vectors("image", ids))
+exhaustive = []
+for q in queries:
+    t0 = time.perf_counter()
+    flat.search(q[None], 128)
+    exhaustive.append(1e3 * (time.perf_counter() - t0))
+print(json.dumps({"open_s": open_s, "rss_added": after_open - before, "rss_after_search": rss_after_search,
                   "p50_ms": float(np.percentile(times[1:], 50)), "p99_ms": float(np.percentile(times[1:], 99)),
+                  "cascade_p50_ms": float(np.percentile(cascade[1:], 50)),
+                  "float_exhaustive_p50_ms": float(np.percentile(exhaustive[1:], 50)),
                   "hits": hits}))
 """
 
@@ -91,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     encoder = load_encoder("lite")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_store."))
+    workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.sizes:
         vectors = synthetic(n)
@@ -106,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del memory
         for dtype in args.dtypes:
             directory = workdir / f"store-{n}-{dtype}"
+            shutil.rmtree(directory, ignore_errors=True)
             t0 = time.perf_counter()
             r = Retriever.create(directory, encoder=encoder, hasher=hasher, vector_dtype=dtype)
             for s in range(0, n, CHUNK):
@@ -127,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"n={n:>9} {dtype}: build {build_s:.1f} s, open {got['open_s']:.2f} s, "
                   f"+{got['rss_added'] / 2**20:.1f} MiB resident, p50 {got['p50_ms']:.2f} ms, p99 {got['p99_ms']:.2f} ms, "
                   f"disk {row['disk_bytes'] / 2**20:.0f} MiB, identical lists {same_lists:.3f}, "
-                  f"top-10 kept {kept:.3f}", flush=True)
+                  f"top-10 kept {kept:.3f}; cascade p50 {got['cascade_p50_ms']:.2f} ms vs float exhaustive "
+                  f"{got['float_exhaustive_p50_ms']:.2f} ms", flush=True)
     result = {"rows": rows, "dim": DIM, "bits": 64, "queries": args.queries, "machine": machine()}
     if args.output:
         write_json(args.output, result)

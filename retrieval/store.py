@@ -271,8 +271,8 @@ class Store:
     def chunk_codes(self, modality: str, chunk: int) -> np.ndarray:
         return self._map(modality, chunk, "codes")
 
-    def live_codes(self, modality: str, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, codes) of every live item, chunk by chunk in append order (for building an index).
+    def live_locations(self, modality: str, batch: int = 65536) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(chunk, rows, ids) of every live item, chunk by chunk in append order.
 
         One pass over the items table, read ``batch`` rows at a time into numpy (a list of Python
         tuples for 1M rows would cost more memory than the index it builds).
@@ -288,8 +288,16 @@ class Store:
         table = table[np.lexsort((table[:, 1], table[:, 0]))]
         starts = np.flatnonzero(np.diff(table[:, 0], prepend=-1))
         for s, e in zip(starts, list(starts[1:]) + [len(table)]):
-            chunk = int(table[s, 0])
-            yield table[s:e, 2].copy(), np.ascontiguousarray(self.chunk_codes(modality, chunk)[table[s:e, 1]])
+            yield int(table[s, 0]), table[s:e, 1].copy(), table[s:e, 2].copy()
+
+    def live_codes(self, modality: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, codes) of every live item, chunk by chunk in append order (for building an index)."""
+        for chunk, rows, ids in self.live_locations(modality):
+            yield ids, np.ascontiguousarray(self.chunk_codes(modality, chunk)[rows])
+
+    def vectors_at(self, modality: str, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Float32 vectors at (chunk, row) locations, in their order."""
+        return self._vectors(modality, list(zip(chunks.tolist(), rows.tolist())))
 
     def _records(self, modality: str, ids: Sequence[int], columns: str) -> list[tuple]:
         """Rows ``(chunk, row, *columns)`` of ``ids`` in their order; KeyError names an unknown id."""

@@ -3,7 +3,8 @@
 Same interface as the in-memory :class:`retrieval.gallery.Gallery` (``index``, ``add``, ``fetch``,
 ``remove``, ``export``), so the Retriever searches either the same way. Only the binary index is in
 memory (it is derived data, rebuilt from the stored codes on open: ``bits / 8`` bytes per item plus
-faiss' id map); float vectors are memory-mapped and items/payloads are read from SQLite for the
+faiss' id map), with a 16-byte-per-item id -> (chunk, row) map so that the float-rescoring cascade
+reads vectors without a SQLite round trip; float vectors are memory-mapped and items/payloads are read from SQLite for the
 candidates of each query only.
 """
 
@@ -20,6 +21,32 @@ from .gallery import check_payloads, storable_item
 from .store import Store
 
 
+class Locations:
+    """id -> (chunk, row) in sorted numpy arrays: 16 bytes an item, looked up by binary search."""
+
+    def __init__(self) -> None:
+        self.ids = np.empty(0, dtype=np.int64)
+        self.chunks = np.empty(0, dtype=np.int32)
+        self.rows = np.empty(0, dtype=np.int32)
+
+    def add(self, ids: np.ndarray, chunks: np.ndarray, rows: np.ndarray) -> None:
+        ids, chunks, rows = (np.concatenate(p) for p in ((self.ids, ids), (self.chunks, chunks), (self.rows, rows)))
+        order = np.argsort(ids, kind="stable")
+        self.ids, self.chunks, self.rows = ids[order], chunks[order], rows[order]
+
+    def remove(self, ids: np.ndarray) -> None:
+        keep = ~np.isin(self.ids, ids)
+        self.ids, self.chunks, self.rows = self.ids[keep], self.chunks[keep], self.rows[keep]
+
+    def find(self, ids: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        bad = (len(self.ids) == 0) | (self.ids[pos] != ids) if len(self.ids) else np.ones(len(ids), bool)
+        if np.any(bad):
+            raise KeyError(f"no {modality} with id {int(np.asarray(ids)[bad][0])} in this store")
+        return self.chunks[pos], self.rows[pos]
+
+
 class StoredGallery:
     def __init__(self, store: Store, modality: str, bits: int, index: str = "flat",
                  index_params: dict | None = None) -> None:
@@ -31,14 +58,20 @@ class StoredGallery:
         self._fill_index()
 
     def _fill_index(self) -> None:
-        parts = list(self.store.live_codes(self.modality))
-        if not parts:
+        ids, codes, chunks, rows = [], [], [], []
+        for chunk, chunk_rows, chunk_ids in self.store.live_locations(self.modality):
+            ids.append(chunk_ids)
+            codes.append(np.ascontiguousarray(self.store.chunk_codes(self.modality, chunk)[chunk_rows]))
+            chunks.append(np.full(len(chunk_rows), chunk, dtype=np.int32))
+            rows.append(chunk_rows.astype(np.int32))
+        self._locate = Locations()
+        if not ids:
             return
-        ids = np.concatenate([p[0] for p in parts])
-        codes = np.concatenate([p[1] for p in parts])
+        all_codes = np.concatenate(codes)
         if not self.index.is_trained:
-            self.index.train(codes)
-        self.index.add(codes, ids)
+            self.index.train(all_codes)
+        self.index.add(all_codes, np.concatenate(ids))
+        self._locate.add(np.concatenate(ids), np.concatenate(chunks), np.concatenate(rows))
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -62,18 +95,24 @@ class StoredGallery:
             if not self.index.is_trained:
                 self.index.train(codes)
             self.index.add(codes, new_ids)
+            chunk = self.store.chunks(self.modality)[-1][0]
+            self._locate.add(new_ids, np.full(len(new_ids), chunk, dtype=np.int32),
+                             np.arange(len(new_ids), dtype=np.int32))
         return new_ids
 
     def fetch(self, ids: Sequence[int], vectors: bool = True) -> tuple[list[Any], np.ndarray | None, list[Any]]:
         return self.store.fetch(self.modality, ids, vectors and self.store_vectors)
 
     def fetch_vectors(self, ids: Sequence[int]) -> np.ndarray:
-        return self.store.fetch_vectors(self.modality, ids)
+        """Vectors by id without a SQLite round trip (the cascade reads hundreds per query)."""
+        chunks, rows = self._locate.find(np.asarray(ids, dtype=np.int64), self.modality)
+        return self.store.vectors_at(self.modality, chunks, rows)
 
     def remove(self, ids: Sequence[int]) -> int:
         with self.store.transaction() as tx:
             removed = tx.remove(self.modality, ids)
         self.index.remove(np.asarray(ids, dtype=np.int64))
+        self._locate.remove(np.asarray(ids, dtype=np.int64))
         return removed
 
     def export(self, batch: int = 65536) -> Iterator[tuple]:

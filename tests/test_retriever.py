@@ -288,7 +288,7 @@ def test_images_only_builds_fit_on_the_images_or_fall_back_to_lsh(paths):
     assert r.hasher.method == "itq" and len(many) >= retriever_module.MIN_IMAGES_TO_FIT
 
 
-def test_the_cascade_hands_the_reranker_the_float_best_of_the_hamming_top_n(paths):
+def test_the_cascade_hands_the_reranker_the_float_best_of_the_hamming_top_n(paths, tmp_path):
     captions = [f"a {a} and {b} square" for a in NAMES for b in NAMES]
     r = Retriever.build(images=paths, texts=captions, encoder=ToyEncoder(), bits=16,
                         fit_pairs=(np.repeat(np.arange(len(paths)), len(NAMES)), np.arange(len(captions))),
@@ -307,5 +307,8 @@ def test_the_cascade_hands_the_reranker_the_float_best_of_the_hamming_top_n(path
     plain_hits = plain.search_embeddings(query, "image", k=20, candidates=20, rerank=False)[0]
     assert {h.id for h in plain_hits} == set(hamming[:20].tolist())  # Hamming top-20 only
     assert r.search_embeddings(query, "image", k=5, candidates=20, rerank="float")[0][0].id == hits[0].id
+    r.vector_dtype = "fp32"
+    stored = Retriever.from_pretrained(r.save_pretrained(tmp_path / "saved"), encoder=ToyEncoder())
+    assert hits_of(stored.search_embeddings(query, "image", k=20, candidates=20, rerank=False)[0]) == hits_of(hits)
     with pytest.raises(ValueError, match=r"hamming_candidates\['text'\] must be a positive integer"):
         Retriever(ToyEncoder(), "itq", hamming_candidates={"text": 0})
