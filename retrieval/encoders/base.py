@@ -8,8 +8,8 @@ decoding, device and dtype choice, ``torch.inference_mode``, progress bars and L
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,12 @@ def check_texts(texts: Sequence[str]) -> list[str]:
             raise ValueError(f"texts[{i}] is empty or whitespace only")
         out.append(text)
     return out
+
+
+def check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+        raise TypeError("images must be a sequence (list of paths, PIL images or arrays)")
+    return images
 
 
 class Encoder(ABC):
@@ -94,6 +100,45 @@ class Encoder(ABC):
         index, item = indexed
         return self.preprocess_image(load_image(item, index))
 
+    def _load_or_reason(self, indexed: tuple[int, ImageInput]) -> torch.Tensor | str:
+        try:
+            return self._load_and_preprocess(indexed)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
+            prefix = f"{describe(indexed[1], indexed[0])}: "
+            message = str(e)
+            return message[len(prefix):] if message.startswith(prefix) else f"{type(e).__name__}: {message}"
+
+    def _image_batches(self, images: Sequence[ImageInput], batch_size: int, num_workers: int, skip: bool,
+                       progress: bool | None = None) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+        """The one batching loop: yields (positions, their unit vectors, failures) per batch.
+
+        Batch i + 1 is decoded by the pool while batch i runs through the model, so decoding
+        costs no wall time as long as it is faster than the forward pass (issue 13). With
+        ``skip`` an unreadable image becomes ``(position, reason)``; without, its error is raised.
+        """
+        n = len(check_images(images))
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        load = self._load_or_reason if skip else self._load_and_preprocess
+        bar = tqdm(total=n, desc="encode images", unit="img", disable=not show(progress, n, batch_size))
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
+            def submit(start: int) -> list[Future]:
+                return [pool.submit(load, item) for item in enumerate(images[start:start + batch_size], start)]
+
+            pending = submit(0) if n else []
+            for start in range(0, n, batch_size):
+                loaded = [f.result() for f in pending]
+                pending = submit(start + batch_size) if start + batch_size < n else []
+                good = [(i, t) for i, t in enumerate(loaded, start) if isinstance(t, torch.Tensor)]
+                failed = [(i, t) for i, t in enumerate(loaded, start) if not isinstance(t, torch.Tensor)]
+                vectors = np.empty((0, self.dim), dtype=np.float32)
+                if good:
+                    with self.autocast():
+                        vectors = normalize(self.forward_images(torch.stack([t for _, t in good]).to(self.device)))
+                bar.update(len(loaded))
+                yield [i for i, _ in good], vectors, failed
+        bar.close()
+
     def encode_images(
         self,
         images: Sequence[ImageInput],
@@ -102,20 +147,10 @@ class Encoder(ABC):
         num_workers: int = 4,
     ) -> np.ndarray:
         """Paths, PIL images or HWC arrays -> (n, dim) float32 unit vectors."""
-        if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
-            raise TypeError("images must be a sequence (list of paths, PIL images or arrays)")
-        n = len(images)
-        out = np.empty((n, self.dim), dtype=np.float32)
-        bar = tqdm(total=n, desc="encode images", unit="img", disable=not show(progress, n, batch_size))
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
-            for start in range(0, n, batch_size):
-                chunk = list(enumerate(images[start:start + batch_size], start))
-                pixels = torch.stack(list(pool.map(self._load_and_preprocess, chunk)))
-                with self.autocast():
-                    features = self.forward_images(pixels.to(self.device))
-                out[start:start + len(chunk)] = normalize(features)
-                bar.update(len(chunk))
-        bar.close()
+        out = np.empty((len(check_images(images)), self.dim), dtype=np.float32)
+        batches = self._image_batches(images, batch_size, num_workers, skip=False, progress=progress)
+        for positions, vectors, _ in batches:
+            out[positions] = vectors
         return out
 
     def encode_images_skipping(
@@ -127,32 +162,23 @@ class Encoder(ABC):
         ``(position, reason)`` for each unreadable one: a folder indexer skips broken files
         (empty, truncated, not an image) instead of dying on the first.
         """
-        def load(indexed: tuple[int, ImageInput]) -> torch.Tensor | str:
-            try:
-                return self._load_and_preprocess(indexed)
-            except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
-                prefix = f"{describe(indexed[1], indexed[0])}: "
-                message = str(e)
-                return message[len(prefix):] if message.startswith(prefix) else f"{type(e).__name__}: {message}"
-
         vectors, kept, failed = [], [], []
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                loaded = list(pool.map(load, enumerate(images[start:start + batch_size], start)))
-                good = [(i, t) for i, t in enumerate(loaded, start) if isinstance(t, torch.Tensor)]
-                failed += [(i, t) for i, t in enumerate(loaded, start) if not isinstance(t, torch.Tensor)]
-                if good:
-                    with self.autocast():
-                        features = self.forward_images(torch.stack([t for _, t in good]).to(self.device))
-                    vectors.append(normalize(features))
-                    kept += [i for i, _ in good]
+        for positions, batch, errors in self._image_batches(images, batch_size, num_workers, skip=True,
+                                                             progress=False):
+            vectors.append(batch)
+            kept += positions
+            failed += errors
         out = np.concatenate(vectors) if vectors else np.empty((0, self.dim), dtype=np.float32)
         return out, kept, failed
 
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None
     ) -> np.ndarray:
-        """Strings -> (n, dim) float32 unit vectors; texts over the context length are truncated."""
+        """Strings -> (n, dim) float32 unit vectors; texts over the context length are truncated.
+
+        Batches keep the input order (no sorting by length): ``eval.sharded`` and the embedding
+        cache rely on a batch's texts, hence its padding and its numbers, being the same in any run.
+        """
         texts = check_texts(texts)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)

@@ -1,0 +1,143 @@
+"""The encoding speed-ups of issue 13 keep the vectors: ONNX Runtime, channels_last, prefetching.
+
+The reference is the lite model as it ran before them: PyTorch, contiguous (NCHW) image tower,
+one batch decoded after the other, computed here from a freshly loaded model. The shipped ITQ
+hasher and cross-encoder were fitted on those features, so every fast path must stay within
+cosine 0.9999 of it; int8 is the one approximate path, opt-in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retrieval import load_encoder
+from retrieval.encoders.lite import LiteEncoder, load_lite_model, onnxruntime_available
+from toy_encoder import ToyEncoder, solid_images
+
+needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+
+TEXTS = ["a dog", "two children in red coats are playing in the snow beside a wooden fence",
+         "a black and white dog is running through the tall grass " * 12, "people"]
+
+
+def textured_images() -> list[Image.Image]:
+    """Photo-like inputs (gradients, noise, edges) of several sizes; solid colours would test too little."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (h, w) in enumerate([(240, 320), (500, 375), (224, 224), (300, 600), (128, 96)]):
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x / w, y / h, ((x + y) % 64) / 64], axis=-1) * 200
+        noise = rng.normal(0, 25 + 10 * i, (h, w, 3))
+        out.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    """Today's vectors the old way: a fresh LiteModel, contiguous tower, plain PyTorch forward."""
+    model = load_lite_model()
+    assert not model.image_tower.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    encoder = LiteEncoder(runtime="torch", device="cpu")  # only for its preprocessing and tokenizer
+    pixels = torch.stack([encoder.preprocess_image(im) for im in textured_images()])
+    tokens = encoder.tokenize(TEXTS)
+    with torch.inference_mode():
+        images = torch.nn.functional.normalize(model.image_features(pixels), dim=-1).numpy()
+        texts = torch.nn.functional.normalize(model.text_features(tokens["input_ids"], tokens["attention_mask"]),
+                                              dim=-1).numpy()
+    return {"images": images, "texts": texts}
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def torch_lite() -> LiteEncoder:
+    return LiteEncoder(runtime="torch", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ort_lite() -> LiteEncoder:
+    if not onnxruntime_available():
+        pytest.skip("onnxruntime not installed")
+    return load_encoder("lite", device="cpu")
+
+
+def test_torch_runtime_runs_channels_last_with_the_same_vectors(torch_lite, reference) -> None:
+    assert torch_lite.model.image_tower.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch_lite.onnx is None
+    images = torch_lite.encode_images(textured_images(), batch_size=2)
+    assert cosines(images, reference["images"]).min() >= 0.9999
+    assert cosines(torch_lite.encode_texts(TEXTS), reference["texts"]).min() >= 0.9999
+
+
+@needs_ort
+def test_onnxruntime_is_the_cpu_default_with_the_same_vectors(ort_lite, reference) -> None:
+    assert ort_lite.runtime == "onnxruntime" and "onnxruntime" in repr(ort_lite)
+    for batch_size in (1, 3, 64):  # dynamic batch axis; a last partial batch
+        images = ort_lite.encode_images(textured_images(), batch_size=batch_size)
+        assert cosines(images, reference["images"]).min() >= 0.9999, batch_size
+    for batch_size in (1, 2, 256):  # dynamic length axis: padded to 4, 18, 64 tokens
+        texts = ort_lite.encode_texts(TEXTS, batch_size=batch_size)
+        assert cosines(texts, reference["texts"]).min() >= 0.9999, batch_size
+
+
+@needs_ort
+def test_int8_is_opt_in_close_but_not_identical(reference) -> None:
+    int8 = LiteEncoder(int8=True, device="cpu")
+    texts = int8.encode_texts(TEXTS)
+    c = cosines(texts, reference["texts"])
+    assert c.min() > 0.9 and c.min() < 0.99999, "quantised: close to fp32, not equal to it"
+    assert "int8" in repr(int8)
+    assert cosines(int8.encode_images(textured_images()), reference["images"]).min() >= 0.9999, "images stay fp32"
+
+
+def test_runtime_choices_are_checked() -> None:
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        LiteEncoder(runtime="tensorrt", device="cpu")
+    with pytest.raises(ValueError, match="int8=True needs runtime='onnxruntime'"):
+        LiteEncoder(runtime="torch", int8=True, device="cpu")
+    with pytest.raises(ValueError, match="runs fp32 on CPU"):
+        LiteEncoder(runtime="onnxruntime", precision="bf16", device="cpu")
+
+
+def test_prefetching_keeps_order_and_raises_for_a_later_batch(tmp_path: Path) -> None:
+    encoder = ToyEncoder()
+    paths = solid_images(tmp_path)
+    expected = np.concatenate([encoder.encode_images([p], batch_size=1) for p in paths])
+    for batch_size in (1, 3, len(paths), 100):
+        np.testing.assert_allclose(encoder.encode_images(paths, batch_size=batch_size), expected, atol=1e-6)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=rf"images\[7\] \({broken}\)"):  # batch 3 of 3-image batches
+        encoder.encode_images(paths[:7] + [str(broken)] + paths[7:], batch_size=3)
+    with pytest.raises(TypeError, match="must be a sequence"):
+        encoder.encode_images("a.jpg")
+    with pytest.raises(TypeError, match="must be a sequence"):
+        encoder.encode_images(p for p in paths)
+
+
+def test_skipping_shares_the_loop_and_reports_positions(tmp_path: Path) -> None:
+    encoder = ToyEncoder()
+    paths = solid_images(tmp_path)[:6]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG but not really")
+    items = [paths[0], str(tmp_path / "empty.jpg"), paths[1], paths[2], str(tmp_path / "junk.png"),
+             str(tmp_path / "missing.jpg"), paths[3], paths[4], paths[5]]
+    for batch_size in (1, 2, 4, 64):
+        vectors, kept, failed = encoder.encode_images_skipping(items, batch_size=batch_size)
+        assert kept == [0, 2, 3, 6, 7, 8]
+        assert [p for p, _ in failed] == [1, 4, 5]
+        reasons = dict(failed)
+        assert "empty" in reasons[1] and "not an image" in reasons[4] and "no such file" in reasons[5]
+        assert not any(r.startswith("images[") for r in reasons.values()), "reasons do not repeat the name"
+        np.testing.assert_allclose(vectors, encoder.encode_images(paths, batch_size=batch_size), atol=1e-6)
+    vectors, kept, failed = encoder.encode_images_skipping([str(tmp_path / "empty.jpg")])
+    assert vectors.shape == (0, encoder.dim) and kept == [] and len(failed) == 1
+    vectors, kept, failed = encoder.encode_images_skipping([])
+    assert vectors.shape == (0, encoder.dim) and kept == [] and failed == []
