@@ -117,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     two.add_argument("--query-seed", type=int, default=0, help="seed of --one-caption-per-image's draw")
     two.add_argument("--reranker-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="reranker constructor argument, e.g. cross.model_id=runs/cross (JSON value or string)")
+    two.add_argument("--vector-dtype", choices=["fp32", "fp16", "int8"], default=None,
+                     help="run the pipelines through a retriever saved with these stored vectors and reopened "
+                          "from disk (default: in memory, float32)")
     two.add_argument("--fusion-weight", type=float, default=0.0, help="weight of z(stage 1) added to z(stage 2)")
     two.add_argument("--latency-queries", type=int, default=50, help="single queries timed per direction")
     return p.parse_args(argv)
@@ -308,6 +311,14 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
     retriever = gallery_retriever(encoder, hasher, dataset.image_paths, emb.images, dataset.captions, emb.texts,
                                   args.candidates, hamming_candidates=parse_hamming_candidates(args.hamming_candidates))
     retriever.fusion_weight = args.fusion_weight
+    if args.vector_dtype:
+        import tempfile
+
+        from retrieval import Retriever
+
+        retriever.vector_dtype = args.vector_dtype
+        saved = retriever.save_pretrained(Path(tempfile.mkdtemp(prefix="eval-retriever.")) / "retriever")
+        retriever = Retriever.from_pretrained(saved, encoder=encoder)
     rows = np.arange(len(dataset.captions))
     if args.one_caption_per_image:
         from .karpathy import one_caption_per_image
@@ -333,6 +344,7 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
         result["latency"] = single_query_latency(retriever, text_queries, image_queries, reranker,
                                                  args.candidates, args.latency_queries)
         result.update(hasher=args.hasher, bits=hasher.bits, queries=args.queries, fusion_weight=args.fusion_weight,
+                      vector_dtype=args.vector_dtype or "in-memory fp32",
                       text_queries=len(text_queries),
                       query_seed=args.query_seed if args.one_caption_per_image else None)
         result["seconds"].update(hasher_fit=fit_seconds, load_reranker=load_seconds)

@@ -12,6 +12,15 @@ For each hasher (fitted on Flickr8K train pairs) and bit length, both directions
 
 Candidates are exactly what faiss ``IndexBinaryFlat`` returns for k = ``candidates``: at the k-th
 distance, ties are broken by faiss's scan order, as they are for a user of the index.
+
+With ``--hamming-candidates N ...``, the cascade of ``retrieval.Retriever`` is measured too: the
+share of the float top-10 inside the Hamming top-N (= inside the ``candidates`` kept after float
+rescoring of those N), and, as a middle stage that needs no float vectors, asymmetric rescoring:
+the query's real-valued projection (``Hasher._project``, the ITQ rotation space for ITQ) dotted
+with each of the N candidates' +-1 codes, keeping the best ``candidates``.
+
+``--multi-positive`` fits learned hashers with each train pair's image as its label, so all five
+captions of an image are positives for each other (the contrastive hasher's SupCon-style target).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hashing import available_methods, create_hasher
+from hashing.base import unpack_codes
 from hashing.index import create_index
 from retrieval.atomic import write_json
 
@@ -53,7 +63,8 @@ def recalls(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFA
 
 
 def evaluate_direction(q_float: np.ndarray, db_float: np.ndarray, q_codes: np.ndarray, db_codes: np.ndarray,
-                       relevant: np.ndarray, bits: int, candidates: int) -> dict[str, float]:
+                       relevant: np.ndarray, bits: int, candidates: int, depths: tuple[int, ...] = (),
+                       q_projected: np.ndarray | None = None) -> dict[str, float]:
     index = create_index("flat", bits)
     index.add(db_codes)
     t0 = time.perf_counter()
@@ -65,21 +76,32 @@ def evaluate_direction(q_float: np.ndarray, db_float: np.ndarray, q_codes: np.nd
     in_cand = np.array([np.isin(t, c).mean() for t, c in zip(top10, cand)])
     hamming = hamming_distances(q_codes, db_codes)
     out = {"top10_in_candidates": float(in_cand.mean()), "search_seconds": search_seconds}
+    signs = unpack_codes(db_codes, bits)
+    for depth in depths:
+        deep = index.search(q_codes, depth).ids
+        out[f"top10_in_hamming_top{depth}"] = float(np.mean([np.isin(t, c).mean() for t, c in zip(top10, deep)]))
+        if q_projected is not None:
+            asym = np.stack([c[np.argsort(-(signs[c] @ p), kind="stable")[:candidates]]
+                             for c, p in zip(deep, q_projected)])
+            out[f"top10_in_asymmetric_top{depth}"] = float(np.mean([np.isin(t, c).mean() for t, c in zip(top10, asym)]))
     out.update({f"hash_{k}": v for k, v in recalls(-hamming.astype(np.float64), relevant).items()})
     out.update({f"rescored_{k}": v for k, v in recalls(candidate_scores(cand, float_scores), relevant).items()})
     out.update({f"float_{k}": v for k, v in recalls(float_scores, relevant).items()})
     return out
 
 
-def markdown(results: dict, candidates: int) -> str:
-    head = ("| method | bits | dir | float top-10 in Hamming top-" + str(candidates)
+def markdown(results: dict, candidates: int, depths: tuple[int, ...] = ()) -> str:
+    extra = "".join(f" | top-10 in Hamming top-{d} | asymmetric top-{d} -> {candidates}" for d in depths)
+    head = ("| method | bits | dir | float top-10 in Hamming top-" + str(candidates) + extra
             + " | hash R@1/5/10 | rescored R@1/5/10 | float R@1/5/10 |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    lines = [head, "|" + "---|" * (7 + 2 * len(depths))]
     for method, by_bits in results.items():
         for bits, by_dir in by_bits.items():
             for d, m in by_dir.items():
                 trip = lambda p: "/".join(f"{100 * m[f'{p}_R@{k}']:.1f}" for k in DEFAULT_KS)  # noqa: E731
-                lines.append(f"| {method} | {bits} | {d} | {m['top10_in_candidates']:.3f} | {trip('hash')} | "
+                cells = "".join(f" | {m[f'top10_in_hamming_top{n}']:.3f} | {m.get(f'top10_in_asymmetric_top{n}', float('nan')):.3f}"
+                                for n in depths)
+                lines.append(f"| {method} | {bits} | {d} | {m['top10_in_candidates']:.3f}{cells} | {trip('hash')} | "
                              f"{trip('rescored')} | {trip('float')} |")
     return "\n".join(lines)
 
@@ -100,8 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
                    help="fit each hasher on a seeded sample of this many train (image, caption) pairs")
     p.add_argument("--hasher-arg", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="constructor argument for one method, e.g. contrastive.epochs=20 (JSON value)")
+    p.add_argument("--hamming-candidates", type=int, nargs="*", default=[],
+                   help="cascade depths N to measure (Hamming top-N, then float or asymmetric rescoring)")
+    p.add_argument("--multi-positive", action="store_true",
+                   help="fit with each pair's image as its label (all captions of an image are positives)")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
+    depths = tuple(args.hamming_candidates)
     unknown = sorted(set(args.method) - set(available_methods()))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; available: {available_methods()}")
@@ -128,24 +155,26 @@ def main(argv: list[str] | None = None) -> dict:
         for bits in args.bits:
             t0 = time.perf_counter()
             hasher = create_hasher(method, bits, seed=args.seed, **hasher_args.get(method, {}))
-            hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows])
+            labels = data.train.text_labels[fit_rows] if args.multi_positive else None
+            hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows], labels)
             fit_seconds = time.perf_counter() - t0
             img_codes, txt_codes = hasher.encode(test.image, "image"), hasher.encode(test.text, "text")
             row = {
                 "i2t": evaluate_direction(test.image, test.text, img_codes, txt_codes, i2t_relevant, bits,
-                                          args.candidates),
+                                          args.candidates, depths, hasher._project(test.image, "image")),
                 "t2i": evaluate_direction(test.text, test.image, txt_codes, img_codes, i2t_relevant.T, bits,
-                                          args.candidates),
+                                          args.candidates, depths, hasher._project(test.text, "text")),
             }
             for d in row.values():
                 d["fit_seconds"] = fit_seconds
             results.setdefault(method, {})[bits] = row
             print(f"{method} {bits} bits: top-10 in candidates i2t {row['i2t']['top10_in_candidates']:.3f}, "
                   f"t2i {row['t2i']['top10_in_candidates']:.3f} (fit {fit_seconds:.0f}s)", flush=True)
-    table = markdown(results, args.candidates)
+    table = markdown(results, args.candidates, depths)
     print(table)
     report = {"dataset": "flickr8k-1k test", "embeddings": str(args.embeddings), "model": args.model,
-              "candidates": args.candidates, "fit_pairs": len(fit_rows), "hasher_args": hasher_args,
+              "candidates": args.candidates, "hamming_candidates": list(depths), "fit_pairs": len(fit_rows),
+              "multi_positive": args.multi_positive, "hasher_args": hasher_args,
               "results": results, "machine": machine(),
               "tie_convention": "R@K: expected value over random order of ties; candidates: faiss order"}
     if args.output:

@@ -272,7 +272,10 @@ class FolderIndexer:
             report.found = len(paths)
             known = self._known_files()
             on_disk = set(paths)
-            gone = [p for p in known if p not in on_disk]
+            # gone: under the folders walked now and not found, or deleted wherever they were; a
+            # rerun on one subfolder leaves the rest of the index alone
+            walked = tuple(os.path.join(os.path.abspath(r), "") for r in roots if os.path.isdir(r))
+            gone = [p for p in known if p not in on_disk and (p.startswith(walked) or not os.path.exists(p))]
             todo: list[tuple[str, FileState]] = []
             for p in paths:
                 state = file_state(p)

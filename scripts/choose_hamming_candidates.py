@@ -2,12 +2,9 @@
 
     python scripts/choose_hamming_candidates.py --cache-dir cache/emb --output runs/hamming_candidates.json
 
-Never on test. The validation set is the lite trainer's: the seeded draw of 500 Flickr8K train
-images (``np.random.default_rng(0).permutation(6000)[:500]``, as scripts/train_lite.py draws it)
-and their 2,500 captions. So that a depth N means what it will mean on a 1,000-image / 5,000-caption
-test gallery, each gallery is padded to those sizes with the next 500 train images of the same
-permutation and their captions (distractors that are never queried). The hasher is the one the
-lite encoder ships (ITQ-64, retrieval/weights/lite/hasher).
+Never on test: on the held-out train images of ``eval/validation.py`` (the lite trainer's 500
+validation images, galleries padded to the test split's 1,000 images / 5,000 captions). The hasher
+is the one the lite encoder ships (ITQ-64, retrieval/weights/lite/hasher).
 
 For each N the share of each query's exhaustive float top-10 that survives into the 128 candidates
 a reranker receives is measured, per direction; the chosen N per gallery is the smallest reaching
@@ -38,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from eval.karpathy import load_karpathy
     from eval.retrieval import embed_dataset
     from eval.two_stage import gallery_retriever, recall_ceiling
+    from eval.validation import held_out_train
     from retrieval import load_encoder
     from retrieval.atomic import write_json
     from retrieval.retriever import shipped_hasher
@@ -45,12 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     train = load_karpathy(args.dataset, args.images, "train")
     encoder = load_encoder("lite")
     emb = embed_dataset(encoder, train, cache_dir=args.cache_dir)
-    order = np.random.default_rng(0).permutation(train.n_images)
-    val, pad = np.sort(order[:500]), np.sort(order[500:1000])
-    images = np.concatenate([val, pad])
-    owner = np.asarray(train.caption_image)
-    val_caps = np.flatnonzero(np.isin(owner, val))
-    captions = np.concatenate([val_caps, np.flatnonzero(np.isin(owner, pad))])
+    held = held_out_train(train.caption_image, train.n_images)
+    val, images, val_caps, captions = held.val_images, held.gallery_images, held.val_captions, held.gallery_captions
     hasher = shipped_hasher(encoder, "itq", 64)
     rows = []
     for depth in DEPTHS:

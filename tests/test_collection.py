@@ -185,6 +185,19 @@ def test_incremental_updates_keep_ids_of_unchanged_files(photos, tmp_path):
     assert r.search("green", k=1, rerank="float")[0].payload["path"] != str(files["green.PNG"])
 
 
+def test_a_rerun_on_one_subfolder_keeps_the_rest_of_the_index(photos, tmp_path):
+    (photos / "sub" / "loop").unlink()  # walked from sub/, the loop would reach the parent's files
+    out = tmp_path / "index"
+    index(out, [photos])
+    before = stored(out)
+    report = index(out, [photos / "sub"])
+    assert report.removed_files == 0 and stored(out) == before
+    gone = next(p for p in find_images([photos]) if "/sub/" not in p)
+    os.unlink(gone)
+    assert index(out, [photos / "sub"]).removed_files == 1  # deleted files go wherever they were
+    assert Path(gone).name not in stored(out)
+
+
 def test_captions_index_the_text_side_and_follow_their_images(photos, tmp_path):
     files = {Path(p).stem: p for p in find_images([photos])}
     captions = tmp_path / "captions.csv"
