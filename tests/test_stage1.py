@@ -38,3 +38,18 @@ def test_candidate_scores_masks_non_candidates():
     out = candidate_scores(np.array([[5, 0, -1], [2, 3, 4]]), scores)
     assert np.isneginf(out[0, [1, 2, 3, 4]]).all() and out[0, 5] == 5 and out[0, 0] == 0
     assert np.isneginf(out[1, [0, 1, 5]]).all() and out[1, 2:5].tolist() == [8, 9, 10]
+
+
+def test_deeper_hamming_cuts_keep_more_and_asymmetric_rescoring_is_measured():
+    rng = np.random.default_rng(2)
+    db = unit(rng.standard_normal((300, 32)))
+    q = unit(db[:50] + 0.2 * rng.standard_normal((50, 32)))
+    relevant = np.zeros((50, 300), bool)
+    relevant[np.arange(50), np.arange(50)] = True
+    proj = rng.standard_normal((32, 16)).astype(np.float32)
+    m = evaluate_direction(q, db, pack_signs(q @ proj), pack_signs(db @ proj), relevant, bits=16, candidates=12,
+                           depths=(12, 48, 300), q_projected=q @ proj)
+    assert m["top10_in_hamming_top12"] == m["top10_in_candidates"]
+    assert m["top10_in_hamming_top12"] <= m["top10_in_hamming_top48"] <= m["top10_in_hamming_top300"] == 1.0
+    # asymmetric rescoring of every item: the best 12 by the real-valued projection against the codes
+    assert m["top10_in_candidates"] < m["top10_in_asymmetric_top300"] <= 1.0
