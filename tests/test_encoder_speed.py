@@ -93,7 +93,8 @@ def test_int8_is_opt_in_close_but_not_identical(reference) -> None:
     texts = int8.encode_texts(TEXTS)
     c = cosines(texts, reference["texts"])
     assert c.min() > 0.9 and c.min() < 0.99999, "quantised: close to fp32, not equal to it"
-    assert "int8" in repr(int8)
+    assert "int8" in repr(int8) and int8.model_id == "lite:int8"
+    assert load_encoder("lite:int8", device="cpu").onnx.int8
     assert cosines(int8.encode_images(textured_images()), reference["images"]).min() >= 0.9999, "images stay fp32"
 
 

@@ -2,7 +2,8 @@
 
 Ids, in the order they are tried:
 
-- ``lite``: the embedded offline default (weights ship with the package).
+- ``lite``: the embedded offline default (weights ship with the package); ``lite:int8`` the same
+  with its text tower quantised to int8 (ONNX Runtime, approximate, opt-in).
 - ``open_clip:ARCH[/PRETRAINED]``, ``hf-hub:org/repo``, ``local-dir:/path``: open_clip. A bare
   ``ARCH/PRETRAINED`` also works when ARCH is an open_clip architecture (``ViT-B-32/laion2b_s34b_b79k``);
   PRETRAINED may be a tag or a checkpoint file.
@@ -31,6 +32,8 @@ def load_encoder(model_id: str = "lite", **kwargs: Any) -> Encoder:
         raise ValueError(f"model id must be a non-empty string, got {model_id!r}")
     if model_id == "lite":
         return LiteEncoder(**kwargs)
+    if model_id == "lite:int8":
+        return LiteEncoder(int8=True, **kwargs)
     if model_id.startswith("transformers:"):
         return TransformersEncoder(model_id, **kwargs)
     path = Path(model_id).expanduser()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -330,7 +331,11 @@ def quantize_dynamic(graph: bytes) -> bytes:
         source.write_bytes(graph)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+            logging.disable(logging.WARNING)  # its advice to run ORT's pre-processing first: not needed here
+            try:
+                quantize(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+            finally:
+                logging.disable(logging.NOTSET)
         return target.read_bytes()
 
 
@@ -370,6 +375,8 @@ class LiteEncoder(Encoder):
         self.transform = image_transform(self.config)
         if Path(path).resolve() != WEIGHTS_DIR:
             self.model_id = str(path)
+        elif int8:
+            self.model_id = "lite:int8"  # other vectors than "lite": caches and saved retrievers tell them apart
 
     @property
     def dim(self) -> int:
