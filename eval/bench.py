@@ -1,25 +1,40 @@
-"""Speed and memory of every stage, encoding to reranking, from 10K to 10M items.
+"""Speed and memory of every stage, encoding to reranking, 10K to 10M items: the one benchmark.
 
-    python -m eval.bench --sizes 10000 100000 1000000 10000000 --output docs/bench.json --plot docs/bench.png
+    python -m eval.bench --hnsw-max-n 1000000 --output docs/bench.json --plot docs/bench.png
 
-Stages, each timed as the best of ``--repeats`` runs where it is cheap enough to repeat:
+runs every stage (``--stages encode hash sizes ann scale``, the default) and writes one JSON; a
+stage left out of ``--stages`` keeps its entry from an existing ``--output`` (``runs`` in the JSON
+says which command and machine produced each). Each timing is the best of ``--repeats`` runs.
 
-* **encode**: the lite encoder on ``--encode-images`` Flickr8K test images and ``--encode-texts``
-  captions (real files; one warm-up batch first), images/s and texts/s.
+* **encode** (issue 13): on ``--encode-images`` Flickr8K test images and ``--encode-texts``
+  captions, per ``--encode-variants`` of the lite encoder, in one process: decode + preprocess
+  alone, the forward pass alone on ready tensors, ``encode_images`` end to end; tokenising alone,
+  the forward alone, ``encode_texts``; the end-to-end share of the slower bound, and the smallest
+  cosine of each variant's vectors to the first variant's (``before``: the pre-issue-13 path).
 * **hash**: fit time of each ``--hashers`` method on ``--fit-n`` synthetic (image, text) pairs and
   its encode throughput (vectors/s).
-* per size n, on synthetic vectors: faiss float ``IndexFlatIP`` (the baseline of every ratio,
-  measured in the same run on the same queries), then each binary index on the ``--index-hasher``
-  codes of the same vectors: build time, memory (bytes of the saved index; the float baseline's is
-  its ``n x dim x 4`` bytes of storage), QPS in batch and single-query mode, tie-aware recall@k
-  against exact Hamming search, and the peak RSS of the size.
-* **rerank**: :class:`rerank.FloatReranker` on ``--rerank-candidates`` Hamming candidates per query
-  (the candidates' float vectors gathered from the baseline's storage, as a deployment reads them),
-  time per query; and the vectorised :class:`hashing.index.Rescorer` over the same candidates.
+* **sizes**, per size n, on synthetic vectors: faiss float ``IndexFlatIP`` (the baseline of every
+  ratio, measured in the same run on the same queries), then each binary index on the
+  ``--index-hasher`` codes of the same vectors: build time, memory (bytes of the saved index; the
+  float baseline's is its ``n x dim x 4`` bytes of storage), QPS in batch and single-query mode,
+  tie-aware recall@k against exact Hamming search, the peak RSS of the size; and the stage-2
+  rescoring cost: :class:`rerank.FloatReranker` on ``--rerank-candidates`` Hamming candidates per
+  query, and the vectorised :class:`hashing.index.Rescorer` over the same candidates.
+* **ann** (what a user would deploy instead), at ``--ann-n`` items: faiss ``IndexFlatIP``,
+  ``IndexHNSWFlat`` and ``IndexIVFPQ`` (float), and ours end to end as the Retriever's stage 1
+  runs it (Hamming top-``depth``, exact rescoring of those from fp16 vectors, top ``--ann-k``
+  kept), each at its first setting reaching recall@k >= ``--target-recall`` against exact float
+  search: QPS batch and single, RAM, build time (:func:`bench_ann`).
+* **scale**: ``Retriever.create`` on disk + ``add_vectors`` in chunks + ``close`` at each
+  ``--scale-sizes``, then ``Retriever.open`` and single searches in a fresh process: build, save
+  and open times, resident memory, p50/p99 latency, disk (:func:`bench_scale`); plus a linear
+  budget for 100M and 1B items.
 
-The vectors come from :class:`Mixture`: a Gaussian mixture (bench_index's generator), drawn in
-chunks so a 10M x 256 run holds the float baseline's 10 GB once, not twice; each chunk has its own
-seed, so the 1M database is the first 1M items of the 10M one.
+The vectors come from :class:`Mixture`: a Gaussian mixture, drawn in chunks so a 10M x 256 run
+holds the float baseline's 10 GB once, not twice; each chunk has its own seed, so the 1M database
+is the first 1M items of the 10M one. The mixture flatters clustered indexes (IVF cells can
+follow its clusters) and, having no low-dimensional structure within a cluster, is harder for
+binary codes than real embeddings are: read the ann and sizes rows as a synthetic comparison.
 
 IVF cells and buckets number the power of two nearest sqrt(n), at most ``--max-nlist``. Each
 approximate index's search parameter (IVF ``nprobe``, buckets ``e``, HNSW ``ef_search``) is the
@@ -33,15 +48,17 @@ with nq x dim >= ``faiss.cvar.distance_compute_blas_threshold`` (128,000, i.e. 5
 d = 256); below it a batch runs barely faster than its queries one at a time. The default floor
 keeps the baseline's batches on BLAS.
 
-HNSW is built only up to ``--hnsw-max-n``: its build is the slow part (355 s at 1M
-in ``eval.bench_index``). Threads default to 1 (``--threads``): on shared cores, OpenMP's spinning
-threads slow down by an order of magnitude under load; the load average is recorded per size.
+HNSW over binary codes is built only up to ``--hnsw-max-n`` (its build is the slow part: 105 s
+at 1M). Search threads default to 1 (``--threads``): on shared cores, OpenMP's spinning threads
+slow down by an order of magnitude under load; the load average is recorded per size. No GPU
+path is measured unless CUDA is visible (``gpu_flat``; the encoders then run fp16 on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import os
 import sys
@@ -56,7 +73,6 @@ from tqdm.auto import tqdm
 
 from retrieval.atomic import write_json
 
-from .bench_index import best_time, hamming, saved_size
 from .machine import machine
 
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -76,7 +92,12 @@ class Mixture:
     spread: float = 1.0
     text_noise: float = 0.5
     seed: int = 0
+    #: None: isotropic within-cluster noise (every direction of the 256). An int: the noise lies in
+    #: that many random directions (plus a tenth as much isotropic noise), as real embeddings vary
+    #: along few directions; within a cluster, isotropic 256-d noise makes all neighbours near-ties.
+    intrinsic: int | None = None
     centres: np.ndarray = field(init=False, repr=False)
+    basis: np.ndarray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         for name in ("dim", "clusters"):
@@ -84,11 +105,23 @@ class Mixture:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.centres = np.random.default_rng([self.seed, 0]).standard_normal((self.clusters, self.dim),
                                                                              dtype=np.float32)
+        if self.intrinsic is not None:
+            if not 1 <= self.intrinsic <= self.dim:
+                raise ValueError(f"intrinsic must be in [1, dim={self.dim}], got {self.intrinsic}")
+            rng = np.random.default_rng([self.seed, 4])
+            # rows of norm ~sqrt(dim / intrinsic): the noise has the isotropic case's expected norm
+            self.basis = rng.standard_normal((self.intrinsic, self.dim), dtype=np.float32) / np.float32(
+                math.sqrt(self.intrinsic))
 
     def _draw(self, rng: np.random.Generator, m: int, of: int | None = None) -> np.ndarray:
         """m vectors; with ``of``, the first m of the ``of`` this generator state would give."""
         x = self.centres[rng.integers(0, self.clusters, of or m)[:m]]
-        x += self.spread * rng.standard_normal((m, self.dim), dtype=np.float32)
+        if self.basis is None:
+            x += self.spread * rng.standard_normal((m, self.dim), dtype=np.float32)
+        else:
+            z = rng.standard_normal((m, self.intrinsic), dtype=np.float32)
+            x += self.spread * (z @ self.basis)
+            x += 0.1 * self.spread * rng.standard_normal((m, self.dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x
 
@@ -106,6 +139,49 @@ class Mixture:
         texts = images + self.text_noise * rng.standard_normal(images.shape, dtype=np.float32) / math.sqrt(self.dim)
         texts /= np.linalg.norm(texts, axis=1, keepdims=True)
         return images, texts
+
+
+# -- timing and sizes ----------------------------------------------------------------------------
+def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """The least disturbed of ``repeats`` runs (other processes share the cores) and its result."""
+    best, out = float("inf"), None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def hamming(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """True Hamming distances of the returned ids (padding -> a large value)."""
+    d = np.unpackbits(queries[:, None, :] ^ codes[np.maximum(ids, 0)], axis=2).sum(axis=2)
+    return np.where(ids >= 0, d, 1 << 30)
+
+
+def saved_size(index: Any) -> int:
+    """Bytes of a binary index saved the way it is shipped (its versioned directory)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_"))
+    try:
+        path = index.save(tmp / "index")
+        return sum(f.stat().st_size for f in path.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def faiss_size(index: faiss.Index) -> int:
+    """Bytes of a faiss index written with ``faiss.write_index`` (what a deployment loads into RAM)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="bench_", suffix=".faiss") as fh:
+        faiss.write_index(index, fh.name)
+        return os.path.getsize(fh.name)
+
+
+def directory_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 # -- memory --------------------------------------------------------------------------------------
@@ -155,35 +231,165 @@ def gib(b: float) -> float:
 
 
 # -- stages --------------------------------------------------------------------------------------
-def bench_encode(model: str, n_images: int, n_texts: int, annotations: Path, images: Path,
-                 batch_size: int, device: str | None) -> dict[str, Any]:
-    """Encoder throughput on real Flickr8K test files (decode + preprocess + forward)."""
+ENCODE_VARIANTS = ("before", "torch", "onnxruntime", "int8")
+
+
+class BeforeIssue13:
+    """The lite encoder as it ran before issue 13, for the before/after rows of one run.
+
+    PyTorch with a contiguous (NCHW) image tower, and the old loop: a batch is decoded by the
+    pool, then run through the model, then the next batch is decoded (no overlap).
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        import torch
+
+        self.encoder = encoder
+        encoder.model.image_tower.to(memory_format=torch.contiguous_format)
+
+    def forward_images(self, pixels: Any) -> Any:
+        return self.encoder.model.image_features(pixels)
+
+    def forward_texts(self, tokens: dict[str, Any]) -> Any:
+        return self.encoder.model.text_features(tokens["input_ids"], tokens["attention_mask"])
+
+    def encode_images(self, images: list[Any], batch_size: int = 64, progress: bool = False,
+                      num_workers: int = 4) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from retrieval.encoders.base import normalize
+
+        enc, out = self.encoder, []
+        with ThreadPoolExecutor(max_workers=num_workers) as pool, torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = list(enumerate(images[start:start + batch_size], start))
+                pixels = torch.stack(list(pool.map(enc._load_and_preprocess, chunk)))
+                out.append(normalize(self.forward_images(pixels)))
+        return np.concatenate(out)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        import torch
+
+        from retrieval.encoders.base import normalize
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                out.append(normalize(self.forward_texts(self.encoder.tokenize(texts[start:start + batch_size]))))
+        return np.concatenate(out)
+
+
+def make_variant(variant: str, model: str, device: str | None) -> tuple[Any, Any]:
+    """(what encodes, the LiteEncoder underneath) for one of :data:`ENCODE_VARIANTS`."""
     from retrieval import load_encoder
+
+    if model != "lite":
+        encoder = load_encoder(model, device=device)
+        return encoder, encoder
+    if variant == "before":
+        encoder = load_encoder("lite", device=device, runtime="torch")
+        return BeforeIssue13(encoder), encoder
+    if variant == "int8":
+        encoder = load_encoder("lite", device=device, runtime="onnxruntime", int8=True)
+    else:
+        encoder = load_encoder("lite", device=device, runtime=variant)
+    return encoder, encoder
+
+
+def bench_encode(model: str, n_images: int, n_texts: int, annotations: Path, images: Path,
+                 batch_size: int, device: str | None, variants: list[str] | None = None,
+                 threads: int | None = None, repeats: int = 2, workers: int = 4) -> dict[str, Any]:
+    """Encoding bounds and end to end, per variant, on real Flickr8K test files, in one process.
+
+    For images: decode + preprocess alone (the encoder's own loader on a pool of ``workers``
+    threads), the forward pass alone on ready tensors (same batches), ``encode_images`` end to end;
+    for texts: tokenising alone, the forward alone on ready tokens, ``encode_texts``. ``share`` is
+    end to end over the slower of the two bounds (what a perfect overlap would reach). Each
+    number is the best of ``repeats`` runs after one warm-up batch; torch and ONNX Runtime get
+    ``threads`` intra-op threads (default: every usable core, as a user's indexing run would).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
 
     from .karpathy import load_karpathy
 
     dataset = load_karpathy(annotations, images, "test")
     paths = [dataset.image_paths[i % dataset.n_images] for i in range(n_images)]
     texts = [dataset.captions[i % len(dataset.captions)] for i in range(n_texts)]
-    reset_peak_rss()
-    t0 = time.perf_counter()
-    encoder = load_encoder(model, device=device)
-    load_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"model": model, "device": str(encoder.device), "load_s": round(load_s, 2)}
-    if paths:
-        encoder.encode_images(paths[:min(8, len(paths))], batch_size=batch_size, progress=False)  # warm-up
-        t0 = time.perf_counter()
-        encoder.encode_images(paths, batch_size=batch_size, progress=True)
-        out.update(n_images=len(paths), images_per_s=len(paths) / (time.perf_counter() - t0))
-    if texts:
-        encoder.encode_texts(texts[:min(32, len(texts))], batch_size=4 * batch_size, progress=False)
-        t0 = time.perf_counter()
-        encoder.encode_texts(texts, batch_size=4 * batch_size, progress=True)
-        out.update(n_texts=len(texts), texts_per_s=len(texts) / (time.perf_counter() - t0))
-    out["peak_rss_gib"] = gib(peak_rss())
-    del encoder
-    gc.collect()
+    threads = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or 1)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"model": model, "threads": threads, "workers": workers, "batch_size": batch_size,
+                           "text_batch_size": 4 * batch_size, "n_images": len(paths), "n_texts": len(texts),
+                           "variants": {}}
+    reference: dict[str, np.ndarray] = {}
+    try:
+        for variant in (variants or (list(ENCODE_VARIANTS) if model == "lite" else ["default"])):
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            encoder, lite = make_variant(variant, model, device)
+            row: dict[str, Any] = {"load_s": time.perf_counter() - t0, "device": str(lite.device)}
+            if paths:
+                def decode() -> list[Any]:
+                    with ThreadPoolExecutor(max_workers=workers) as pool:
+                        return list(pool.map(lite._load_and_preprocess, enumerate(paths)))
+
+                decode_s, pixels = best_time(decode, repeats)
+                batches = [torch.stack(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+                with torch.inference_mode():
+                    encoder.forward_images(batches[0][:8])  # warm-up
+                    forward_s, _ = best_time(lambda: [encoder.forward_images(b) for b in batches], repeats)
+                e2e_s, vectors = best_time(lambda: encoder.encode_images(paths, batch_size=batch_size,
+                                                                         progress=False, num_workers=workers), repeats)
+                bound = min(len(paths) / decode_s, len(paths) / forward_s)
+                row["images"] = {"decode_per_s": len(paths) / decode_s, "forward_per_s": len(paths) / forward_s,
+                                 "encode_per_s": len(paths) / e2e_s, "share_of_bound": len(paths) / e2e_s / bound}
+                reference.setdefault("images", vectors)
+                row["images"]["min_cosine_to_before"] = float(np.min(np.sum(vectors * reference["images"], axis=1)))
+            if texts:
+                tb = 4 * batch_size
+                chunks = [texts[i:i + tb] for i in range(0, len(texts), tb)]
+                tokenize_s, tokens = best_time(lambda: [lite.tokenize(c) for c in chunks], repeats)
+                with torch.inference_mode():
+                    encoder.forward_texts(lite.tokenize(texts[:32]))
+                    forward_s, _ = best_time(lambda: [encoder.forward_texts(t) for t in tokens], repeats)
+                e2e_s, vectors = best_time(lambda: encoder.encode_texts(texts, batch_size=tb, progress=False), repeats)
+                bound = min(len(texts) / tokenize_s, len(texts) / forward_s)
+                row["texts"] = {"tokenize_per_s": len(texts) / tokenize_s, "forward_per_s": len(texts) / forward_s,
+                                "encode_per_s": len(texts) / e2e_s, "share_of_bound": len(texts) / e2e_s / bound}
+                reference.setdefault("texts", vectors)
+                row["texts"]["min_cosine_to_before"] = float(np.min(np.sum(vectors * reference["texts"], axis=1)))
+            row["peak_rss_gib"] = gib(peak_rss())
+            out["variants"][variant] = row
+            i, t = row.get("images", {}), row.get("texts", {})
+            tqdm.write(f"encode {model} {variant}: images decode {i.get('decode_per_s', 0):.0f}/s, forward "
+                       f"{i.get('forward_per_s', 0):.1f}/s, encode_images {i.get('encode_per_s', 0):.1f}/s "
+                       f"({i.get('share_of_bound', 0):.0%} of bound); texts tokenize {t.get('tokenize_per_s', 0):.0f}/s, "
+                       f"forward {t.get('forward_per_s', 0):.1f}/s, encode_texts {t.get('encode_per_s', 0):.1f}/s "
+                       f"({t.get('share_of_bound', 0):.0%}); min cosine to the first variant "
+                       f"{i.get('min_cosine_to_before', 1):.6f} / {t.get('min_cosine_to_before', 1):.6f}")
+            del encoder, lite
+            gc.collect()
+    finally:
+        torch.set_num_threads(saved_threads)
     return out
+
+
+def encode_markdown(encode: dict[str, Any]) -> str:
+    lines = ["| variant | images: decode + preprocess /s | forward /s | `encode_images` /s | share of bound | "
+             "texts: tokenise /s | forward /s | `encode_texts` /s | share of bound | min cosine to before (img / txt) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in encode["variants"].items():
+        i, t = r.get("images", {}), r.get("texts", {})
+        lines.append(f"| {name} | {i.get('decode_per_s', 0):,.0f} | {i.get('forward_per_s', 0):.1f} | "
+                     f"{i.get('encode_per_s', 0):.1f} | {i.get('share_of_bound', 0):.0%} | "
+                     f"{t.get('tokenize_per_s', 0):,.0f} | {t.get('forward_per_s', 0):.1f} | "
+                     f"{t.get('encode_per_s', 0):.1f} | {t.get('share_of_bound', 0):.0%} | "
+                     f"{i.get('min_cosine_to_before', 1):.6f} / {t.get('min_cosine_to_before', 1):.6f} |")
+    return "\n".join(lines)
 
 
 def bench_hashers(methods: list[str], bits: int, data: Mixture, fit_n: int, encode_n: int,
@@ -457,6 +663,282 @@ def bench_size(n: int, data: Mixture, hasher: Any, args: argparse.Namespace) -> 
     return out  # db (the float vectors) is freed here, before the next size is generated
 
 
+# -- against what a user would deploy instead -----------------------------------------------------
+def float_recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    """recall@k against exact float search: the share of the exact top-k ids returned (k = truth's width)."""
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(a[:k], b)) / k for a, b in zip(ids, truth)]))
+
+
+class Ours:
+    """Stage 1 as the Retriever runs it on a store: Hamming top-``depth`` from a faiss binary index,
+    the candidates' fp16 vectors gathered and rescored exactly, the top ``k`` kept."""
+
+    def __init__(self, hasher: Any, index: Any, vectors16: np.ndarray, k: int) -> None:
+        self.hasher, self.index, self.vectors, self.k = hasher, index, vectors16, k
+        self.depth = k
+
+    def search(self, queries: np.ndarray) -> np.ndarray:
+        ids = self.index.search(self.hasher.encode(queries, "text"), self.depth).ids
+        out = np.full((len(queries), self.k), -1, dtype=np.int64)
+        for row, (q, cand) in enumerate(zip(queries, ids)):
+            cand = cand[cand >= 0]
+            scores = self.vectors[cand].astype(np.float32) @ q
+            top = np.argpartition(-scores, self.k - 1)[:self.k] if len(cand) > self.k else np.arange(len(cand))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            out[row, :len(top)] = cand[top]
+        return out
+
+
+def tune_grid(grid: list[dict[str, Any]], apply: Callable[[dict[str, Any]], Callable[[np.ndarray], np.ndarray]],
+              queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The first setting of ``grid`` (cheapest first) whose recall@k reaches ``target``, else the best."""
+    trace = []
+    for setting in grid:
+        r = float_recall(apply(setting)(queries), truth)
+        trace.append({**setting, "recall": r})
+        if r >= target:
+            return setting, trace
+    best = max(trace, key=lambda t: t["recall"])
+    return {k: v for k, v in best.items() if k != "recall"}, trace
+
+
+def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args: argparse.Namespace) -> dict[str, Any]:
+    """faiss IndexFlatIP / IndexHNSWFlat / IndexIVFPQ against ours at n items, recall@k vs exact float search.
+
+    Every system is tuned on the benchmark's queries to its first setting (cheapest first)
+    reaching ``--target-recall``; QPS batch (``--nq`` queries in one call) and single (one call per
+    query), one search thread, builds on ``--build-threads``. Memory: what the index holds in RAM
+    (``faiss.write_index`` size; ours: the saved binary index) and, for ours, the fp16 vectors the
+    rescoring reads (memory-mapped from the store's chunk files: read per query, not loaded).
+    """
+    from hashing.index import create_index
+
+    k = args.ann_k
+    gc.collect()
+    reset_peak_rss()
+    t_stage = time.perf_counter()
+    x = np.concatenate(list(data.database(n, args.chunk)))
+    xq = data.queries(args.nq)
+    single = min(args.single, args.nq)
+    flat = faiss.IndexFlatIP(data.dim)
+    t0 = time.perf_counter()
+    flat.add(x)
+    flat_build = time.perf_counter() - t0
+    _, truth = flat.search(xq, k)
+    rows = []
+
+    def measure(name: str, params: dict[str, Any], search: Callable[[np.ndarray], np.ndarray], build_s: float,
+                ram: int, extra: int = 0) -> None:
+        batch_s, ids = best_time(lambda: search(xq), args.repeats)
+        one = xq[:single]
+        single_s, _ = best_time(lambda: [search(one[r:r + 1]) for r in range(single)], args.repeats)
+        row = {"system": name, "params": params, "recall": float_recall(ids, truth), "batch_qps": args.nq / batch_s,
+               "single_qps": single / single_s, "build_s": build_s, "ram_bytes": ram, "mmap_bytes": extra}
+        rows.append(row)
+        tqdm.write(f"[ann {n:,}] {name} {params}: recall@{k} {row['recall']:.3f}, batch {row['batch_qps']:.0f} qps, "
+                   f"single {row['single_qps']:.0f} qps, build {build_s:.1f}s, RAM {human(ram)}"
+                   + (f" + {human(extra)} memory-mapped" if extra else ""))
+
+    faiss.omp_set_num_threads(args.threads)
+    measure("faiss IndexFlatIP", {"dim": data.dim}, lambda q: flat.search(q, k)[1], flat_build, n * data.dim * 4)
+
+    faiss.omp_set_num_threads(args.build_threads)
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(data.dim, args.ann_hnsw_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = args.ann_hnsw_efc
+    hnsw.add(x)
+    hnsw_build = time.perf_counter() - t0
+    faiss.omp_set_num_threads(args.threads)
+
+    def hnsw_at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+        hnsw.hnsw.efSearch = setting["efSearch"]
+        return lambda q: hnsw.search(q, k)[1]
+
+    setting, trace = tune_grid([{"efSearch": e} for e in doubling(k, 4096)], hnsw_at, xq, truth, args.target_recall)
+    measure("faiss IndexHNSWFlat", {"M": args.ann_hnsw_M, "efConstruction": args.ann_hnsw_efc, **setting},
+            hnsw_at(setting), hnsw_build, faiss_size(hnsw))
+    rows[-1]["tuning"] = trace
+    del hnsw
+    gc.collect()
+
+    nlist = int(np.clip(2 ** round(math.log2(math.sqrt(n))), 16, args.max_nlist))
+    rng = np.random.default_rng(args.seed)
+    sample = x[rng.choice(n, min(n, nlist * args.train_per_list * 2), replace=False)]
+    for m in args.ann_pq_m:
+        faiss.omp_set_num_threads(args.build_threads)
+        t0 = time.perf_counter()
+        # L2 on unit vectors ranks as inner product does; faiss' IVFPQ with METRIC_INNER_PRODUCT encodes
+        # residuals whose scores do not compare across lists (recall fell as nprobe rose here)
+        ivfpq = faiss.IndexIVFPQ(faiss.IndexFlatL2(data.dim), data.dim, nlist, m, 8)
+        ivfpq.train(sample)
+        ivfpq.add(x)
+        pq_build = time.perf_counter() - t0
+        faiss.omp_set_num_threads(args.threads)
+
+        def ivfpq_at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+            ivfpq.nprobe = setting["nprobe"]
+            return lambda q: ivfpq.search(q, k)[1]
+
+        setting, trace = tune_grid([{"nprobe": v} for v in doubling(1, nlist)], ivfpq_at, xq, truth,
+                                   args.target_recall)
+        measure("faiss IndexIVFPQ", {"nlist": nlist, "m": m, "nbits": 8, **setting}, ivfpq_at(setting), pq_build,
+                faiss_size(ivfpq))
+        rows[-1]["tuning"] = trace
+        del ivfpq
+        gc.collect()
+        if rows[-1]["recall"] >= args.target_recall:
+            break  # the first m that reaches the target is the one reported
+
+    vectors16 = x.astype(np.float16)
+    for bits in args.ann_bits:
+        t0 = time.perf_counter()
+        hasher = hasher_factory(bits)
+        codes = np.concatenate([hasher.encode(x[i:i + args.chunk], "image") for i in range(0, n, args.chunk)])
+        code_s = time.perf_counter() - t0
+        bnlist = nlist
+        for kind in args.ann_ours:
+            t0 = time.perf_counter()
+            if kind == "ivf":
+                train = codes[rng.choice(n, min(n, bnlist * args.train_per_list), replace=False)]
+                index = create_index("ivf", bits, nlist=bnlist).train(train)
+            else:
+                index = create_index(kind, bits)
+            index.add(codes)
+            build_s = code_s + time.perf_counter() - t0
+            ours = Ours(hasher, index, vectors16, k)
+            probes = doubling(max(1, bnlist // 32), bnlist) if kind == "ivf" else [None]
+            grid = [{"depth": d, **({"nprobe": p} if p else {})} for d in doubling(args.ann_min_depth, args.ann_max_depth)
+                    for p in probes]
+
+            def ours_at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+                ours.depth = setting["depth"]
+                if "nprobe" in setting:
+                    index.nprobe = setting["nprobe"]
+                return ours.search
+
+            setting, trace = tune_grid(grid, ours_at, xq, truth, args.target_recall)
+            measure(f"ours: {kind} {bits}b + fp16 rescoring", {"bits": bits, **setting}, ours_at(setting), build_s,
+                    saved_size(index), vectors16.nbytes)
+            rows[-1]["tuning"] = trace
+            del index
+    hnsw_row = next(r for r in rows if r["system"] == "faiss IndexHNSWFlat")
+    for r in rows:
+        r["ram_x_hnsw"] = r["ram_bytes"] / hnsw_row["ram_bytes"]
+        r["ram_and_mmap_x_hnsw"] = (r["ram_bytes"] + r["mmap_bytes"]) / hnsw_row["ram_bytes"]
+    return {"n": n, "dim": data.dim, "k": k, "nq": args.nq, "single": single, "rows": rows,
+            "peak_rss_gib": gib(peak_rss()), "wall_s": time.perf_counter() - t_stage, "loadavg": os.getloadavg()}
+
+
+def ann_markdown(ann: dict[str, Any]) -> str:
+    lines = [f"| system | setting | recall@{ann['k']} | batch QPS | single QPS | build s | RAM | × HNSW RAM | "
+             "+ memory-mapped rescoring vectors |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in ann["rows"]:
+        params = ", ".join(f"{a}={b}" for a, b in r["params"].items())
+        lines.append(f"| {r['system']} | {params} | {r['recall']:.3f} | {r['batch_qps']:,.0f} | {r['single_qps']:,.0f} | "
+                     f"{r['build_s']:.1f} | {human(r['ram_bytes'])} | {r['ram_x_hnsw']:.3f} | "
+                     f"{human(r['mmap_bytes']) if r['mmap_bytes'] else '-'} |")
+    return "\n".join(lines)
+
+
+# -- scale: the on-disk Retriever ------------------------------------------------------------------
+OPEN_PROBE = r"""
+import json, os, sys, time
+import faiss
+import numpy as np
+faiss.omp_set_num_threads(1)
+
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+from retrieval import Retriever, load_encoder
+encoder = load_encoder("lite")
+before = rss()
+t0 = time.perf_counter()
+r = Retriever.open(sys.argv[1], encoder=encoder)
+open_s = time.perf_counter() - t0
+after_open = rss()
+queries = np.load(sys.argv[2])
+times = []
+for q in queries:
+    t0 = time.perf_counter()
+    r.search_embeddings(q[None], "text", k=10, rerank="float")
+    times.append(1e3 * (time.perf_counter() - t0))
+print(json.dumps({"open_s": open_s, "rss_open_bytes": after_open - before, "rss_search_bytes": rss() - before,
+                  "p50_ms": float(np.percentile(times[1:], 50)), "p99_ms": float(np.percentile(times[1:], 99))}))
+"""
+
+
+def bench_scale(n: int, data: Mixture, hasher: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``Retriever.create`` on disk, ``add_vectors`` in chunks, ``close``; then a fresh process opens and searches.
+
+    Build = the add_vectors calls, save = ``close()`` (the store commits as it goes), open and
+    search in the fresh process; resident memory there is VmRSS (``/proc/self/statm``) added by
+    ``Retriever.open`` and after the searches, the encoder loaded before the first reading.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from retrieval import Retriever, load_encoder
+
+    workdir = Path(args.scale_dir or tempfile.mkdtemp(prefix="bench_scale."))
+    workdir.mkdir(parents=True, exist_ok=True)
+    directory = workdir / f"retriever-{n}"
+    shutil.rmtree(directory, ignore_errors=True)
+    query_file = workdir / f"queries-{n}.npy"
+    np.save(query_file, data.queries(args.scale_queries))
+    gc.collect()
+    reset_peak_rss()
+    encoder = load_encoder("lite")
+    t0 = time.perf_counter()
+    r = Retriever.create(directory, encoder=encoder, hasher=hasher, vector_dtype=args.scale_dtype)
+    bar = tqdm(total=n, desc=f"add_vectors {n:,}", unit="vec", unit_scale=True)
+    for x in data.database(n, args.chunk):
+        r.add_vectors("image", x, [None] * len(x))
+        bar.update(len(x))
+    bar.close()
+    t1 = time.perf_counter()
+    r.close()
+    t2 = time.perf_counter()
+    build_peak = peak_rss()
+    del r
+    gc.collect()
+    probe = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(directory), str(query_file)],
+                           capture_output=True, text=True, check=True)
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    row = {"n": n, "vector_dtype": args.scale_dtype, "bits": hasher.bits, "build_s": t1 - t0, "save_s": t2 - t1,
+           **got, "build_peak_rss_bytes": build_peak, "disk_bytes": directory_size(directory),
+           "queries": args.scale_queries}
+    tqdm.write(f"[scale {n:,}] build {row['build_s']:.1f}s, save {row['save_s']:.2f}s, open {row['open_s']:.2f}s, "
+               f"+{human(row['rss_open_bytes'])} resident after open, +{human(row['rss_search_bytes'])} after "
+               f"{args.scale_queries} searches, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+               f"disk {human(row['disk_bytes'])}")
+    if not args.scale_keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    return row
+
+
+def scale_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| n | vectors | build s | save s | open s | resident after open | after searches | p50 ms | p99 ms | disk |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['n']:,} | {r['vector_dtype']} | {r['build_s']:.1f} | {r['save_s']:.2f} | {r['open_s']:.2f} | "
+                     f"{human(r['rss_open_bytes'])} | {human(r['rss_search_bytes'])} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {human(r['disk_bytes'])} |")
+    return "\n".join(lines)
+
+
+def budget(rows: list[dict[str, Any]], targets: tuple[int, ...] = (100_000_000, 1_000_000_000)) -> list[dict[str, Any]]:
+    """Disk and resident bytes per item from the largest measured size, extrapolated linearly."""
+    if not rows:
+        return []
+    r = max(rows, key=lambda r: r["n"])
+    return [{"n": t, "from_n": r["n"], "disk_bytes": r["disk_bytes"] / r["n"] * t,
+             "resident_bytes": r["rss_search_bytes"] / r["n"] * t} for t in targets]
+
+
 # -- report --------------------------------------------------------------------------------------
 def markdown(sizes: list[dict[str, Any]], k: int) -> str:
     head = (f"| n | index | params | recall@{k} | batch QPS | × float | single QPS | × float | build s | "
@@ -527,6 +1009,9 @@ def plot(sizes: list[dict[str, Any]], path: Path) -> Path:
     return atomic_write_file(path, lambda fh: fh.write(buf.getvalue()))
 
 
+STAGES = ("encode", "hash", "sizes", "ann", "scale")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -572,6 +1057,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--annotations", type=Path, default=FLICKR8K / "dataset_flickr8k.json")
     p.add_argument("--images", type=Path, default=FLICKR8K / "images")
     p.add_argument("--device", default=None)
+    p.add_argument("--encode-variants", nargs="+", default=list(ENCODE_VARIANTS), choices=ENCODE_VARIANTS,
+                   help="lite only: before = PyTorch NCHW without prefetching (as before issue 13), torch = "
+                        "channels_last + prefetching, onnxruntime = the CPU default, int8 = onnxruntime + int8 text")
+    p.add_argument("--encode-threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
+    p.add_argument("--ann-n", type=int, default=1_000_000, help="items of the comparison with faiss float indexes")
+    p.add_argument("--ann-k", type=int, default=10)
+    p.add_argument("--ann-intrinsic", type=int, default=16,
+                   help="ann data: within-cluster variation in this many directions (0: isotropic, as --sizes)")
+    p.add_argument("--ann-hnsw-M", type=int, default=32)
+    p.add_argument("--ann-hnsw-efc", type=int, default=40, help="faiss' default efConstruction")
+    p.add_argument("--ann-pq-m", type=int, nargs="+", default=[32, 64], help="IVFPQ bytes per vector, tried in order")
+    p.add_argument("--ann-bits", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--ann-ours", nargs="+", default=["flat", "ivf"], help="our binary index kinds")
+    p.add_argument("--ann-min-depth", type=int, default=16)
+    p.add_argument("--ann-max-depth", type=int, default=4096)
+    p.add_argument("--build-threads", type=int, default=2, help="threads for faiss index builds in the comparison")
+    p.add_argument("--scale-sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    p.add_argument("--scale-dtype", default="fp16")
+    p.add_argument("--scale-queries", type=int, default=200)
+    p.add_argument("--scale-dir", type=Path, default=None, help="where the retrievers go (default: a temp dir)")
+    p.add_argument("--scale-keep", action="store_true", help="keep the built retrievers")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                   help="what to run; a stage not run keeps its entry from an existing --output file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=Path("runs/bench.json"))
     p.add_argument("--plot", type=Path, default=None, help="PNG of QPS and memory against size")
@@ -587,6 +1095,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def previous(path: Path) -> dict[str, Any]:
+    """An earlier run's JSON at ``path`` (its stages are kept where this run skips them), or {}."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) and isinstance(old.get("runs"), dict) else {}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
@@ -598,52 +1115,95 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info["loadavg_start"] = os.getloadavg()
     print(f"machine: {info.get('cpu_model')}, {info['cpus_usable']} usable cores, {info.get('mem_gib')} GiB, "
           f"{args.threads} thread(s), load average {info['loadavg_start']}", flush=True)
-    result: dict[str, Any] = {
-        "command": "python -m eval.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    command = "python -m eval.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    result: dict[str, Any] = previous(args.output)
+    result.update({
+        "command": command,
         "machine": info,
         "config": {a: (str(v) if isinstance(v, Path) else v) for a, v in vars(args).items()},
         "conventions": {
             "qps": f"best of {args.repeats} runs; batch = nq queries in one call, single = one call per query; "
                    "nq and single per size in 'sizes'; the float baseline and every index use the same queries",
-            "recall": f"recall@{args.k} vs exact Hamming search; an item tied with the exact k-th distance counts",
-            "bytes": "binary indexes: size of the saved index directory; float: n x dim x 4 (IndexFlatIP storage)",
+            "recall": f"sizes: recall@{args.k} vs exact Hamming search, an item tied with the exact k-th distance "
+                      f"counts; ann: recall@{args.ann_k} vs exact float search (IndexFlatIP)",
+            "bytes": "binary indexes: size of the saved index directory; float: n x dim x 4 (IndexFlatIP storage); "
+                     "faiss float indexes: faiss.write_index size",
             "peak_rss": "VmHWM of the process, reset (clear_refs) at the start of each size",
             "threads": f"faiss.omp_set_num_threads({args.threads}), torch.set_num_threads({args.threads}), "
-                       f"numpy BLAS threadpool_limits({args.threads}) (machine.blas_threads)",
+                       f"numpy BLAS threadpool_limits({args.threads}) (machine.blas_threads); the encode stage "
+                       f"uses --encode-threads, the ann stage builds on --build-threads ({args.build_threads})",
             "faiss_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
         },
         "complete": False,
-    }
-    if args.encode_images or args.encode_texts:
+    })
+    runs = result.setdefault("runs", {})
+    markdowns = result.setdefault("markdown", {}) if isinstance(result.get("markdown"), dict) else {}
+    result["markdown"] = markdowns
+
+    def done(stage: str) -> None:
+        runs[stage] = {"command": command, "cpu_model": info.get("cpu_model"), "cpus_usable": info["cpus_usable"],
+                       "loadavg_end": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        write_json(args.output, result)  # a killed run keeps the stages it finished
+
+    if "encode" in args.stages and (args.encode_images or args.encode_texts):
         result["encode"] = bench_encode(args.encode_model, args.encode_images, args.encode_texts, args.annotations,
-                                        args.images, args.encode_batch_size, args.device)
-        e = result["encode"]
-        print(f"encode ({e['model']}, {e['device']}): {e.get('images_per_s', 0):.1f} images/s, "
-              f"{e.get('texts_per_s', 0):.1f} texts/s", flush=True)
+                                        args.images, args.encode_batch_size, args.device, args.encode_variants,
+                                        args.encode_threads, args.repeats)
+        markdowns["encode"] = encode_markdown(result["encode"])
+        print("\n" + markdowns["encode"] + "\n", flush=True)
+        done("encode")
     data = Mixture(args.dim, args.clusters, args.spread, seed=args.seed)
-    hashers, result["hash"] = bench_hashers(args.hashers, args.bits, data, args.fit_n, args.encode_n, args.repeats)
-    for h in result["hash"]:
-        print(f"hash {h['method']} {h['bits']}b: fit {h['fit_s']:.2f}s on {h['fit_n']:,} pairs, "
-              f"encode {h['encode_per_s']:,.0f} vectors/s", flush=True)
-    result["sizes"] = []
-    for n in tqdm(sorted(args.sizes), desc="sizes", unit="size"):
-        result["sizes"].append(bench_size(n, data, hashers[args.index_hasher], args))
-        write_json(args.output, result)  # a killed run keeps the sizes it finished
+    hashers: dict[str, Any] = {}
+    if {"hash", "sizes", "scale"} & set(args.stages):
+        hashers, hash_rows = bench_hashers(args.hashers, args.bits, data, args.fit_n, args.encode_n, args.repeats)
+        for h in hash_rows:
+            print(f"hash {h['method']} {h['bits']}b: fit {h['fit_s']:.2f}s on {h['fit_n']:,} pairs, "
+                  f"encode {h['encode_per_s']:,.0f} vectors/s", flush=True)
+        if "hash" in args.stages:
+            result["hash"] = hash_rows
+            done("hash")
+    if "sizes" in args.stages:
+        result["sizes"] = []
+        for n in tqdm(sorted(args.sizes), desc="sizes", unit="size"):
+            result["sizes"].append(bench_size(n, data, hashers[args.index_hasher], args))
+            write_json(args.output, result)
+        markdowns["sizes"] = markdown(result["sizes"], args.k)
+        print("\n" + markdowns["sizes"] + "\n")
+        for s in result["sizes"]:
+            r = s["rerank"]
+            print(f"n={s['n']:,}: peak RSS {s['peak_rss_gib']} GiB, wall {s['wall_s']:.0f}s, load {s['loadavg']}; "
+                  f"rerank {r['candidates']} candidates {r['float_reranker_ms_per_query']:.3f} ms/query "
+                  f"(Rescorer batch {r['rescorer_batch_ms_per_query']:.3f}); hash encode "
+                  f"{s['hash_encode_per_s']:,.0f}/s")
+        done("sizes")
+    if "ann" in args.stages:
+        from hashing import create_hasher
+
+        ann_data = Mixture(args.dim, args.clusters, args.spread, seed=args.seed, intrinsic=args.ann_intrinsic or None)
+        pairs = ann_data.pairs(args.fit_n)
+        result["ann"] = bench_ann(args.ann_n, ann_data, lambda bits: create_hasher("itq", bits=bits).fit(*pairs), args)
+        result["ann"]["intrinsic"] = args.ann_intrinsic or None
+        markdowns["ann"] = ann_markdown(result["ann"])
+        print("\n" + markdowns["ann"] + "\n", flush=True)
+        done("ann")
+    if "scale" in args.stages:
+        result["scale"] = {"rows": []}
+        for n in sorted(args.scale_sizes):
+            result["scale"]["rows"].append(bench_scale(n, data, hashers[args.index_hasher], args))
+            write_json(args.output, result)
+        result["scale"]["budget"] = budget(result["scale"]["rows"])
+        markdowns["scale"] = scale_markdown(result["scale"]["rows"])
+        print("\n" + markdowns["scale"] + "\n", flush=True)
+        for b in result["scale"]["budget"]:
+            print(f"budget at {b['n']:,} items (linear from {b['from_n']:,}): disk {human(b['disk_bytes'])}, "
+                  f"resident {human(b['resident_bytes'])}")
+        done("scale")
     info["loadavg_end"] = os.getloadavg()
-    result["complete"] = True
-    table = markdown(result["sizes"], args.k)
-    result["markdown"] = table
-    print("\n" + table + "\n")
-    for s in result["sizes"]:
-        r = s["rerank"]
-        print(f"n={s['n']:,}: peak RSS {s['peak_rss_gib']} GiB, wall {s['wall_s']:.0f}s, load {s['loadavg']}; "
-              f"rerank {r['candidates']} candidates {r['float_reranker_ms_per_query']:.3f} ms/query "
-              f"(Rescorer batch {r['rescorer_batch_ms_per_query']:.3f}); hash encode "
-              f"{s['hash_encode_per_s']:,.0f}/s")
     print(f"load average start {info['loadavg_start']}, end {info['loadavg_end']} on {info['cpus_usable']} cores")
+    result["complete"] = all(stage in runs for stage in STAGES)
     write_json(args.output, result)
     print(f"wrote {args.output}")
-    if args.plot:
+    if args.plot and result.get("sizes"):
         print(f"wrote {plot(result['sizes'], args.plot)}")
     return result
 

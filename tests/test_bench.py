@@ -1,4 +1,4 @@
-"""The stage benchmark's machinery: data generator, query scaling, tuning, a tiny end-to-end run."""
+"""The one benchmark module's machinery: data generator, query scaling, tuning, tiny end-to-end runs of each stage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval import bench, bench_index
+from eval import bench
 
 
 def test_mixture_is_chunk_prefix_stable_and_unit_norm() -> None:
@@ -102,10 +102,12 @@ def test_tiny_run_end_to_end(tmp_path: Path, restore_threads: None) -> None:
         "--nq", "40", "--single", "8", "--nq-ref-n", "600", "--min-nq", "30", "--min-single", "5",
         "--repeats", "1", "--fit-n", "1500", "--encode-n", "500", "--hnsw-max-n", "1000",
         "--rerank-candidates", "16", "--rerank-queries", "10",
+        "--stages", "encode", "hash", "sizes",
         "--encode-images", "0", "--encode-texts", "0", "--output", str(out), "--plot", str(png),
     ])
     saved = json.loads(out.read_text())
-    assert saved["complete"] and saved["sizes"] == json.loads(json.dumps(result["sizes"]))
+    assert set(saved["runs"]) == {"hash", "sizes"}, "encode asked for no inputs: not run"
+    assert not saved["complete"] and saved["sizes"] == json.loads(json.dumps(result["sizes"]))
     assert [s["n"] for s in saved["sizes"]] == [600, 1200], "sizes run smallest first"
     small, large = saved["sizes"]
     assert (small["nq"], small["single"]) == (40, 8) and (large["nq"], large["single"]) == (30, 5)
@@ -125,7 +127,7 @@ def test_tiny_run_end_to_end(tmp_path: Path, restore_threads: None) -> None:
         assert size["indexes"][0]["recall"] == 1.0, "exact flat search is its own reference"
         assert size["rerank"]["float_reranker_ms_per_query"] > 0 and size["peak_rss_gib"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| 1,200 | float IndexFlatIP |" in saved["markdown"]
+    assert "| 1,200 | float IndexFlatIP |" in saved["markdown"]["sizes"]
 
 
 def test_bad_arguments_are_rejected() -> None:
@@ -135,18 +137,109 @@ def test_bad_arguments_are_rejected() -> None:
         bench.parse_args(["--sizes", "100", "--k", "128"])
 
 
-def test_bench_index_still_runs(tmp_path: Path, restore_threads: None) -> None:
-    out = tmp_path / "bench_index.json"
-    result = bench_index.main(["--n", "3000", "--bits", "32", "--k", "8", "--nq", "20", "--single", "5",
-                               "--repeats", "1", "--dim", "16", "--clusters", "10", "--nlist", "16",
-                               "--nprobe", "4", "--hnsw-M", "0", "--output", str(out)])
-    assert json.loads(out.read_text())["rows"][0]["index"] == "float IndexFlatIP"
-    assert any(r["index"] == "ivf" for r in result["rows"])
+def test_float_recall_and_our_pipeline_at_full_depth_is_exact() -> None:
+    from hashing import create_hasher
+    from hashing.index import create_index
+
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    assert bench.float_recall(np.array([[3, 2, 1], [4, 9, 8]]), truth) == pytest.approx((1 + 1 / 3) / 2)
+    data = bench.Mixture(dim=16, clusters=4, seed=2)
+    x = np.concatenate(list(data.database(500, chunk=256)))
+    q = data.queries(7)
+    hasher = create_hasher("itq", bits=16).fit(*data.pairs(400))
+    index = create_index("flat", 16)
+    index.add(hasher.encode(x, "image"))
+    ours = bench.Ours(hasher, index, x.astype(np.float16), k=5)
+    ours.depth = 500  # every item is a candidate: rescoring alone decides, so it is exact float search
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    assert bench.float_recall(ours.search(q), exact) == pytest.approx(1.0)
+    ours.depth = 5
+    assert bench.float_recall(ours.search(q), exact) < 1.0, "Hamming top-5 alone misses some"
+
+
+def test_tune_grid_takes_the_first_setting_reaching_the_target() -> None:
+    truth = np.arange(10)[None, :]
+    found = {1: np.arange(5), 2: np.arange(9, -1, -1), 3: np.arange(10)}
+    setting, trace = bench.tune_grid([{"v": 1}, {"v": 2}, {"v": 3}], lambda s: (lambda q: found[s["v"]][None, :]),
+                                     np.zeros(1), truth, 0.95)
+    assert setting == {"v": 2} and [t["recall"] for t in trace] == [0.5, 1.0]
+    setting, _ = bench.tune_grid([{"v": 1}], lambda s: (lambda q: found[1][None, :]), np.zeros(1), truth, 0.95)
+    assert setting == {"v": 1}, "unreachable: the best setting tried"
+
+
+def test_ann_stage_tiny(restore_threads: None) -> None:
+    from hashing import create_hasher
+
+    args = bench.parse_args(["--ann-n", "3000", "--dim", "16", "--clusters", "8", "--nq", "30", "--single", "5",
+                             "--repeats", "1", "--ann-pq-m", "4", "--ann-bits", "16", "--ann-max-depth", "3000",
+                             "--ann-hnsw-M", "8", "--max-nlist", "32", "--train-per-list", "40",
+                             "--build-threads", "1"])
+    data = bench.Mixture(16, 8, seed=0)
+    pairs = data.pairs(800)
+    ann = bench.bench_ann(3000, data, lambda bits: create_hasher("itq", bits=bits).fit(*pairs), args)
+    systems = [r["system"] for r in ann["rows"]]
+    assert systems[:3] == ["faiss IndexFlatIP", "faiss IndexHNSWFlat", "faiss IndexIVFPQ"]
+    assert systems[3:] == ["ours: flat 16b + fp16 rescoring", "ours: ivf 16b + fp16 rescoring"]
+    flat, hnsw = ann["rows"][0], ann["rows"][1]
+    assert flat["recall"] == 1.0 and flat["ram_bytes"] == 3000 * 16 * 4
+    for r in ann["rows"][1:]:
+        assert r["recall"] >= 0.95 or len(r["tuning"]) > 1, r
+        assert r["batch_qps"] > 0 and r["single_qps"] > 0 and r["ram_bytes"] > 0
+    ours = ann["rows"][3]
+    assert ours["mmap_bytes"] == 3000 * 16 * 2, "fp16 rescoring vectors, counted apart from RAM"
+    assert ours["ram_x_hnsw"] == pytest.approx(ours["ram_bytes"] / hnsw["ram_bytes"])
+    assert "| faiss IndexHNSWFlat |" in bench.ann_markdown(ann)
+
+
+def test_scale_stage_tiny_reopens_in_a_fresh_process(tmp_path: Path, restore_threads: None) -> None:
+    from hashing import create_hasher
+
+    data = bench.Mixture(256, 8, seed=0)
+    hasher = create_hasher("itq", bits=64).fit(*data.pairs(600))
+    args = bench.parse_args(["--scale-dir", str(tmp_path), "--scale-queries", "5", "--chunk", "700", "--scale-keep"])
+    row = bench.bench_scale(1500, data, hasher, args)
+    assert row["n"] == 1500 and row["vector_dtype"] == "fp16"
+    assert row["disk_bytes"] >= 1500 * 256 * 2, "fp16 vectors on disk"
+    assert row["disk_bytes"] == bench.directory_size(tmp_path / "retriever-1500")
+    assert 0 < row["p50_ms"] <= row["p99_ms"] and row["open_s"] > 0
+    from retrieval import Retriever
+
+    reopened = Retriever.open(tmp_path / "retriever-1500")
+    assert len(reopened.galleries["image"]) == 1500
+    budget = bench.budget([row])
+    assert budget[0]["n"] == 100_000_000 and budget[0]["disk_bytes"] == pytest.approx(row["disk_bytes"] / 1500 * 1e8)
+    assert "| 1,500 | fp16 |" in bench.scale_markdown([row])
+
+
+def test_stages_not_run_keep_their_previous_results(tmp_path: Path, restore_threads: None) -> None:
+    out = tmp_path / "bench.json"
+    common = ["--dim", "16", "--clusters", "8", "--bits", "16", "--k", "8", "--nq", "20", "--single", "4",
+              "--min-nq", "10", "--min-single", "2", "--repeats", "1", "--fit-n", "300", "--encode-n", "200",
+              "--hashers", "itq", "--indexes", "ivf", "--rerank-candidates", "8", "--rerank-queries", "5",
+              "--output", str(out)]
+    bench.main(["--stages", "hash", "sizes", "--sizes", "500", *common])
+    first = json.loads(out.read_text())
+    bench.main(["--stages", "hash", *common])
+    second = json.loads(out.read_text())
+    assert second["sizes"] == first["sizes"], "sizes not rerun: kept"
+    assert set(second["runs"]) == {"hash", "sizes"} and not second["complete"]
+    assert "| 500 | float IndexFlatIP |" in second["markdown"]["sizes"]
 
 
 @pytest.mark.data
-def test_encode_stage_on_real_files() -> None:
+def test_encode_stage_on_real_files(restore_threads: None) -> None:
     enc = bench.bench_encode("lite", 4, 8, bench.FLICKR8K / "dataset_flickr8k.json", bench.FLICKR8K / "images",
-                             batch_size=2, device="cpu")
-    assert enc["n_images"] == 4 and enc["n_texts"] == 8
-    assert enc["images_per_s"] > 0 and enc["texts_per_s"] > 0 and enc["device"] == "cpu"
+                             batch_size=2, device="cpu", variants=["before", "torch", "onnxruntime", "int8"],
+                             threads=1, repeats=1)
+    assert enc["n_images"] == 4 and enc["n_texts"] == 8 and enc["threads"] == 1
+    assert list(enc["variants"]) == ["before", "torch", "onnxruntime", "int8"]
+    for name, row in enc["variants"].items():
+        images, texts = row["images"], row["texts"]
+        assert row["device"] == "cpu"
+        assert min(images["decode_per_s"], images["forward_per_s"], images["encode_per_s"]) > 0
+        assert min(texts["tokenize_per_s"], texts["forward_per_s"], texts["encode_per_s"]) > 0
+        assert 0 < images["share_of_bound"] and 0 < texts["share_of_bound"]
+        assert images["min_cosine_to_before"] >= 0.9999, f"{name}: image vectors as before issue 13"
+        if name != "int8":
+            assert texts["min_cosine_to_before"] >= 0.9999, name
+    assert "| int8 |" in bench.encode_markdown(enc)

@@ -21,7 +21,7 @@ class FlatIndex(BinaryIndex):
 
     ``use_heap`` selects faiss' k-NN kernel: a heap (True, faiss' default) or counting by distance
     (False). Both return the same results; which is faster depends on k, the batch size and the
-    machine (``python -m eval.bench_index`` measures both). Ties: insertion order.
+    machine. Ties: insertion order.
     """
 
     kind = "flat"
