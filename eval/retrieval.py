@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def pipeline_label(result: dict[str, Any]) -> str:
     depth = result.get("hamming_candidates") or {}
-    cascade = (f"Hamming top-{depth.get('image')}/{depth.get('text')} (T→I/I→T) -> float "
+    shown = {m: depth.get(m) or result["candidates"] for m in ("image", "text")}
+    cascade = (f"Hamming top-{shown['image']}/{shown['text']} (T→I/I→T) -> float "
                if any(depth.values()) else "")
     stage1 = f"{result['hasher']} {result['bits']}-bit {cascade}top-{result['candidates']}"
     return stage1 if result["pipeline"] == "none" else f"{stage1} + {result['pipeline']}"

@@ -9,6 +9,7 @@ the same permutation and their captions: distractors that are never queried.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,3 +32,35 @@ def held_out_train(caption_image: np.ndarray, n_images: int, n_val: int = 500, n
     return HeldOut(val, np.concatenate([val, pad]), val_caps,
                    np.concatenate([val_caps, np.flatnonzero(np.isin(owner, pad))]),
                    np.flatnonzero(~np.isin(owner, val)))
+
+
+class HeldOutGalleries:
+    """Flickr8K train embedded by the lite encoder, split as :func:`held_out_train`, ready to measure
+    how much of the float top-10 a hasher keeps among the candidates handed to stage 2."""
+
+    def __init__(self, dataset: Any, images: Any, cache_dir: Any = None, candidates: int = 128) -> None:
+        from retrieval import load_encoder
+
+        from .karpathy import load_karpathy
+        from .retrieval import embed_dataset
+
+        self.train = load_karpathy(dataset, images, "train")
+        self.encoder = load_encoder("lite")
+        self.emb = embed_dataset(self.encoder, self.train, cache_dir=cache_dir)
+        self.held = held_out_train(self.train.caption_image, self.train.n_images)
+        self.candidates = candidates
+        owner = np.asarray(self.train.caption_image)
+        #: the pairs a hasher may be fitted on (every train image outside the held-out draw)
+        self.fit_pairs = (self.emb.images[owner[self.held.fit_captions]], self.emb.texts[self.held.fit_captions],
+                          owner[self.held.fit_captions])
+
+    def kept(self, hasher: Any, hamming_candidates: int | None = None) -> dict[str, float]:
+        """Share of the float top-10 among the candidates, by gallery searched: "image" for text queries."""
+        from .two_stage import gallery_retriever, recall_ceiling
+
+        h, emb, n = self.held, self.emb, self.candidates
+        r = gallery_retriever(self.encoder, hasher, [None] * len(h.gallery_images), emb.images[h.gallery_images],
+                              [self.train.captions[j] for j in h.gallery_captions], emb.texts[h.gallery_captions], n,
+                              hamming_candidates=hamming_candidates)
+        return {"image": recall_ceiling(r, emb.texts[h.val_captions], "text", emb.images[h.gallery_images], n),
+                "text": recall_ceiling(r, emb.images[h.val_images], "image", emb.texts[h.gallery_captions], n)}

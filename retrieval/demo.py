@@ -5,7 +5,8 @@
 Prints the R@K table of exhaustive float search, then builds a two-stage
 :class:`retrieval.Retriever` over the same embeddings (ITQ 64-bit codes, Hamming top-128, the
 shipped cross-encoder as reranker) and answers a few text queries (text->image) and one image
-query (image->text) through ``Retriever.search``.
+query (image->text) through ``Retriever.search``; then indexes the same photos as a folder with
+no captions, as ``crossmodal index`` does, and searches it.
 """
 
 from __future__ import annotations
@@ -74,7 +75,33 @@ def main(argv: list[str] | None = None) -> None:
         mark = "*" if dataset.caption_image[hit.id] == query_image else " "
         print(f"   {mark}{hit.score:7.3f} | {hit.hamming:2d} | {hit.payload}")
     print("  (* = one of the query image's own captions)")
+    folder_demo(dataset.image_paths, QUERIES[0], args.top)
     print(f"\ndone in {time.perf_counter() - start:.0f}s")
+
+
+def folder_demo(image_paths: list[Path], query: str, top: int) -> None:
+    """The same photos as a person's folder, no captions: what `crossmodal index` / `search` do."""
+    import tempfile
+
+    from retrieval import Retriever
+    from retrieval.collection import FolderIndexer
+
+    with tempfile.TemporaryDirectory(prefix="crossmodal-demo.") as tmp:
+        album = Path(tmp) / "album"
+        album.mkdir()
+        for path in image_paths:
+            (album / path.name).symlink_to(path.resolve())
+        (album / "broken.jpg").write_bytes(b"not a photo")
+        print(f"\n$ crossmodal index {album} --out {tmp}/photos.index   (the same images as a folder, no captions)")
+        report = FolderIndexer(Path(tmp) / "photos.index", progress=False).run([album])
+        print(f"  {report.summary()}")
+        for path, reason in report.skipped:
+            print(f"  skipped {Path(path).name}: {reason}")
+        retriever = Retriever.open(Path(tmp) / "photos.index")
+        print(f'$ crossmodal search {tmp}/photos.index "{query}" -k {top}')
+        for rank, hit in enumerate(retriever.search(query, k=top), 1):
+            print(f"  {rank}  {hit.score:.4f}  hamming {hit.hamming:2d}  {Path(hit.item).name}")
+        retriever.close()
 
 
 if __name__ == "__main__":

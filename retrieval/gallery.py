@@ -50,6 +50,17 @@ def check_payloads(payloads: Sequence[Any] | None, n: int) -> list[Any]:
     return payloads
 
 
+def check_add(modality: str, dim: int, codes: np.ndarray, vectors: Any, items: Sequence[Any],
+              payloads: Sequence[Any] | None) -> tuple[np.ndarray, list[Any]]:
+    """What every gallery's ``add`` validates before touching anything: (float32 vectors, payloads)."""
+    n = len(codes)
+    payloads = check_payloads(payloads, n)
+    vectors = as_features(vectors, f"{modality} vectors", dim)
+    if len(items) != n or len(vectors) != n:
+        raise ValueError(f"{n} codes but {len(vectors)} vectors and {len(items)} items")
+    return vectors, payloads
+
+
 class Gallery:
     """Items of one modality under int64 ids; rows are insertion order."""
 
@@ -76,11 +87,7 @@ class Gallery:
     def add(self, codes: np.ndarray, vectors: np.ndarray, items: Sequence[Any], payloads: Sequence[Any] | None,
             ids: np.ndarray | None = None) -> np.ndarray:
         """Adds items; returns their ids. Nothing is changed if any argument is invalid."""
-        n = len(codes)
-        payloads = check_payloads(payloads, n)
-        vectors = as_features(vectors, f"{self.modality} vectors", self.dim)
-        if len(items) != n or len(vectors) != n:
-            raise ValueError(f"{n} codes but {len(vectors)} vectors and {len(items)} items")
+        vectors, payloads = check_add(self.modality, self.dim, codes, vectors, items, payloads)
         if not self.index.is_trained:
             self.index.train(codes)
         new_ids = self.index.add(codes, ids)  # validates codes and ids before touching anything

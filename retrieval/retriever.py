@@ -218,7 +218,7 @@ class Retriever:
         self._rerankers: dict[str, Reranker] = {}
         self.reranker: Reranker | None = None
         self.reranker = self._resolve_reranker(reranker) if reranker not in (None, "none") else None
-        self.galleries: dict[str, Gallery] = {}
+        self.galleries: dict[str, Gallery | StoredGallery] = {}
         self._lock = ReadWriteLock()
         self._model_lock = threading.RLock()
 

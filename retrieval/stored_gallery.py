@@ -14,10 +14,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from hashing.base import as_features
 from hashing.index import BinaryIndex, create_index
 
-from .gallery import check_payloads, storable_item
+from .gallery import check_add, storable_item
 from .store import Store
 
 
@@ -83,11 +82,7 @@ class StoredGallery:
     def add(self, codes: np.ndarray, vectors: np.ndarray, items: Sequence[Any], payloads: Sequence[Any] | None,
             ids: np.ndarray | None = None) -> np.ndarray:
         """Appends one committed chunk, then makes it searchable."""
-        n = len(codes)
-        payloads = check_payloads(payloads, n)
-        vectors = as_features(vectors, f"{self.modality} vectors", self.dim)
-        if len(items) != n or len(vectors) != n:
-            raise ValueError(f"{n} codes but {len(vectors)} vectors and {len(items)} items")
+        vectors, payloads = check_add(self.modality, self.dim, codes, vectors, items, payloads)
         codes = np.ascontiguousarray(codes)
         with self.store.transaction() as tx:
             new_ids = tx.append(self.modality, codes, vectors, [storable_item(i) for i in items], payloads, ids)

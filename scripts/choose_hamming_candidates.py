@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 DEPTHS = (128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
@@ -32,28 +30,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from eval.karpathy import load_karpathy
-    from eval.retrieval import embed_dataset
-    from eval.two_stage import gallery_retriever, recall_ceiling
-    from eval.validation import held_out_train
-    from retrieval import load_encoder
+    from eval.validation import HeldOutGalleries
     from retrieval.atomic import write_json
     from retrieval.retriever import shipped_hasher
 
-    train = load_karpathy(args.dataset, args.images, "train")
-    encoder = load_encoder("lite")
-    emb = embed_dataset(encoder, train, cache_dir=args.cache_dir)
-    held = held_out_train(train.caption_image, train.n_images)
-    val, images, val_caps, captions = held.val_images, held.gallery_images, held.val_captions, held.gallery_captions
-    hasher = shipped_hasher(encoder, "itq", 64)
+    held = HeldOutGalleries(args.dataset, args.images, args.cache_dir, args.candidates)
+    hasher = shipped_hasher(held.encoder, "itq", 64)
     rows = []
     for depth in DEPTHS:
-        r = gallery_retriever(encoder, hasher, [None] * len(images), emb.images[images],
-                              [train.captions[j] for j in captions], emb.texts[captions], args.candidates,
-                              hamming_candidates=depth if depth > args.candidates else None)
-        row = {"hamming_candidates": depth,
-               "image": recall_ceiling(r, emb.texts[val_caps], "text", emb.images[images], args.candidates),
-               "text": recall_ceiling(r, emb.images[val], "image", emb.texts[captions], args.candidates)}
+        row = {"hamming_candidates": depth, **held.kept(hasher, depth if depth > args.candidates else None)}
         print(f"N={depth:>5}: float top-10 kept, text->image {row['image']:.3f}, image->text {row['text']:.3f}",
               flush=True)
         rows.append(row)
@@ -63,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
           f"text gallery {chosen['text']}")
     if args.output:
         write_json(args.output, {"rows": rows, "chosen": chosen, "target": args.target,
-                                 "gallery": {"images": len(images), "captions": len(captions)},
-                                 "queries": {"text": len(val_caps), "image": len(val)}})
+                                 "gallery": {"images": len(held.held.gallery_images),
+                                             "captions": len(held.held.gallery_captions)},
+                                 "queries": {"text": len(held.held.val_captions), "image": len(held.held.val_images)}})
 
 
 if __name__ == "__main__":

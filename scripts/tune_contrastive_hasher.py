@@ -28,43 +28,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 40, 80])
     p.add_argument("--candidates", type=int, default=128)
+    p.add_argument("--hasher-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="ContrastiveHasher argument (JSON value), e.g. num_layers=1")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
 
-    import numpy as np
+    import json
 
-    from eval.karpathy import load_karpathy
-    from eval.retrieval import embed_dataset
-    from eval.two_stage import gallery_retriever, recall_ceiling
-    from eval.validation import held_out_train
+    from eval.validation import HeldOutGalleries
     from hashing import create_hasher
-    from retrieval import load_encoder
     from retrieval.atomic import write_json
 
-    train = load_karpathy(args.dataset, args.images, "train")
-    encoder = load_encoder("lite")
-    emb = embed_dataset(encoder, train, cache_dir=args.cache_dir)
-    held = held_out_train(train.caption_image, train.n_images)
-    owner = np.asarray(train.caption_image)
-    fit_images, fit_texts = emb.images[owner[held.fit_captions]], emb.texts[held.fit_captions]
+    held = HeldOutGalleries(args.dataset, args.images, args.cache_dir, args.candidates)
+    fit_images, fit_texts, fit_labels = held.fit_pairs
 
     def measure(hasher) -> dict[str, float]:
-        r = gallery_retriever(encoder, hasher, [None] * len(held.gallery_images), emb.images[held.gallery_images],
-                              [train.captions[j] for j in held.gallery_captions], emb.texts[held.gallery_captions],
-                              args.candidates, hamming_candidates=None)
-        return {"t2i": recall_ceiling(r, emb.texts[held.val_captions], "text", emb.images[held.gallery_images],
-                                      args.candidates),
-                "i2t": recall_ceiling(r, emb.images[held.val_images], "image", emb.texts[held.gallery_captions],
-                                      args.candidates)}
+        kept = held.kept(hasher)
+        return {"t2i": kept["image"], "i2t": kept["text"]}
 
+    extra = {k: json.loads(v) for k, _, v in (a.partition("=") for a in args.hasher_arg)}
     itq = measure(create_hasher("itq", args.bits).fit(fit_images, fit_texts))
     print(f"itq-{args.bits}: held-out float top-10 kept in Hamming top-{args.candidates}: "
           f"t2i {itq['t2i']:.3f}, i2t {itq['i2t']:.3f}", flush=True)
     rows, best = [], None
     for epochs in args.epochs:
         t0 = time.perf_counter()
-        hasher = create_hasher("contrastive", args.bits, epochs=epochs, progress=False)
-        hasher.fit(fit_images, fit_texts, owner[held.fit_captions])
+        hasher = create_hasher("contrastive", args.bits, epochs=epochs, progress=False, **extra)
+        hasher.fit(fit_images, fit_texts, fit_labels)
         row = {"epochs": epochs, **measure(hasher), "fit_seconds": time.perf_counter() - t0}
         row["mean"] = (row["t2i"] + row["i2t"]) / 2
         rows.append(row)
@@ -75,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         best = row
     print(f"chosen: {best['epochs']} epochs")
     if args.output:
-        write_json(args.output, {"bits": args.bits, "itq": itq, "contrastive": rows, "chosen_epochs": best["epochs"],
-                                 "fit_pairs": len(held.fit_captions), "multi_positive": True})
+        write_json(args.output, {"bits": args.bits, "hasher_args": extra, "itq": itq, "contrastive": rows, "chosen_epochs": best["epochs"],
+                                 "fit_pairs": len(fit_texts), "multi_positive": True})
 
 
 if __name__ == "__main__":
