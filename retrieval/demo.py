@@ -99,7 +99,7 @@ def folder_demo(image_paths: list[Path], query: str, top: int) -> None:
             print(f"  skipped {Path(path).name}: {reason}")
         retriever = Retriever.open(Path(tmp) / "photos.index")
         print(f'$ crossmodal search {tmp}/photos.index "{query}" -k {top}')
-        for rank, hit in enumerate(retriever.search(query, k=top), 1):
+        for rank, hit in enumerate(retriever.search(query, k=top, rerank="float"), 1):  # the CLI default
             print(f"  {rank}  {hit.score:.4f}  hamming {hit.hamming:2d}  {Path(hit.item).name}")
         retriever.close()
 
