@@ -296,8 +296,13 @@ class Store:
             yield ids, np.ascontiguousarray(self.chunk_codes(modality, chunk)[rows])
 
     def vectors_at(self, modality: str, chunks: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Float32 vectors at (chunk, row) locations, in their order."""
-        return self._vectors(modality, list(zip(chunks.tolist(), rows.tolist())))
+        """Float32 vectors at (chunk, row) locations, in their order: one memory-map read per chunk."""
+        codec = self.codecs[modality]
+        out = np.empty((len(chunks), self.dim), dtype=np.float32)
+        for chunk in np.unique(chunks):
+            where = np.flatnonzero(chunks == chunk)
+            out[where] = codec.decode(self._map(modality, int(chunk), "vectors")[rows[where]])
+        return out
 
     def _records(self, modality: str, ids: Sequence[int], columns: str) -> list[tuple]:
         """Rows ``(chunk, row, *columns)`` of ``ids`` in their order; KeyError names an unknown id."""
@@ -315,15 +320,8 @@ class Store:
             raise KeyError(f"no {modality} with id {e.args[0]} in this store") from None
 
     def _vectors(self, modality: str, records: list[tuple]) -> np.ndarray:
-        codec = self.codecs[modality]
-        out = np.empty((len(records), self.dim), dtype=np.float32)
-        by_chunk: dict[int, list[int]] = {}
-        for pos, r in enumerate(records):
-            by_chunk.setdefault(r[0], []).append(pos)
-        for chunk, positions in by_chunk.items():
-            rows = np.asarray([records[p][1] for p in positions])
-            out[positions] = codec.decode(self._map(modality, chunk, "vectors")[rows])
-        return out
+        locations = np.asarray([r[:2] for r in records], dtype=np.int64).reshape(-1, 2)
+        return self.vectors_at(modality, locations[:, 0], locations[:, 1])
 
     def fetch(self, modality: str, ids: Sequence[int], vectors: bool = True
               ) -> tuple[list[Any], np.ndarray | None, list[Any]]:
