@@ -88,6 +88,11 @@ def test_uploaded_image_shows_captions(driver, server, image_dir):
     captions = texts(driver, "#results .hit.text .caption")
     assert captions and captions[0] == "a yellow square"
     assert "yellow.png" in driver.find_element("id", "status").text
+    driver.execute_script("document.body.dataset.state = 'clicked'")
+    driver.find_element("css selector", "#results .hit.text").click()  # a caption: search with its text
+    widths = wait_for_results(driver)
+    assert min(widths) > 0 and texts(driver, "#results .hit .caption")[0] == "yellow.png"
+    assert parse_qs(urlparse(driver.current_url).query)["q"] == ["a yellow square"]
 
 
 def test_clicking_a_result_searches_for_more_like_it(driver, server):
@@ -135,3 +140,13 @@ def test_screenshot_is_a_real_picture_of_the_results(driver, server, tmp_path):
         pixels = np.asarray(shot.convert("RGB"))
     purple = np.array([127, 0, 255])
     assert (np.abs(pixels.astype(int) - purple).sum(axis=2) < 40).sum() > 1000  # the top hit's thumbnail shows
+
+
+def test_with_a_token_the_page_sends_it_and_still_shows_thumbnails(driver, server, tmp_path):
+    retriever = server.app.state.service.retriever
+    with LiveServer(create_app(retriever, token="page-s3cret", warm_up=False)) as guarded:
+        driver.get(guarded.url + "/?q=cyan#token=page-s3cret")
+        widths = wait_for_results(driver)
+        assert min(widths) > 0 and texts(driver, "#results .hit .caption")[0] == "cyan.png"
+        assert "token" not in driver.current_url  # kept out of bookmarks and history
+        assert driver.execute_script("return sessionStorage.getItem('crossmodal-token')") == "page-s3cret"

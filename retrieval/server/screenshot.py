@@ -49,7 +49,8 @@ def chromium_driver(user_data_dir: str | os.PathLike, width: int = 1280, height:
 
 IMAGES_LOADED = """
 const imgs = [...document.querySelectorAll('#results .hit img')];
-return document.body.dataset.state === arguments[0] && imgs.every(i => i.complete)
+const settled = (i) => (i.getAttribute('src') && i.complete) || i.dataset.failed;  // no src yet: still fetching
+return document.body.dataset.state === arguments[0] && imgs.every(settled)
   ? imgs.map(i => i.naturalWidth) : null;
 """
 

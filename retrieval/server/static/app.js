@@ -55,7 +55,7 @@ function setImage(img, url) {
   // <img> cannot send a header: fetch the thumbnail with the token and show it as a blob.
   api(url).then((r) => r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`)))
     .then((blob) => { img.src = URL.createObjectURL(blob); })
-    .catch(() => { img.alt = "thumbnail unavailable"; });
+    .catch(() => { img.alt = "thumbnail unavailable"; img.dataset.failed = "1"; });
 }
 
 function hitCard(hit) {
