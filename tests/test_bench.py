@@ -179,7 +179,7 @@ def test_ann_stage_tiny(restore_threads: None) -> None:
     ann = bench.bench_ann(3000, data, lambda bits: create_hasher("itq", bits=bits).fit(*pairs), args)
     systems = [r["system"] for r in ann["rows"]]
     assert systems[:3] == ["faiss IndexFlatIP", "faiss IndexHNSWFlat", "faiss IndexIVFPQ"]
-    assert systems[3:] == ["ours: flat 16b + fp16 rescoring", "ours: ivf 16b + fp16 rescoring"]
+    assert systems[3:] == [f"ours: {kind} 16b + fp16 rescoring" for kind in ("flat", "ivf", "hnsw")]
     flat, hnsw = ann["rows"][0], ann["rows"][1]
     assert flat["recall"] == 1.0 and flat["ram_bytes"] == 3000 * 16 * 4
     for r in ann["rows"][1:]:
