@@ -527,3 +527,26 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 300) -
         except httpx.TransportError:
             time.sleep(0.3)
     raise TimeoutError(f"no answer from {url}/health within {timeout} s")
+
+
+# -- the load test script ------------------------------------------------------------------------------
+def test_load_test_is_bounded_and_counts_errors(server):
+    from eval.load_test import run_level, table
+
+    row = asyncio.run(run_level(server.url, ["red", "navy square"], "float", clients=3, per_client=4,
+                                duration=60, k=3, headers={}))
+    assert (row["ok"], row["errors"], row["clients"]) == (12, 0, 3)  # 3 clients x 4 queries, then it stops
+    assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"] and row["qps"] > 0
+    bad = asyncio.run(run_level(server.url, ["red"], "cross", clients=2, per_client=2, duration=60, k=3, headers={}))
+    assert (bad["ok"], bad["errors"]) == (0, 4) and bad["error_examples"][0].startswith("422")
+    assert "| + float | 3 | 12 | 0 |" in table([row])
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://192.168.1.2", "http://example.org", "http://0.0.0.0:1"])
+def test_load_test_refuses_anything_but_loopback(url):
+    from eval.load_test import check_loopback
+
+    with pytest.raises(SystemExit, match="only loopback"):
+        check_loopback(url)
+    assert check_loopback("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert check_loopback("http://[::1]:8000") == "http://[::1]:8000"
