@@ -272,9 +272,9 @@ class _TextGraph(nn.Module):
 class OnnxTowers:
     """Both forward passes exported to ONNX (in memory, at load time) and run by ONNX Runtime.
 
-    Why: on CPU, PyTorch runs EfficientNet-Lite0's depthwise convolutions at about a tenth of
-    the core's fp32 peak (35 images/s on 2 AMD EPYC cores, 70 with channels_last); ONNX Runtime's
-    fused NCHWc kernels run the same fp32 graph at about 300/s (``python -m eval.bench``). The
+    Why: on CPU the image forward pass is the whole cost of encoding, and on the project's 2-core
+    AMD EPYC machine PyTorch runs it at 41 images/s (68 channels_last) where ONNX Runtime runs the
+    same fp32 graph at 311/s (``python -m eval.bench --stages encode``, README). The
     graphs are traced from the loaded model, so they carry exactly its weights (cosine to the
     PyTorch forward >= 0.9999 is tested); exporting both takes under a second, so nothing is cached
     on disk. ``int8`` quantises the text tower's matrix products dynamically (ONNX Runtime's
