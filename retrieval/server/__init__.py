@@ -7,7 +7,9 @@
 Modules, one job each: :mod:`.service` (the rules, without HTTP), :mod:`.app` (routes),
 :mod:`.errors` (every failure as a JSON body), :mod:`.uploads` (size and pixel caps, decoding),
 :mod:`.thumbnails`, :mod:`.stats`, :mod:`.schemas` (what the OpenAPI page documents),
-:mod:`.cli` (the ``serve`` subcommand), ``static/`` (the page: plain HTML, CSS and JS, no CDN).
+:mod:`.cli` (the ``serve`` subcommand), ``static/`` (the page: plain HTML, CSS and JS, no CDN),
+:mod:`.live` (a real uvicorn in a thread, for tests and tools), :mod:`.screenshot` (the page in
+headless chromium).
 """
 
 from __future__ import annotations
