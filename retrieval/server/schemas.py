@@ -13,7 +13,9 @@ class HitOut(BaseModel):
     id: int = Field(description="id of the hit in its modality's gallery (ids of images and texts overlap)")
     rank: int = Field(description="1 for the best hit")
     modality: Modality
-    score: float = Field(description="final score, higher is better: stage 2's when reranked, else 1 - 2d/bits")
+    score: float = Field(description="final score, higher is better: stage 2's when reranked, else stage 1's "
+                                     "(the Hamming similarity 1 - 2d/bits, or the float cosine where the index "
+                                     "rescores its Hamming neighbours)")
     hamming: int = Field(description="stage-1 Hamming distance between the query's and the hit's codes")
     path: str | None = Field(None, description="image hits: the indexed file, shown, never fetched by clients")
     caption: str | None = Field(None, description="text hits: the caption")
