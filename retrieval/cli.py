@@ -28,8 +28,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                             vector_dtype=args.vectors)
     report = indexer.run(args.paths, captions=args.captions)
     print(report.summary())
-    if report.encoded and report.seconds > 0:
-        print(f"{report.encoded / report.seconds:.1f} images/s over the whole run")
+    if report.encoded and report.seconds > report.load_seconds:
+        print(f"{report.encoded / (report.seconds - report.load_seconds):.1f} images/s once the model was loaded")
     for path, reason in report.skipped[:10]:
         print(f"  skipped {path}: {reason}")
     if len(report.skipped) > 10:

@@ -25,8 +25,10 @@ at a time per store, enforced by an exclusive ``flock`` on ``.lock``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import mmap
 import os
 import sqlite3
 import threading
@@ -262,6 +264,9 @@ class Store:
                 self._maps.move_to_end(key)
                 return self._maps[key]
         array = np.load(chunk_path(self.directory, modality, chunk, kind), mmap_mode="r", allow_pickle=False)
+        if kind == "vectors":  # candidates are scattered rows: read-ahead would only fill memory
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                array._mmap.madvise(mmap.MADV_RANDOM)
         with self._maps_lock:
             self._maps[key] = array
             while len(self._maps) > MAX_OPEN_CHUNKS:
