@@ -797,7 +797,7 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
         hasher = hasher_factory(bits)
         codes = np.concatenate([hasher.encode(x[i:i + args.chunk], "image") for i in range(0, n, args.chunk)])
         code_s = time.perf_counter() - t0
-        bnlist = nlist
+        bnlist = args.ann_ours_nlist or nlist
         for kind in args.ann_ours:
             t0 = time.perf_counter()
             faiss.omp_set_num_threads(args.build_threads)
@@ -1090,6 +1090,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ann-ours", nargs="+", default=["flat", "ivf", "hnsw"], help="our binary index kinds")
     p.add_argument("--ann-ours-hnsw-M", type=int, default=12,
                    help="our binary HNSW's degree (12: under 1/8 of a float HNSW's bytes at 128 bits)")
+    p.add_argument("--ann-ours-nlist", type=int, default=None,
+                   help="lists of our binary IVF in the ann stage (default: as the float IVF, sqrt(n) capped by --max-nlist)")
     p.add_argument("--ann-min-depth", type=int, default=16)
     p.add_argument("--ann-max-depth", type=int, default=4096)
     p.add_argument("--build-threads", type=int, default=2, help="threads for faiss index builds in the comparison")
