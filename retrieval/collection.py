@@ -333,10 +333,6 @@ class FolderIndexer:
         return {r[0]: tuple(r[1:]) for r in self.retriever.store.db.execute(
             "SELECT path, size, mtime_ns, sha256, image_id FROM files")}
 
-    def _paths_of(self, image_id: int) -> list[str]:
-        return [r[0] for r in self.retriever.store.db.execute(
-            "SELECT path FROM files WHERE image_id = ?", (image_id,))]
-
     def _remove_files(self, paths: list[str], report: IndexReport) -> None:
         with self.retriever.store.transaction() as tx:
             affected = set()
