@@ -57,7 +57,7 @@ from rerank.fusion import fuse
 from .atomic import atomic_write_dir
 from .encoders import Encoder, load_encoder
 from .gallery import Gallery
-from .store import Store, check_vector_dtype
+from .store import LOCK_NAME, Store, check_vector_dtype
 from .stored_gallery import StoredGallery
 
 FORMAT_VERSION = 2
@@ -532,6 +532,7 @@ class Retriever:
                     for ids, codes, vectors, items, payloads in gallery.export():
                         with store.transaction() as tx:
                             tx.append(modality, codes, vectors, items, payloads, ids)
+            (tmp / LOCK_NAME).unlink(missing_ok=True)  # a saved copy has no writer: no lock file to ship
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))  # last: marks a complete save
 
         with self._lock.read():

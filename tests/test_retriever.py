@@ -133,6 +133,7 @@ def test_save_and_load_round_trip(paths, tmp_path, index):
     saved = r.save_pretrained(tmp_path / "saved")
     config = json.loads((saved / "retriever.json").read_text())
     assert config["encoder"] == {"id": "toy", "class": "ToyEncoder", "dim": 16, "preprocess": {"size": 4}}
+    assert sorted(p.name for p in saved.iterdir()) == ["chunks", "hasher", "retriever.json", "store.sqlite"]
     assert config["reranker"] == {"method": "float"} and config["index"]["kind"] == index
     loaded = Retriever.from_pretrained(saved, encoder=ToyEncoder())
     assert [hits_of(loaded.search(q, k=5)) for q in ("red", "cyan", Path(paths[2]))] == before
