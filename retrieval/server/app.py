@@ -124,11 +124,13 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
     token on the API; ``warm_up``: run one search per reranker at start so models load then."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
     if token is not None and not token:
         raise ValueError("token must not be empty (leave it out to serve without one)")
-    service = SearchService(retriever, rerank, k_max=k_max, index_name=index_name)
+    service = SearchService(retriever, rerank, index_name=index_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,7 +145,6 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
     app.state.service = service
     app.state.max_upload_bytes = max_upload_bytes
     app.state.counter = {"errors": 0}
-    app.state.token_required = token is not None
     install_error_handlers(app)
     app.add_middleware(UploadSizeLimit, limit=max_upload_bytes)
     app.add_middleware(ErrorCounter, counter=app.state.counter)  # added last: outermost, so it counts 413s too
@@ -183,7 +184,6 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
                                                       "has items, else the query's own"),
     ) -> dict[str, Any]:
         """Text (``q``) or an indexed item (``item`` + ``modality``) as the query."""
-        service.check_k(k)
         if (q is None) == (item is None):
             raise BadRequest("give exactly one of the query parameters 'q' (text to search for) and 'item' "
                              "(the id of an indexed item)" + (", not both" if q is not None else ""))
@@ -209,7 +209,6 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
         target: TargetParam = Query(None, description="default: texts if the index has any, else images"),
     ) -> dict[str, Any]:
         """An uploaded image as the query (multipart form field ``file``): image -> captions, or images."""
-        service.check_k(k)
         resolved = service.check_target("image", target)
         rerank_name = service.check_rerank(rerank, "image", resolved)
         data = await file.read()

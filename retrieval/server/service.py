@@ -58,13 +58,10 @@ def same_modality_ok(rerank: str) -> bool:
 class SearchService:
     """One retriever behind the API. ``prefix`` is prepended to the URLs in responses (a root path)."""
 
-    def __init__(self, retriever: Any, rerank: Sequence[str] | None = None, *, k_max: int = 100,
+    def __init__(self, retriever: Any, rerank: Sequence[str] | None = None, *,
                  index_name: str | None = None, thumbnails: Thumbnails | None = None) -> None:
-        if k_max < 1:
-            raise ValueError(f"k_max must be >= 1, got {k_max}")
         self.retriever = retriever
         self.rerank_default, self.rerank_allowed = rerank_options(retriever, rerank)
-        self.k_max = k_max
         self.index_name = index_name
         self.thumbnails = thumbnails or Thumbnails()
         self.latency = LatencyStats()
@@ -103,11 +100,6 @@ class SearchService:
             if sizes.get(candidate):
                 return candidate
         return None
-
-    def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.k_max:
-            raise BadRequest(f"query parameter 'k' must be between 1 and {self.k_max}, got {k}")
-        return k
 
     def text_query(self, q: str) -> str:
         q = q.strip()
