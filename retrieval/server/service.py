@@ -150,28 +150,21 @@ class SearchService:
         }
 
     @staticmethod
-    def urls(modality: str, item_id: int, item: Any, prefix: str) -> tuple[str, str | None]:
-        item_url = f"{prefix}/items/{item_id}?modality={modality}"
-        thumb = f"{prefix}/items/{item_id}/thumbnail" if modality == "image" and isinstance(item, str) else None
-        return item_url, thumb
+    def item_fields(modality: str, item_id: int, item: Any, payload: Any, prefix: str) -> dict[str, Any]:
+        """What a hit and ``GET /items/{id}`` both show: a path (image with a file) or a caption."""
+        path = item if modality == "image" and isinstance(item, str) else None
+        return {"id": int(item_id), "modality": modality, "path": path,
+                "caption": item if modality == "text" else None, "payload": payload,
+                "thumbnail_url": f"{prefix}/items/{item_id}/thumbnail" if path is not None else None}
 
     def hit_json(self, hit: Any, rank: int, prefix: str = "") -> dict[str, Any]:
-        item = getattr(hit, "item", None)
-        item_url, thumb = self.urls(hit.modality, hit.id, item, prefix)
-        return {
-            "id": int(hit.id), "rank": rank, "modality": hit.modality, "score": float(hit.score),
-            "hamming": int(hit.hamming),
-            "path": item if hit.modality == "image" and isinstance(item, str) else None,
-            "caption": item if hit.modality == "text" else None,
-            "payload": hit.payload, "item_url": item_url, "thumbnail_url": thumb,
-        }
+        return {**self.item_fields(hit.modality, hit.id, getattr(hit, "item", None), hit.payload, prefix),
+                "rank": rank, "score": float(hit.score), "hamming": int(hit.hamming),
+                "item_url": f"{prefix}/items/{hit.id}?modality={hit.modality}"}
 
     def item_json(self, modality: str, item_id: int, prefix: str = "") -> dict[str, Any]:
         item, payload = self.lookup(modality, item_id)
-        _, thumb = self.urls(modality, item_id, item, prefix)
-        return {"id": int(item_id), "modality": modality,
-                "path": item if modality == "image" and isinstance(item, str) else None,
-                "caption": item if modality == "text" else None, "payload": payload, "thumbnail_url": thumb}
+        return self.item_fields(modality, item_id, item, payload, prefix)
 
     def thumbnail(self, item_id: int) -> bytes:
         """Runs in a worker thread: the JPEG of image ``item_id``, from the file the index holds for it."""
