@@ -297,9 +297,8 @@ class FolderIndexer:
                     todo.append((p, state))
             if gone:
                 self._remove_files(gone, report)
-            if not todo and self.retriever is None:
-                if not paths:
-                    raise ValueError(f"no image files found under {', '.join(map(str, roots))}")
+            if not paths and self.retriever is None:
+                raise ValueError(f"no image files found under {', '.join(map(str, roots))}")
             bar = tqdm(total=len(todo), desc="index images", unit="img",
                        disable=self.progress is False or (self.progress is None and len(todo) <= self.chunk_size))
             first = self.fit_chunk_size if todo and self._needs_fit() else self.chunk_size

@@ -481,12 +481,14 @@ class Retriever:
         valid = ids >= 0
         cid, dist = ids[valid], distances[valid]
         if len(cid) > candidates:
-            cosine = gallery.fetch_vectors(cid) @ query
+            vectors = gallery.fetch_vectors(cid)
+            cosine = vectors @ query
             keep = np.sort(np.argsort(-cosine, kind="stable")[:candidates])  # keep Hamming order among them
-            cid, dist, scores = cid[keep], dist[keep], cosine[keep].astype(np.float32)
+            cid, dist, scores, embeddings = cid[keep], dist[keep], cosine[keep].astype(np.float32), vectors[keep]
+            items, _, payloads = gallery.fetch(cid, vectors=False)
         else:
             scores = (1.0 - 2.0 * dist / self.hasher.bits).astype(np.float32)
-        items, embeddings, payloads = gallery.fetch(cid, vectors=True)
+            items, embeddings, payloads = gallery.fetch(cid, vectors=True)
         return Candidates(target, cid, items=items, embeddings=embeddings, stage1_scores=scores,
                           extra={"hamming": dist, "payloads": payloads})
 

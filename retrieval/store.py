@@ -239,10 +239,6 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.directory / DB_NAME}: cannot read the store: {e}") from e
 
-    def meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
-
     def _remove_orphans(self) -> None:
         known = {chunk_path(self.directory, m, c, kind).name
                  for m, c in self.db.execute("SELECT modality, chunk FROM chunks") for kind in ("codes", "vectors")}
@@ -309,18 +305,20 @@ class Store:
             out[where] = codec.decode(self._map(modality, int(chunk), "vectors")[rows[where]])
         return out
 
+    def select_ids(self, modality: str, ids: Sequence[int], columns: str = "") -> Iterator[tuple]:
+        """Rows ``(id, chunk, row, *columns)`` of those ``ids`` that exist, any order (500 per query:
+        SQLite's bound-parameter limit)."""
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            yield from self.db.execute(f"SELECT id, chunk, row{columns} FROM items WHERE modality = ? AND id IN "
+                                       f"({','.join('?' * len(part))})", (modality, *part))
+
     def _records(self, modality: str, ids: Sequence[int], columns: str) -> list[tuple]:
         """Rows ``(chunk, row, *columns)`` of ``ids`` in their order; KeyError names an unknown id."""
-        ids = [int(i) for i in ids]
-        found: dict[int, tuple] = {}
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self.db.execute(f"SELECT id, chunk, row{columns} FROM items "
-                                       f"WHERE modality = ? AND id IN ({marks})", (modality, *part)):
-                found[row[0]] = row[1:]
+        found = {row[0]: row[1:] for row in self.select_ids(modality, ids, columns)}
         try:
-            return [found[i] for i in ids]
+            return [found[int(i)] for i in ids]
         except KeyError as e:
             raise KeyError(f"no {modality} with id {e.args[0]} in this store") from None
 
@@ -340,10 +338,6 @@ class Store:
     def fetch_vectors(self, modality: str, ids: Sequence[int]) -> np.ndarray:
         """Float32 vectors of ``ids`` only (what the float-rescoring cut of stage 1 reads)."""
         return self._vectors(modality, self._records(modality, ids, ""))
-
-    def ids(self, modality: str) -> np.ndarray:
-        return np.asarray([r[0] for r in self.db.execute(
-            "SELECT id FROM items WHERE modality = ? ORDER BY chunk, row", (modality,))], dtype=np.int64)
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
@@ -407,8 +401,7 @@ class Transaction:
             ids = np.arange(start, start + n, dtype=np.int64)
         else:
             ids = np.asarray(ids, dtype=np.int64)
-            clash = self.db.execute(f"SELECT id FROM items WHERE modality = ? AND id IN "
-                                    f"({','.join('?' * min(n, 500))})", (modality, *map(int, ids[:500]))).fetchone()
+            clash = next(store.select_ids(modality, ids), None)
             if clash:
                 raise ValueError(f"{modality} id {clash[0]} is already in the store")
         if not codec.calibrated:
@@ -442,5 +435,3 @@ class Transaction:
         self.execute("UPDATE items SET payload = ? WHERE modality = ? AND id = ?",
                      (json.dumps(payload) if payload is not None else None, modality, int(id)))
 
-    def set_meta(self, key: str, value: str) -> None:
-        self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

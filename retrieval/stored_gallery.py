@@ -75,10 +75,6 @@ class StoredGallery:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    @property
-    def ids(self) -> np.ndarray:
-        return self.store.ids(self.modality)
-
     def add(self, codes: np.ndarray, vectors: np.ndarray, items: Sequence[Any], payloads: Sequence[Any] | None,
             ids: np.ndarray | None = None) -> np.ndarray:
         """Appends one committed chunk, then makes it searchable."""

@@ -107,6 +107,16 @@ def test_bad_input_and_bad_stores_are_named(tmp_path):
         Store.open(tmp_path / "junk")
 
 
+def test_given_ids_are_checked_against_every_stored_id(tmp_path):
+    with Store.create(tmp_path / "s", dim=32, bits=64) as store:
+        with store.transaction() as tx:
+            tx.append("image", codes(600), unit(600), [None] * 600, [None] * 600, ids=np.arange(600))
+        with pytest.raises(ValueError, match="image id 599 is already in the store"):
+            with store.transaction() as tx:  # the clash is past the first 500 ids of the new chunk
+                tx.append("image", codes(501), unit(501), [None] * 501, [None] * 501, ids=np.append(np.arange(1000, 1500), 599))
+        assert store.count("image") == 600
+
+
 def test_codes_only_stores_keep_no_vectors(tmp_path):
     with Store.create(tmp_path / "s", dim=32, bits=64, vector_dtype="none") as store:
         with store.transaction() as tx:
