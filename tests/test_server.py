@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eval.load_test import free_port
 from retrieval import Retriever
 from retrieval.server import create_app
 from retrieval.server.cli import add_parser, is_loopback
@@ -199,7 +200,9 @@ def test_thumbnail_is_a_small_jpeg_of_that_image_and_is_cached(client, server):
     r, g, b = np.asarray(thumb.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
     assert r > 200 and g < 60 and b < 60
     assert (red, str(Path(client.get(f"/items/{red}").json()["path"]))) in service.thumbnails.cache._items
+    hits = service.thumbnails.cache.hits
     assert client.get(f"/items/{red}/thumbnail").content == response.content
+    assert service.thumbnails.cache.hits == hits + 1  # the second answer came from the cache
 
 
 def test_stats_report_counts_model_index_and_latency(client):
@@ -508,12 +511,6 @@ def test_crossmodal_serve_serves_an_index_made_by_crossmodal_index(tmp_path, ima
         server.terminate()
         # uvicorn shuts down on SIGTERM, then re-raises the signal so a parent sees how it ended
         assert server.wait(30) in (0, -15)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 300) -> dict:
