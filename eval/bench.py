@@ -320,7 +320,7 @@ def bench_encode(model: str, n_images: int, n_texts: int, annotations: Path, ima
     dataset = load_karpathy(annotations, images, "test")
     paths = [dataset.image_paths[i % dataset.n_images] for i in range(n_images)]
     texts = [dataset.captions[i % len(dataset.captions)] for i in range(n_texts)]
-    threads = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or 1)
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"model": model, "threads": threads, "workers": workers, "batch_size": batch_size,
@@ -328,7 +328,8 @@ def bench_encode(model: str, n_images: int, n_texts: int, annotations: Path, ima
                            "variants": {}}
     reference: dict[str, np.ndarray] = {}
     try:
-        for variant in (variants or (list(ENCODE_VARIANTS) if model == "lite" else ["default"])):
+        # the variants are the lite encoder's; any other model is loaded and measured once
+        for variant in (variants or list(ENCODE_VARIANTS)) if model == "lite" else ["default"]:
             reset_peak_rss()
             t0 = time.perf_counter()
             encoder, lite = make_variant(variant, model, device)
@@ -471,13 +472,18 @@ def search_modes(search: Callable[[np.ndarray], Any], queries: np.ndarray, singl
     return len(queries) / batch_s, len(one) / single_s, res
 
 
+def default_nlist(n: int, max_nlist: int) -> int:
+    """IVF cells / buckets at n items: the power of two nearest sqrt(n), within [16, max_nlist]."""
+    return int(np.clip(2 ** round(math.log2(math.sqrt(n))), 16, max_nlist))
+
+
 def index_plan(n: int, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """The binary indexes run at size n and their build parameters.
 
     IVF cells and buckets: the power of two nearest sqrt(n), within [16, --max-nlist]. The search
     parameter (nprobe, e, ef_search) is tuned per size by :func:`tune`.
     """
-    nlist = int(np.clip(2 ** round(math.log2(math.sqrt(n))), 16, args.max_nlist))
+    nlist = default_nlist(n, args.max_nlist)
     plan: list[tuple[str, dict[str, Any]]] = [("flat", {})]
     if "ivf" in args.indexes:
         plan.append(("ivf", {"nlist": nlist}))
@@ -731,11 +737,9 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
 
     def measure(name: str, params: dict[str, Any], search: Callable[[np.ndarray], np.ndarray], build_s: float,
                 ram: int, extra: int = 0) -> None:
-        batch_s, ids = best_time(lambda: search(xq), args.repeats)
-        one = xq[:single]
-        single_s, _ = best_time(lambda: [search(one[r:r + 1]) for r in range(single)], args.repeats)
-        row = {"system": name, "params": params, "recall": float_recall(ids, truth), "batch_qps": args.nq / batch_s,
-               "single_qps": single / single_s, "build_s": build_s, "ram_bytes": ram, "mmap_bytes": extra}
+        batch_qps, single_qps, ids = search_modes(search, xq, single, args.repeats)
+        row = {"system": name, "params": params, "recall": float_recall(ids, truth), "batch_qps": batch_qps,
+               "single_qps": single_qps, "build_s": build_s, "ram_bytes": ram, "mmap_bytes": extra}
         rows.append(row)
         tqdm.write(f"[ann {n:,}] {name} {params}: recall@{k} {row['recall']:.3f}, batch {row['batch_qps']:.0f} qps, "
                    f"single {row['single_qps']:.0f} qps, build {build_s:.1f}s, RAM {human(ram)}"
@@ -763,7 +767,7 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
     del hnsw
     gc.collect()
 
-    nlist = int(np.clip(2 ** round(math.log2(math.sqrt(n))), 16, args.max_nlist))
+    nlist = default_nlist(n, args.max_nlist)
     rng = np.random.default_rng(args.seed)
     sample = x[rng.choice(n, min(n, nlist * args.train_per_list * 2), replace=False)]
     for m in args.ann_pq_m:
