@@ -81,10 +81,8 @@ def evaluate_pipeline(retriever: Any, caption_image: np.ndarray, image_vectors: 
                         progress=progress, desc=f"{name or 'hash'} image->text")
     t2 = time.perf_counter()
     metrics = two_way_recall(t2i, i2t, caption_image, ks, text_query_rows=text_query_rows)
-    ceiling = {
-        "text_to_image": recall_ceiling(retriever, t_vectors, "text", image_vectors, candidates),
-        "image_to_text": recall_ceiling(retriever, image_vectors, "image", text_vectors, candidates),
-    }
+    ceiling = {"text_to_image": float_top_kept(t2i, t_vectors, image_vectors),
+               "image_to_text": float_top_kept(i2t, image_vectors, text_vectors)}
     return {**metrics, "pipeline": name or "none", "candidates": candidates,
             "hamming_candidates": dict(retriever.hamming_candidates), "float_top10_kept": ceiling,
             "seconds": {"text_to_image": t1 - t0, "image_to_text": t2 - t1}}
@@ -100,12 +98,19 @@ def recall_ceiling(retriever: Any, query_vectors: np.ndarray, modality: str, gal
     """
     stage1 = ranked_scores(retriever, query_vectors, modality, None, len(gallery_vectors), candidates, False,
                            progress=False)
+    return float_top_kept(stage1, query_vectors, gallery_vectors, top)
+
+
+def float_top_kept(scores: np.ndarray, query_vectors: np.ndarray, gallery_vectors: np.ndarray,
+                   top: int = 10) -> float:
+    """The share of each query's exhaustive float top-``top`` that has a finite score in ``scores``
+    (``ranked_scores`` output: -inf outside the candidates, whatever reranked them)."""
     kept = 0.0
     top = min(top, len(gallery_vectors))
     for start in range(0, len(query_vectors), 1024):
         sims = query_vectors[start:start + 1024] @ gallery_vectors.T
         best = np.argpartition(-sims, top - 1, axis=1)[:, :top]
-        kept += float(np.isfinite(np.take_along_axis(stage1[start:start + 1024], best, axis=1)).sum())
+        kept += float(np.isfinite(np.take_along_axis(scores[start:start + 1024], best, axis=1)).sum())
     return kept / (top * len(query_vectors))
 
 

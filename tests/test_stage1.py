@@ -53,3 +53,13 @@ def test_deeper_hamming_cuts_keep_more_and_asymmetric_rescoring_is_measured():
     assert m["top10_in_hamming_top12"] <= m["top10_in_hamming_top48"] <= m["top10_in_hamming_top300"] == 1.0
     # asymmetric rescoring of every item: the best 12 by the real-valued projection against the codes
     assert m["top10_in_candidates"] < m["top10_in_asymmetric_top300"] <= 1.0
+
+
+def test_float_top_kept_counts_the_float_top_among_finite_scores():
+    from eval.two_stage import float_top_kept
+
+    gallery = np.eye(4, dtype=np.float32)
+    queries = np.array([[1.0, 0.9, 0.1, 0.0]], dtype=np.float32)  # float top-2: items 0 and 1
+    candidates_only_0_and_2 = np.array([[0.3, -np.inf, 0.9, -np.inf]])
+    assert float_top_kept(candidates_only_0_and_2, queries, gallery, top=2) == 0.5
+    assert float_top_kept(np.zeros((1, 4)), queries, gallery, top=2) == 1.0
