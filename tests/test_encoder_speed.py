@@ -38,13 +38,12 @@ def textured_images() -> list[Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
+def reference(torch_lite: LiteEncoder) -> dict[str, np.ndarray]:
     """Today's vectors the old way: a fresh LiteModel, contiguous tower, plain PyTorch forward."""
     model = load_lite_model()
     assert not model.image_tower.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    encoder = LiteEncoder(runtime="torch", device="cpu")  # only for its preprocessing and tokenizer
-    pixels = torch.stack([encoder.preprocess_image(im) for im in textured_images()])
-    tokens = encoder.tokenize(TEXTS)
+    pixels = torch.stack([torch_lite.preprocess_image(im) for im in textured_images()])  # its preprocessing
+    tokens = torch_lite.tokenize(TEXTS)  # and tokenizer only: the forward is the fresh model's
     with torch.inference_mode():
         images = torch.nn.functional.normalize(model.image_features(pixels), dim=-1).numpy()
         texts = torch.nn.functional.normalize(model.text_features(tokens["input_ids"], tokens["attention_mask"]),
@@ -79,6 +78,7 @@ def test_torch_runtime_runs_channels_last_with_the_same_vectors(torch_lite, refe
 @needs_ort
 def test_onnxruntime_is_the_cpu_default_with_the_same_vectors(ort_lite, reference) -> None:
     assert ort_lite.runtime == "onnxruntime" and "onnxruntime" in repr(ort_lite)
+    assert not ort_lite.onnx.int8 and ort_lite.model_id == "lite", "int8 is opt-in, never the default"
     for batch_size in (1, 3, 64):  # dynamic batch axis; a last partial batch
         images = ort_lite.encode_images(textured_images(), batch_size=batch_size)
         assert cosines(images, reference["images"]).min() >= 0.9999, batch_size
@@ -89,12 +89,12 @@ def test_onnxruntime_is_the_cpu_default_with_the_same_vectors(ort_lite, referenc
 
 @needs_ort
 def test_int8_is_opt_in_close_but_not_identical(reference) -> None:
-    int8 = LiteEncoder(int8=True, device="cpu")
+    int8 = load_encoder("lite:int8", device="cpu")  # LiteEncoder(int8=True): one export + quantisation
+    assert isinstance(int8, LiteEncoder) and int8.onnx.int8 and int8.runtime == "onnxruntime"
     texts = int8.encode_texts(TEXTS)
     c = cosines(texts, reference["texts"])
     assert c.min() > 0.9 and c.min() < 0.99999, "quantised: close to fp32, not equal to it"
     assert "int8" in repr(int8) and int8.model_id == "lite:int8"
-    assert load_encoder("lite:int8", device="cpu").onnx.int8
     assert cosines(int8.encode_images(textured_images()), reference["images"]).min() >= 0.9999, "images stay fp32"
 
 
