@@ -857,11 +857,13 @@ def ann_markdown(ann: dict[str, Any]) -> str:
 
 
 # -- scale: the on-disk Retriever ------------------------------------------------------------------
-OPEN_PROBE = r"""
+#: The start of every fresh-process probe of a saved retriever (argv: directory, queries .npy): the
+#: encoder is loaded before the first reading, so ``after_open - before`` is what the open added.
+PROBE_OPEN = r"""
 import json, os, sys, time
 import faiss
 import numpy as np
-faiss.omp_set_num_threads(1)
+faiss.omp_set_num_threads(1)  # single queries: OpenMP's spin-waits cost more than they save on 2 cores
 
 def rss():
     with open("/proc/self/statm") as fh:
@@ -875,6 +877,8 @@ r = Retriever.open(sys.argv[1], encoder=encoder)
 open_s = time.perf_counter() - t0
 after_open = rss()
 queries = np.load(sys.argv[2])
+"""
+OPEN_PROBE = PROBE_OPEN + r"""
 times = []
 for q in queries:
     t0 = time.perf_counter()

@@ -35,30 +35,14 @@ import numpy as np
 
 from retrieval.atomic import write_json
 
+from .bench import PROBE_OPEN
 from .machine import machine
 
 DIM = 256
 CLUSTERS = 2000
 CHUNK = 100_000
 
-OPEN_PROBE = r"""
-import json, os, sys, time
-import faiss
-import numpy as np
-faiss.omp_set_num_threads(1)  # single queries: OpenMP's spin-waits cost more than they save on 2 cores
-
-def rss():
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-from retrieval import Retriever, load_encoder
-encoder = load_encoder("lite")
-before = rss()
-t0 = time.perf_counter()
-r = Retriever.open(sys.argv[1], encoder=encoder)
-open_s = time.perf_counter() - t0
-after_open = rss()
-queries = np.load(sys.argv[2])
+OPEN_PROBE = PROBE_OPEN + r"""
 times = []
 hits = []
 for q in queries:
@@ -75,7 +59,7 @@ for q in queries:
     r.search_embeddings(q[None], "text", k=10, rerank=False)
     cascade.append(1e3 * (time.perf_counter() - t0))
 flat = faiss.IndexFlatIP(queries.shape[1])
-store, gallery = r.store, r.galleries["image"]
+store = r.store
 for ids, _ in store.live_codes("image"):
     flat.add(store.fetch_vectors("image", ids))
 exhaustive = []
