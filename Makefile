@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m retrieval.demo
+	HF_HUB_OFFLINE=1 $(PY) -m eval.demo
 
 # The page tests (tests/test_server_page.py) drive Debian's chromium through chromium-driver; as root
 # (CI, a fresh machine) they are installed here when missing, elsewhere those tests are skipped.

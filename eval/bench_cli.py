@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 from .machine import machine
 

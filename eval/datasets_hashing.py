@@ -480,7 +480,7 @@ def load_flickr8k(
 
 def save_embeddings(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """Writes an embedding cache atomically; no pickle."""
-    from retrieval.atomic import atomic_write_file
+    from common.atomic import atomic_write_file
 
     return atomic_write_file(path, lambda fh: np.savez(
         fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}))

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.atomic import atomic_write_file, write_json
+from common.atomic import atomic_write_file, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from hashing import available_methods, create_hasher
 from hashing.base import check_bits
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 from . import hash_metrics as hm
 from .datasets_hashing import (

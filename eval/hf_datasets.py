@@ -100,7 +100,7 @@ class ImageColumn(Sequence):
     """Lazy view of an image column: indexing decodes one image, slicing returns another view.
 
     Encoders slice batches out of it (``images[start:start + batch]``) and load each item with
-    :func:`retrieval.images.load_image`, which takes the PIL images this yields.
+    :func:`common.images.load_image`, which takes the PIL images this yields.
     """
 
     def __init__(self, dataset: Any, column: str, rows: np.ndarray | None = None, where: str = "") -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 from .machine import machine
 from .recall import DEFAULT_KS, expected_hits

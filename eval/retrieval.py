@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 from .karpathy import CaptionDataset
 from .machine import machine

@@ -35,7 +35,7 @@ import numpy as np
 from hashing import available_methods, create_hasher
 from hashing.base import unpack_codes
 from hashing.index import create_index
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 from .datasets_hashing import encode_flickr8k, load_flickr8k
 from .hash_metrics import hamming_distances

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from retrieval.atomic import atomic_write_dir
+from common.atomic import atomic_write_dir
 
 Modality = Literal["image", "text"]
 MODALITIES: tuple[str, ...] = ("image", "text")
@@ -173,7 +173,7 @@ class Hasher(ABC):
         """
         from safetensors.numpy import load_file
 
-        from retrieval.hub import resolve_pretrained_dir
+        from common.hub import resolve_pretrained_dir
 
         directory = resolve_pretrained_dir(path_or_repo_id, [CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs)
         config_file = directory / CONFIG_NAME
@@ -199,7 +199,7 @@ class Hasher(ABC):
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload hasher") -> str:
         """Saves to a temporary directory and uploads it as one commit; returns the commit URL."""
-        from retrieval.hub import push_folder
+        from common.hub import push_folder
 
         return push_folder(self.save_pretrained, repo_id, private=private, token=token,
                            commit_message=commit_message)

@@ -23,6 +23,15 @@ Modality = Literal["image", "text"]
 MODALITIES: tuple[str, ...] = ("image", "text")
 
 _REGISTRY: dict[str, type["Reranker"]] = {}
+#: The shipped rerankers by module. A module registers its class when imported, and is imported
+#: the first time its name is asked for: BLIP-2 and the cross-encoder load torch and transformers
+#: (over a second), which the float rescoring of every Retriever search does not need.
+BUILTIN_MODULES: dict[str, str] = {
+    "blip2": "rerank.blip2",
+    "cross": "rerank.cross_encoder",
+    "float": "rerank.float_rescore",
+    "rewrite": "rerank.rewrite",
+}
 
 
 def register_reranker(cls: type["Reranker"]) -> type["Reranker"]:
@@ -34,13 +43,17 @@ def register_reranker(cls: type["Reranker"]) -> type["Reranker"]:
 
 
 def available_rerankers() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(BUILTIN_MODULES))
 
 
 def reranker_class(method: str) -> type["Reranker"]:
+    if method not in _REGISTRY and method in BUILTIN_MODULES:
+        import importlib
+
+        importlib.import_module(BUILTIN_MODULES[method])
     try:
         return _REGISTRY[method]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown reranker {method!r}; available: {', '.join(available_rerankers())}") from None
 
 

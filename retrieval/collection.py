@@ -443,7 +443,7 @@ class FolderIndexer:
             "SELECT path, error FROM files WHERE error IS NOT NULL ORDER BY path")]
 
     def _write_skipped_report(self, skipped: list[tuple[str, str]]) -> None:
-        from .atomic import atomic_write_file
+        from common.atomic import atomic_write_file
 
         text = "path\treason\n" + "".join(f"{p}\t{r}\n" for p, r in skipped)
         atomic_write_file(self.directory / SKIPPED_REPORT, lambda fh: fh.write(text), mode="w")

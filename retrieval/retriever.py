@@ -54,7 +54,7 @@ from hashing import Hasher, create_hasher
 from rerank.base import Candidates, Query, Reranker, create_reranker, reranker_from_config
 from rerank.fusion import fuse
 
-from .atomic import atomic_write_dir
+from common.atomic import atomic_write_dir
 from .encoders import Encoder, load_encoder
 from .gallery import Gallery
 from .store import LOCK_NAME, Store, check_vector_dtype
@@ -520,7 +520,7 @@ class Retriever:
         A retriever that lives in ``save_directory`` already (opened writable there) has every item
         committed; only its settings are rewritten.
         """
-        from .atomic import write_json
+        from common.atomic import write_json
 
         self._check_saveable()
         config = self.config()
@@ -589,7 +589,7 @@ class Retriever:
         must equal the saved one unless ``check_preprocess=False``. Format 1 directories (one
         safetensors and one JSON per gallery) load into memory; format 2 opens the store.
         """
-        from .hub import resolve_pretrained_dir
+        from common.hub import resolve_pretrained_dir
 
         directory = resolve_pretrained_dir(path_or_repo_id, [CONFIG_NAME], **hub_kwargs)
         config_file = directory / CONFIG_NAME
@@ -639,7 +639,7 @@ class Retriever:
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
                     commit_message: str = "Upload retriever") -> str:
-        from .hub import push_folder
+        from common.hub import push_folder
 
         return push_folder(self.save_pretrained, repo_id, private=private, token=token,
                            commit_message=commit_message)

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_file, fsync_dir
+from common.atomic import atomic_write_file, fsync_dir
 
 DB_NAME = "store.sqlite"
 CHUNK_DIR = "chunks"

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from eval.validation import HeldOutGalleries
-    from retrieval.atomic import write_json
+    from common.atomic import write_json
     from retrieval.retriever import shipped_hasher
 
     held = HeldOutGalleries(args.dataset, args.images, args.cache_dir, args.candidates)

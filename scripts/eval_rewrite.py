@@ -34,7 +34,7 @@ from eval.machine import machine
 from eval.recall import expected_hits
 from rerank.base import Candidates, Query
 from rerank.rewrite import SHIPPED_ADAPTER, QueryRewriter, RewriteReranker
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 KS = (1, 5, 10)

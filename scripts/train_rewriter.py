@@ -36,7 +36,7 @@ from eval.keywords import KEYWORD_RULE_VERSION, caption_keywords
 from eval.machine import machine
 from rerank import prompts
 from rerank.rewrite import SMOLLM2, common_prefix_length, load_causal_lm
-from retrieval.atomic import atomic_write_dir
+from common.atomic import atomic_write_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

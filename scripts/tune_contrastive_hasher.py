@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from eval.validation import HeldOutGalleries
     from hashing import create_hasher
-    from retrieval.atomic import write_json
+    from common.atomic import write_json
 
     held = HeldOutGalleries(args.dataset, args.images, args.cache_dir, args.candidates)
     fit_images, fit_texts, fit_labels = held.fit_pairs

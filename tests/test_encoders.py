@@ -8,7 +8,7 @@ from PIL import Image
 from hub_cache import add_to_hub_cache
 from retrieval import load_encoder
 from retrieval.encoders import OpenClipEncoder, TransformersEncoder
-from retrieval.hub import ModelNotAvailableError
+from common.hub import ModelNotAvailableError
 from tiny_models import TINY_PREPROCESS, save_tiny_open_clip, save_tiny_transformers_clip
 
 IMAGES = [Image.new("RGB", (40, 30), c) for c in [(255, 0, 0), (0, 128, 255), (20, 20, 20)]]

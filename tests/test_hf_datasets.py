@@ -64,7 +64,7 @@ def test_subset_and_select_keep_images_and_captions_aligned(saved):
 
 
 def test_lite_encoder_reads_the_lazy_images(saved):
-    from retrieval.images import load_image
+    from common.images import load_image
 
     test = load_hf(saved, "test")
     batch = test.images[0:2]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.images import MAX_ASPECT, MAX_SIDE, ImageLoadError, load_image
+from common.images import MAX_ASPECT, MAX_SIDE, ImageLoadError, load_image
 
 
 def save(image: Image.Image, path, **kw):

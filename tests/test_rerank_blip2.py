@@ -11,8 +11,8 @@ from PIL import Image
 from hub_cache import add_to_hub_cache
 from rerank.base import Candidates, Query, create_reranker, reranker_from_config
 from rerank.blip2 import Blip2Reranker, PendingImage, lavis_caption
-from retrieval.hub import ModelNotAvailableError
-from retrieval.images import ImageLoadError
+from common.hub import ModelNotAvailableError
+from common.images import ImageLoadError
 from tiny_models import save_tiny_blip2, save_tiny_transformers_clip
 
 RNG = np.random.default_rng(0)

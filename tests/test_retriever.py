@@ -16,7 +16,7 @@ from rerank import FloatReranker, fuse
 from retrieval import Hit, Retriever
 from retrieval.gallery import Gallery
 from retrieval.store import Transaction
-from retrieval.hub import ModelNotAvailableError
+from common.hub import ModelNotAvailableError
 from toy_encoder import COLORS, ToyEncoder, solid_images
 
 NAMES = list(COLORS)

@@ -25,7 +25,7 @@ from rerank.rewrite import (
     fuse_similarities,
     row_seed,
 )
-from retrieval.hub import ModelNotAvailableError
+from common.hub import ModelNotAvailableError
 
 QUERIES = ["black dog running grass", "man red shirt", "two children playing water beach sand", "surfer wave"]
 CHAT_TEMPLATE = (

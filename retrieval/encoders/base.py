@@ -15,11 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..images import ImageInput, describe, load_image
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from common.device import default_device  # noqa: F401  (encoders and rerank/cross_encoder.py read it here)
+from common.images import ImageInput, describe, load_image
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..hub import resolve_pretrained_dir
+from common.hub import resolve_pretrained_dir
 from .base import Encoder
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..hub import ModelNotAvailableError, not_available_message
+from common.hub import ModelNotAvailableError, not_available_message
 from .base import Encoder
 
 

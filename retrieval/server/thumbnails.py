@@ -1,7 +1,7 @@
 """Small JPEG thumbnails of indexed images, made on first request and kept in a bounded LRU.
 
 Made from the file the index holds for that id (never a path from a request), through
-:func:`retrieval.images.load_image`, so the same decoding rules and guards apply as when the
+:func:`common.images.load_image`, so the same decoding rules and guards apply as when the
 image was encoded (CMYK, palette, 16-bit, huge or elongated images).
 """
 
@@ -12,7 +12,7 @@ from io import BytesIO
 from PIL import Image
 
 from rerank.lru import FeatureCache
-from retrieval.images import load_image
+from common.images import load_image
 
 #: Longest side of a thumbnail in pixels: a grid cell on a high-density screen.
 THUMBNAIL_SIDE = 256

@@ -4,7 +4,7 @@ The byte cap is enforced by the route's body limit before the upload is read (se
 :mod:`.app`); here the header is probed for its pixel count first, so a small file that would
 inflate to gigabytes (a decompression bomb) is refused before any decoding, at the threshold
 above which PIL itself warns (``Image.MAX_IMAGE_PIXELS``). Decoding then goes through
-:func:`retrieval.images.load_image`, the encoders' own loader, so an upload obeys exactly the
+:func:`common.images.load_image`, the encoders' own loader, so an upload obeys exactly the
 rules an indexed file does (JPEG draft decoding, alpha on white, truncated files refused, PIL's
 bomb check).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from retrieval.images import ImageLoadError, load_image
+from common.images import ImageLoadError, load_image
 
 from .errors import BadRequest
 

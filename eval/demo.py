@@ -1,6 +1,6 @@
 """The README's first command: index Flickr8K-1K test with the embedded lite encoder, offline.
 
-    python -m retrieval.demo [--data ../shared/data/flickr8k]
+    python -m eval.demo [--data ../shared/data/flickr8k]
 
 Prints the R@K table of exhaustive float search, then builds a two-stage
 :class:`retrieval.Retriever` over the same embeddings (ITQ 64-bit codes, Hamming top-128, the
@@ -31,7 +31,7 @@ QUERIES = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m retrieval.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path(os.environ.get("FLICKR8K_DIR", DEFAULT_DATA)),
                    help="folder with dataset_flickr8k.json and images/ (default: ../shared/data/flickr8k)")

@@ -1,0 +1,7 @@
+"""The bottom layer: what every other package shares and that needs none of them.
+
+Atomic saves (:mod:`common.atomic`), resolving a local directory or a Hub repo id
+(:mod:`common.hub`), loading user images (:mod:`common.images`) and the default torch device
+(:mod:`common.device`). Nothing here imports ``retrieval``, ``hashing``, ``rerank`` or ``eval``,
+and importing the package loads nothing: each module is imported by name.
+"""
