@@ -121,6 +121,29 @@ def test_flat_breaks_ties_by_insertion_order(use_heap, nq):
     np.testing.assert_array_equal(res.ids, ref_i)
 
 
+def test_flat_saved_with_the_old_idmap2_still_loads_and_removes(tmp_path):
+    """Flat indexes were IndexBinaryIDMap2 before the reverse map was dropped; those files still load."""
+    import faiss
+
+    from hashing.index import load_index
+    from hashing.index.io import FAISS_NAME
+
+    db, q = clustered_codes(500), clustered_codes(5, seed=1)
+    ids = np.arange(500, dtype=np.int64) * 7 + 3
+    index = FlatIndex(BITS)
+    index.add(db, ids)
+    assert type(index._faiss_index()) is faiss.IndexBinaryIDMap, "new indexes keep no reverse map"
+    index.save(tmp_path / "flat")
+    old = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(BITS))
+    old.add_with_ids(db, ids)
+    faiss.write_index_binary(old, str(tmp_path / "flat" / FAISS_NAME))
+    loaded = load_index(tmp_path / "flat")
+    np.testing.assert_array_equal(loaded.search(q, 20).ids, index.search(q, 20).ids)
+    assert loaded.remove(ids[:3]) == 3 and index.remove(ids[:3]) == 3
+    np.testing.assert_array_equal(loaded.search(q, 20).ids, index.search(q, 20).ids)
+    assert not np.isin(ids[:3], loaded.search(q, 500).ids).any()
+
+
 @pytest.mark.parametrize("kind", ["ivf", "buckets", "gpu_torch_cpu"])
 def test_exhaustive_settings_are_exact(kind):
     db, q = clustered_codes(2000), clustered_codes(30, seed=1)
