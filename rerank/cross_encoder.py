@@ -52,8 +52,6 @@ WEIGHTS_NAME = "model.safetensors"
 #: (EfficientNet stage 6, 192 channels; MiniLM layer 4), which the lite training never changed, so
 #: they look the same on the lite encoder's training images as on new ones.
 FEATURE_SETS = {"tuned": {"image_dim": 320, "text_dim": 384}, "frozen": {"image_dim": 192, "text_dim": 384}}
-FROZEN_IMAGE_STAGES = 6
-FROZEN_TEXT_LAYER = 4
 
 DEFAULT_HEAD_CONFIG: dict[str, Any] = {
     "features": "tuned",
@@ -142,10 +140,6 @@ class EnsembleStates:
     @property
     def token_mask(self) -> torch.Tensor:
         return self.parts[0].token_mask
-
-    @property
-    def length(self) -> int:
-        return self.parts[0].length
 
     def trim(self, length: int) -> "EnsembleStates":
         return EnsembleStates(tuple(p.trim(length) for p in self.parts))
@@ -244,12 +238,13 @@ class HeadEnsemble(nn.Module):
 
     def __init__(self, members: Sequence[CrossEncoderHead], itc_scale: float) -> None:
         super().__init__()
-        features = {m.config["features"] for m in members}
+        features = {(m.config["features"], m.config["image_dim"]) for m in members}
         if len(members) < 1 or len(features) != 1:
             raise ValueError(f"an ensemble needs at least one head, all on the same features; got {sorted(features)}")
+        (features, image_dim), = features
         self.members = nn.ModuleList(members)
         self.itc_scale = nn.Parameter(torch.tensor(float(itc_scale)), requires_grad=False)
-        self.config = {"features": features.pop(), "members": [m.config for m in members],
+        self.config = {"features": features, "image_dim": image_dim, "members": [m.config for m in members],
                        "itc_scale": float(itc_scale)}
 
     def prepare_images(self, tokens: torch.Tensor, embedding: torch.Tensor) -> EnsembleStates:
@@ -267,17 +262,9 @@ class HeadEnsemble(nn.Module):
 
 # -- token features from the lite towers ---------------------------------------------------------
 def image_stage_outputs(lite_model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """EfficientNet-Lite0 activations entering (frozen) and leaving (tuned) its last block stage."""
-    tower = lite_model.image_tower
-    x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
-    frozen = tower.blocks[:FROZEN_IMAGE_STAGES](x)
-    return frozen, tower.blocks[FROZEN_IMAGE_STAGES:](frozen)
-
-
-def image_embedding_from_stage(lite_model: Any, stage: torch.Tensor) -> torch.Tensor:
-    """The rest of the lite image path (conv head, pooling, projection): the ITC embedding."""
-    tower = lite_model.image_tower
-    return lite_model.image_head(tower.bn2(tower.conv_head(stage.float())))
+    """The lite image tower's activations leaving its frozen trunk and leaving its last block stage."""
+    frozen = lite_model.image_trunk(pixels.contiguous(memory_format=torch.channels_last))
+    return frozen, lite_model.image_tower.blocks[lite_model.image_split:](frozen)
 
 
 class LiteTokenFeatures:
@@ -291,6 +278,10 @@ class LiteTokenFeatures:
         self.device = device
         lite_model.image_tower.to(memory_format=torch.channels_last)  # oneDNN's depthwise convs want NHWC on CPU
         self.transform = image_transform(lite_model.config)
+        last = lite_model.image_tower.blocks[-1]
+        #: channels of the image tokens this yields (the head's ``image_dim`` must match)
+        self.image_dim = lite_model.image_trunk_channels if self.frozen else \
+            [m for m in last.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
     @torch.inference_mode()
     def images(self, items: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,7 +291,7 @@ class LiteTokenFeatures:
         for s in range(0, len(items), batch_size):
             pixels = torch.stack([self.transform(load_image(item, s + i)) for i, item in enumerate(items[s:s + batch_size])])
             frozen, stage = image_stage_outputs(self.model, pixels.to(self.device))
-            embeddings.append(image_embedding_from_stage(self.model, stage))
+            embeddings.append(self.model.image_embedding_from_stages(stage))
             tokens.append((frozen if self.frozen else stage).flatten(2).transpose(1, 2))
         return torch.cat(tokens), torch.cat(embeddings)
 
@@ -316,7 +307,7 @@ class LiteTokenFeatures:
         for s in range(0, len(texts), batch_size):
             out = self.model.text_tower(input_ids=ids[s:s + batch_size], attention_mask=mask[s:s + batch_size],
                                         output_hidden_states=self.frozen)
-            hidden.append(out.hidden_states[FROZEN_TEXT_LAYER] if self.frozen else out.last_hidden_state)
+            hidden.append(out.hidden_states[self.model.text_split] if self.frozen else out.last_hidden_state)
             embeddings.append(self.model.text_head(out.last_hidden_state, mask[s:s + batch_size]))
         return torch.cat(hidden), mask, torch.cat(embeddings)
 
@@ -335,6 +326,16 @@ def cache_key(modality: str, item: Any) -> Hashable | None:
     if isinstance(item, (str, Path)):
         return ("image", os.path.abspath(item))  # not Path.resolve: that stats every path component
     return None
+
+
+#: What the heads shipped before the lite model recorded its split were trained on.
+LEGACY_FEATURE_SOURCE = {"image_tower": "efficientnet_lite0", "image_split": 6, "text_split": 4}
+
+
+def lite_feature_source(lite_model: Any) -> dict[str, Any]:
+    """The lite image tower and the split whose frozen activations a head reads: a head only fits the model it was trained on."""
+    return {"image_tower": lite_model.config["image_tower"], "image_split": lite_model.image_split,
+            "text_split": lite_model.text_split}
 
 
 def read_head_config(directory: Path) -> dict[str, Any]:
@@ -397,6 +398,15 @@ class CrossEncoderReranker(Reranker):
         if lite_model is None:
             lite_model = load_lite_model(self.saved_config.get("encoder") or LITE_DIR).to(self.device)
         self.features = LiteTokenFeatures(lite_model, self.device, self.head.config["features"])
+        trained_on = self.saved_config.get("lite_features", LEGACY_FEATURE_SOURCE)
+        if self.head.config["features"] == "frozen" and trained_on != lite_feature_source(lite_model):
+            raise ValueError(f"the cross-encoder {model_id or WEIGHTS_DIR} was trained on lite features {trained_on}; "
+                             f"this lite model has {lite_feature_source(lite_model)}: retrain it on this model "
+                             f"(scripts/train_cross_encoder.py)")
+        if self.features.image_dim != self.head.config["image_dim"]:
+            raise ValueError(f"the cross-encoder {model_id or WEIGHTS_DIR} reads {self.head.config['image_dim']}-channel "
+                             f"image tokens; the lite model's {self.head.config['features']} tokens have "
+                             f"{self.features.image_dim}: retrain it on this lite model (scripts/train_cross_encoder.py)")
         self.batch_size = batch_size
         self.cache = FeatureCache(cache_size)
 
@@ -405,14 +415,6 @@ class CrossEncoderReranker(Reranker):
                 "batch_size": self.batch_size}
 
     # -- states, cached by content---------------------------------------------------------------
-    @torch.inference_mode()
-    def image_states(self, items: Sequence[Any]) -> States:
-        return self._states("image", items)
-
-    @torch.inference_mode()
-    def text_states(self, texts: Sequence[str]) -> States:
-        return self._states("text", texts)
-
     def _states(self, modality: str, items: Sequence[Any]) -> Any:
         # Keyed by content (the caption, the image path), not by id alone: two galleries reusing ids,
         # or an id re-used for another item, can never be served each other's states.

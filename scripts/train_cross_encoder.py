@@ -46,11 +46,12 @@ from eval.recall import retrieval_recall
 from hashing import create_hasher
 from hashing.index import create_index
 from rerank.cross_encoder import (
-    ATTENTION_DIRECTIONS, CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER,
-    WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, HeadEnsemble, LiteTokenFeatures, States, load_head,
+    ATTENTION_DIRECTIONS, CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, WEIGHTS_NAME,
+    CrossEncoderHead, HeadEnsemble, LiteTokenFeatures, States, lite_feature_source, load_head,
 )
 from retrieval.atomic import atomic_write_dir
 from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
+from retrieval.encoders.lite_training import image_trunk_features, text_trunk_features
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE_VAL_SEED = 0  # scripts/train_lite.py's --seed: its validation draw is rng(seed).permutation[:500]
@@ -61,7 +62,8 @@ def parse_args() -> argparse.Namespace:
     data = ROOT.parent / "shared" / "data" / "flickr8k"
     p.add_argument("--annotations", type=Path, default=data / "dataset_flickr8k.json")
     p.add_argument("--images", type=Path, default=data / "images")
-    p.add_argument("--output", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--output", type=Path, required=True,
+                   help="a run directory (runs/...); the shipped head is rerank/weights/cross-encoder")
     p.add_argument("--cache", type=Path, default=ROOT / "cache")
     p.add_argument("--val-images", type=int, default=500)
     p.add_argument("--bits", type=int, default=64)
@@ -262,7 +264,8 @@ def best_itc_scale(parts, val_t2i, val_i2t, n_caps, n_images, val_owner,
     return scale, rows[scale]
 
 
-def save_model(output: Path, state: dict[str, torch.Tensor], head_config: dict, training: dict) -> None:
+def save_model(output: Path, state: dict[str, torch.Tensor], head_config: dict, training: dict,
+               lite_features: dict) -> None:
     """Weights, config and (kept) model card, written atomically."""
     from safetensors.torch import save_file
 
@@ -272,6 +275,7 @@ def save_model(output: Path, state: dict[str, torch.Tensor], head_config: dict, 
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
         config = {"format_version": FORMAT_VERSION, "model_type": "lite-cross-encoder", "head": head_config,
                   "encoder": None,  # the shipped lite encoder
+                  "lite_features": lite_features,  # which tower and split the head's tokens came from
                   "training": training}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if card.exists():
@@ -297,22 +301,14 @@ def save_ensemble(args, feats, val_images, val_caps, val_owner, val_t2i, val_i2t
     ensemble.itc_scale.fill_(scale)
     save_model(args.output, ensemble.state_dict(), {"members": ensemble.config["members"], "itc_scale": scale},
                {"ensemble_of": [str(d) for d in args.ensemble], "val_float_rescoring": base,
-                "best": {"itc_scale": scale, **best}, "members": trainings})
+                "best": {"itc_scale": scale, **best}, "members": trainings}, args.lite_features)
     print(f"saved {args.output}")
 
 
 def frozen_tokens(lite, train, cache: Path) -> dict[str, torch.Tensor]:
-    """The frozen activations of the train split, from scripts/train_lite.py's trunk caches."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_lite", ROOT / "scripts" / "train_lite.py")
-    train_lite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_lite)
-    if (train_lite.IMAGE_STAGES - train_lite.IMAGE_CACHED_STAGES, train_lite.TEXT_LAYERS - train_lite.TEXT_CACHED_LAYERS) \
-            != (FROZEN_IMAGE_STAGES, FROZEN_TEXT_LAYER):
-        raise SystemExit("train_lite's trunk caches no longer hold the frozen activations the head expects")
-    image = train_lite.image_trunk_features(lite, train.image_paths, cache)
-    hidden, mask = train_lite.text_trunk_features(lite, train.captions, cache)
+    """The frozen trunk activations of the train split (the lite trainer's caches, at the lite model's split)."""
+    image = image_trunk_features(lite, train.image_paths, cache)[0]
+    hidden, mask = text_trunk_features(lite, train.captions, cache)
     length = int(mask.sum(1).max())
     return {"image_tokens": image.flatten(2).transpose(1, 2).contiguous(),
             "text_tokens": hidden[:, :length].contiguous(), "text_mask": mask[:, :length].contiguous()}
@@ -325,6 +321,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     lite = load_lite_model(LITE_DIR)
+    args.lite_features = lite_feature_source(lite)
     train = load_karpathy(args.annotations, args.images, "train")
     feats = split_features(lite, train, args.cache)
     if args.features == "frozen":
@@ -358,7 +355,8 @@ def main() -> None:
     fit_positives_t2i = [np.array([o]) for o in fit_owner]
     fit_positives_i2t = [np.flatnonzero(fit_owner == i) for i in range(len(fit_images))]
 
-    head_config = {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[args.features], "features": args.features,
+    image_dim = LiteTokenFeatures(lite, torch.device("cpu"), args.features).image_dim  # of this lite model's tower
+    head_config = {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[args.features], "image_dim": image_dim, "features": args.features,
                    "attention": args.attention, "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
                    "init_itc_scale": args.itc_in_loss}
     head = CrossEncoderHead(**head_config)
@@ -409,7 +407,8 @@ def main() -> None:
                 **{k: getattr(args, k) for k in ("attention", "group", "hard_fraction", "hard_fraction_end", "batch_size",
                                                  "steps", "lr", "weight_decay", "warmup_steps", "seed", "val_images")},
                 "val_float_rescoring": base, "best": best_record, "history": history}
-    save_model(args.output, best_state, {**head_config, "init_itc_scale": float(best_state["itc_scale"])}, training)
+    save_model(args.output, best_state, {**head_config, "init_itc_scale": float(best_state["itc_scale"])}, training,
+               args.lite_features)
     print(f"saved {args.output}: {json.dumps(best_record)}")
 
 

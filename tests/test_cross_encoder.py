@@ -245,3 +245,22 @@ def test_shipped_cross_encoder_prefers_the_true_caption():
     top = [int(np.argmax(reranker.score(Query("image", str(ds.image_paths[i])),
                                         Candidates("text", np.arange(8), items=captions)))) for i in range(8)]
     assert np.mean(np.array(top) == np.arange(8)) >= 0.75
+
+
+def test_a_head_refuses_lite_features_it_was_not_trained_on(tmp_path):
+    """A frozen-feature head reads one tower's trunk at one split; another lite model must be an error, not noise."""
+    from retrieval.encoders.lite import load_lite_model
+    from rerank.cross_encoder import LEGACY_FEATURE_SOURCE, lite_feature_source
+
+    lite = load_lite_model()
+    head = CrossEncoderHead(**{**TINY, "features": "frozen", "image_dim": lite.image_trunk_channels})
+    directory = save_head(head, tmp_path / "cross")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    for source, ok in ((lite_feature_source(lite), True), ({**lite_feature_source(lite), "text_split": 3}, False),
+                       ({**LEGACY_FEATURE_SOURCE, "image_tower": "efficientnet_lite2"}, False)):
+        (directory / CONFIG_NAME).write_text(json.dumps({**config, "lite_features": source}))
+        if ok:
+            CrossEncoderReranker(directory, device="cpu", lite_model=lite)
+        else:
+            with pytest.raises(ValueError, match="retrain it"):
+                CrossEncoderReranker(directory, device="cpu", lite_model=lite)

