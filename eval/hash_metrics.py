@@ -51,6 +51,8 @@ import numpy as np
 from scipy.stats import hypergeom
 from tqdm.auto import tqdm
 
+from hashing.hamming import HammingDistances, hamming_distances  # noqa: F401  (part of this module's API)
+
 Ties = Literal["random", "index"]
 MapKNorm = Literal["in_top_k", "min_k_r"]
 Empty = Literal["zero", "skip"]
@@ -95,61 +97,6 @@ class BlockSource(Protocol):
     shape: tuple[int, int]
 
     def block(self, start: int, stop: int) -> np.ndarray: ...
-
-
-def _check_codes(codes: Any, name: str) -> np.ndarray:
-    arr = np.asarray(codes)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"{name} must be packed uint8 codes (numpy.packbits order), got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must be 2-D (n, bits // 8), got shape {arr.shape}")
-    return arr
-
-
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-class HammingDistances:
-    """Hamming distances between packed query and item codes, a block of queries at a time.
-
-    XOR of the codes viewed as uint64 words (zero-padded; padding XORs to 0) and a popcount:
-    ``numpy.bitwise_count`` where numpy has it (>= 2.0), else a byte lookup table.
-    """
-
-    def __init__(self, query_codes: np.ndarray, item_codes: np.ndarray) -> None:
-        q = _check_codes(query_codes, "query_codes")
-        db = _check_codes(item_codes, "item_codes")
-        if q.shape[1] != db.shape[1]:
-            raise ValueError(
-                f"query_codes have {q.shape[1] * 8} bits but item_codes have {db.shape[1] * 8}; "
-                "both sides must come from the same hasher"
-            )
-        self.bits = 8 * q.shape[1]
-        self.shape = (q.shape[0], db.shape[0])
-        if hasattr(np, "bitwise_count"):
-            pad = -q.shape[1] % 8
-            self._q = np.ascontiguousarray(np.pad(q, ((0, 0), (0, pad)))).view(np.uint64)
-            self._db = np.ascontiguousarray(np.pad(db, ((0, 0), (0, pad)))).view(np.uint64)
-            self._count = np.bitwise_count
-        else:  # pragma: no cover - numpy < 2
-            self._q, self._db, self._count = q, db, _POPCOUNT.__getitem__
-
-    def block(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, n_items) uint16 distances."""
-        n, words = self._db.shape
-        out = np.empty((stop - start, n), dtype=np.uint16)
-        step = max(1, _BLOCK_ELEMENTS // max(1, n * words))
-        for s in range(start, stop, step):
-            e = min(stop, s + step)
-            x = self._q[s:e, None, :] ^ self._db[None, :, :]
-            out[s - start:e - start] = self._count(x).sum(axis=2, dtype=np.uint16)
-        return out
-
-
-def hamming_distances(query_codes: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
-    """The full (n_queries, n_items) Hamming distance matrix between packed codes."""
-    source = HammingDistances(query_codes, item_codes)
-    return source.block(0, source.shape[0])
 
 
 def _as_label_array(labels: Any, name: str) -> np.ndarray:

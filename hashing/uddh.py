@@ -20,7 +20,8 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from .base import Hasher, as_features, check_modality, register_hasher
+from .base import Hasher, as_features, check_modality, pack_signs, register_hasher
+from .hamming import hamming_distances
 
 GraphMode = Literal["aligned", "paper"]
 GRAPH_MODES: tuple[str, ...] = ("aligned", "paper")
@@ -37,13 +38,16 @@ def _sign(x: np.ndarray) -> np.ndarray:
 
 
 def hamming_to_centres(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(n, k) Hamming distances between {-1,+1} codes (n, l) and centres (k, l): (l - b.c) / 2.
+    """(n, k) int64 Hamming distances between {-1,+1} codes (n, l) and centres (k, l).
 
-    Eq. 19 prints ``l^c - b^T c`` (the /2 is missing, the argmin is the same).
+    Eq. 19 prints ``l^c - b^T c``, twice the distance (the argmin is the same); computed on the
+    packed codes by :func:`hashing.hamming.hamming_distances`, as everywhere else.
     """
-    codes = np.asarray(codes, dtype=np.int32)
-    centres = np.asarray(centres, dtype=np.int32)
-    return (codes.shape[1] - codes @ centres.T) // 2
+    codes, centres = np.asarray(codes), np.asarray(centres)
+    if codes.ndim != 2 or centres.ndim != 2 or codes.shape[1] != centres.shape[1]:
+        raise ValueError(f"codes (n, l) and centres (k, l) must share l, got shapes {codes.shape} and {centres.shape}")
+    packed = hamming_distances(np.packbits(codes > 0, axis=1), np.packbits(centres > 0, axis=1))
+    return packed.astype(np.int64)
 
 
 def nearest_centres(codes: np.ndarray, centres: np.ndarray, top_e: int = 1) -> np.ndarray:
@@ -209,7 +213,7 @@ def cluster_affinity_product(
     return prod, degree
 
 
-# -- reference bucket-restricted search (evaluation only; the production index is hashing/index) -----
+# -- reference bucket-restricted search (evaluation only; search through UDDHHasher.bucket_index) ---
 def bucket_hamming_rank(
     query_codes: np.ndarray,
     query_buckets: np.ndarray,
@@ -240,19 +244,15 @@ def bucket_hamming_rank(
     ib = np.asarray(item_buckets, dtype=np.int64).reshape(len(item_codes), -1)
     n = len(item_codes)
     topk = int(min(topk, n))
-    q_bits = np.unpackbits(query_codes, axis=1).astype(np.int16)
-    i_bits = np.unpackbits(item_codes, axis=1).astype(np.int16)
     if (qb < 0).any() or (ib < 0).any():
         raise ValueError("bucket ids must be >= 0")
     n_ids = int(max(qb.max(initial=0), ib.max(initial=0))) + 1
     ranks = np.full((len(query_codes), topk), -1, dtype=np.int64)
     scanned = np.zeros(len(query_codes), dtype=np.float64)
-    i_ones = i_bits.sum(1)
     chunk = 128
     for s in range(0, len(query_codes), chunk):
-        qs = q_bits[s : s + chunk]
-        # Hamming = popcount(xor) = |q| + |i| - 2 q.i on 0/1 bits
-        dist = qs.sum(1)[:, None] + i_ones[None, :] - 2 * (qs @ i_bits.T)
+        qs = query_codes[s : s + chunk]
+        dist = hamming_distances(qs, item_codes).astype(np.int64)
         wanted = np.zeros((len(qs), n_ids), dtype=bool)  # the query's buckets, one-hot
         np.put_along_axis(wanted, qb[s : s + chunk], True, axis=1)
         inside = wanted[:, ib].any(axis=2)  # (chunk, n): does any item bucket match?
@@ -565,6 +565,24 @@ class UDDHHasher(Hasher):
             raise ValueError(f"top_e must be an int in [1, n_buckets={self.n_buckets}], got {top_e!r}")
         codes = self.content_codes(features, modality)
         return nearest_centres(codes, self.centres, int(top_e))
+
+    def bucket_index(self, e: int = 1) -> Any:
+        """An empty :class:`hashing.index.BucketIndex` over this hasher's semantic index.
+
+        Its centres are this hasher's, over the content prefix of the tail code (the first
+        ``content_bits`` bits that :meth:`encode` packs), so ``index.add(encode(x))`` files each
+        item in ``assign_buckets(x)`` and ``index.search(codes, k)`` scans the query's top-``e``
+        buckets: UDDH's hierarchical matching (§III-C) through the one index interface.
+        """
+        from .index import BucketIndex
+
+        self._check_fitted("bucket_index")
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= e <= self.n_buckets:
+            raise ValueError(f"e must be an int in [1, n_buckets={self.n_buckets}], got {e!r}")
+        rest = np.ones((self.n_buckets, self.specific_bits), np.float32)  # ignored: beyond prefix_bits
+        centres = pack_signs(np.concatenate([self.centres.astype(np.float32), rest], axis=1))
+        index = BucketIndex(self.bits, nbuckets=self.n_buckets, e=int(e), prefix_bits=self.content_bits)
+        return index.set_centres(centres)
 
     # -- learning ---------------------------------------------------------------------------------
     def fit(

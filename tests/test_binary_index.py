@@ -72,8 +72,8 @@ def make_index(kind: str, bits: int = BITS):
     if kind == "ivf":
         index = create_index("ivf", bits, nlist=8, nprobe=8)
         return index.train(clustered_codes(500, bits, seed=9))
-    if kind == "buckets":
-        return create_index("buckets", bits, nbuckets=4)
+    if kind == "buckets":  # every query scans all 4 buckets
+        return create_index("buckets", bits, nbuckets=4, e=4).train(clustered_codes(500, bits, seed=9))
     if kind == "hnsw":
         return create_index("hnsw", bits, M=16, ef_construction=200, ef_search=400)
     return create_index(kind, bits)
@@ -83,16 +83,10 @@ ALL_KINDS = ["flat", "hnsw", "ivf", "buckets", "gpu_torch_cpu"]
 
 
 def add(index, codes, ids=None):
-    """``index.add``; a BucketIndex gets a bucket per item derived from its first byte."""
-    if isinstance(index, BucketIndex):
-        return index.add(codes, ids, buckets=codes[:, 0] % index.nbuckets)
     return index.add(codes, ids)
 
 
 def search(index, queries, k):
-    """``index.search``; a BucketIndex query names every bucket, so the search is exhaustive."""
-    if isinstance(index, BucketIndex):
-        return index.search(queries, k, buckets=np.tile(np.arange(index.nbuckets), (len(queries), 1)))
     return index.search(queries, k)
 
 
@@ -323,12 +317,60 @@ def test_bucket_search_scans_only_query_buckets():
     assert res.scanned_fraction == pytest.approx(expected)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         index.search(q, 5, buckets=np.full(len(q), 10))
-    with pytest.raises(TypeError, match="buckets are required"):
+    with pytest.raises(RuntimeError, match="no centres: train"):
         index.search(q, 5)
-    with pytest.raises(TypeError, match="buckets are required"):
+    with pytest.raises(RuntimeError, match="not trained"):
         index.add(db[:2])
     with pytest.raises(ValueError, match=r"one id in \[0, 10\)"):
         index.add(db[:2], buckets=[3, 11])
+
+
+def test_bucket_index_files_items_and_queries_by_its_own_centres():
+    db, q = clustered_codes(3000), clustered_codes(40, seed=1)
+    index = create_index("buckets", BITS, nbuckets=16, e=2, kmeans_iters=3, seed=1).train(db)
+    np.testing.assert_array_equal(index.centres, binary_kmeans(db, 16, iters=3, seed=1))
+    index.add(db)
+    res = index.search(q, 30)  # the same call as every index
+    explicit = index.search(q, 30, buckets=assign_buckets(q, index.centres, 2))
+    np.testing.assert_array_equal(res.distances, explicit.distances)
+    item_bucket = assign_buckets(db, index.centres)[:, 0]
+    for row, wanted in enumerate(assign_buckets(q, index.centres, 2)):
+        inside = np.isin(item_bucket, wanted)
+        assert set(res.ids[row][res.ids[row] >= 0]) <= set(np.flatnonzero(inside))
+        kk = min(30, int(inside.sum()))  # a small bucket pair pads the rest of the row
+        check_ref_knn_with_draws(*brute_force(q[row:row + 1], db[inside], kk, np.flatnonzero(inside)),
+                                 res.distances[row:row + 1, :kk], res.ids[row:row + 1, :kk])
+        assert (res.ids[row, kk:] == -1).all()
+    assert 0 < res.scanned_fraction < 1
+
+
+def test_bucket_index_centres_see_only_the_prefix_bits():
+    rng = np.random.default_rng(3)
+    prefix = np.packbits(rng.integers(0, 2, (4, 16)), axis=1)  # 4 centres over the first 16 bits
+    centres = np.concatenate([prefix, rng.integers(0, 256, (4, 6), dtype=np.uint8)], axis=1)
+    index = BucketIndex(BITS, nbuckets=4, prefix_bits=16).set_centres(centres)
+    np.testing.assert_array_equal(index.centres[:, 2:], 0)  # the rest of each centre is ignored
+    codes = clustered_codes(200)
+    expected = assign_buckets(codes[:, :2], prefix)[:, 0]
+    np.testing.assert_array_equal(index.assign(codes)[:, 0], expected)
+    with pytest.raises(ValueError, match="prefix_bits must be in"):
+        BucketIndex(BITS, prefix_bits=72)
+    with pytest.raises(ValueError, match="centres has 3 rows, expected nbuckets=4"):
+        BucketIndex(BITS, nbuckets=4).set_centres(centres[:3])
+
+
+def test_bucket_index_saved_before_it_had_centres_still_loads(tmp_path):
+    db, q = clustered_codes(500), clustered_codes(10, seed=1)
+    item_buckets, query_buckets = db[:, 0] % 10, q[:, :2] % 10
+    index = BucketIndex(BITS, nbuckets=10)
+    index.add(db, buckets=item_buckets)
+    path = index.save(tmp_path / "old")
+    meta = json.loads((path / "index.json").read_text())
+    (path / "index.json").write_text(json.dumps({**meta, "params": {"nbuckets": 10}}))  # the old params
+    loaded = load_index(path)
+    assert loaded.centres is None and len(loaded) == 500
+    np.testing.assert_array_equal(loaded.search(q, 20, buckets=query_buckets).distances,
+                                  index.search(q, 20, buckets=query_buckets).distances)
 
 
 def test_assign_buckets_picks_the_nearest_centres():

@@ -217,9 +217,7 @@ def test_every_index_kind_serves_a_retriever(paths):
     for kind in available_indexes():
         if kind == "gpu_flat":
             continue
-        params = {"nlist": 2, "nprobe": 2} if kind == "ivf" else {}
-        if kind == "buckets":
-            continue  # needs UDDH bucket assignments, not plain codes
+        params = {"ivf": {"nlist": 2, "nprobe": 2}, "buckets": {"nbuckets": 2, "e": 2}}.get(kind, {})
         r = build(paths, index=kind, index_params=params)
         assert r.search("green", k=1, rerank="float")[0].payload == {"name": "green"}
 

@@ -118,6 +118,31 @@ def test_affinity_is_blockwise_and_matches_dense() -> None:
     np.testing.assert_allclose(deg, a.sum(1), rtol=1e-4)
 
 
+@pytest.mark.parametrize("e", [1, 2])
+def test_bucket_index_is_uddh_search_through_the_index_interface(fitted, e) -> None:
+    from faiss.contrib.evaluation import check_ref_knn_with_draws
+
+    h, img, txt = fitted
+    qc, dc = h.encode(img[:50], "image"), h.encode(txt, "text")
+    index = h.bucket_index(e=e)
+    index.add(dc)
+    item_b = h.assign_buckets(txt, "text")[:, 0]
+    np.testing.assert_array_equal(index.assign(dc)[:, 0], item_b)  # items filed as the hasher does
+    qb = h.assign_buckets(img[:50], "image", top_e=e)
+    assert [set(r) for r in index.assign(qc, e)] == [set(r) for r in qb]
+    res = index.search(qc, 20)  # the same call as every index
+    ranks, scanned = bucket_hamming_rank(qc, qb, dc, item_b, topk=20, outside="exclude")
+    assert res.scanned_fraction == pytest.approx(scanned.mean())
+    dist = (unpack_codes(qc, 16)[:, None] != unpack_codes(dc, 16)[None]).sum(-1)
+    for q in range(50):
+        kk = int((ranks[q] >= 0).sum())
+        ref_d = dist[q, ranks[q, :kk]][None].astype(np.int32)
+        check_ref_knn_with_draws(ref_d, ranks[q:q + 1, :kk], res.distances[q:q + 1, :kk], res.ids[q:q + 1, :kk])
+        assert (res.ids[q, kk:] == -1).all()
+    with pytest.raises(ValueError, match="e must be an int in"):
+        h.bucket_index(e=h.n_buckets + 1)
+
+
 def test_bucket_search_scans_only_top_e_buckets(fitted) -> None:
     h, img, txt = fitted
     qc, dc = h.encode(img[:50], "image"), h.encode(txt, "text")

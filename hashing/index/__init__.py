@@ -5,7 +5,8 @@
 * ``flat``: exact, faiss IndexBinaryFlat (the reference)
 * ``hnsw``: faiss IndexBinaryHNSW graph (removal by tombstones)
 * ``ivf``: faiss IndexBinaryIVF, ``nlist`` cells trained on codes, ``nprobe`` scanned
-* ``buckets``: UDDH-style bucketed search, each query scans only its buckets
+* ``buckets``: UDDH-style bucketed search: ``nbuckets`` Hamming k-means centres trained on codes (or a
+  UDDH hasher's, ``UDDHHasher.bucket_index``), each query scans its ``e`` nearest buckets
 * ``gpu_flat``: exact search on a GPU (faiss-gpu, else torch on CUDA)
 
 ``load_index(path)`` restores any of them from :meth:`BinaryIndex.save`. Candidates can then be

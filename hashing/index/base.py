@@ -151,6 +151,10 @@ class BinaryIndex(ABC):
     def _train(self, codes: np.ndarray) -> None:
         pass
 
+    def _needs_training(self, **kwargs: Any) -> bool:
+        """Whether :meth:`add` with these keyword arguments must wait for :meth:`train`."""
+        return not self.is_trained
+
     @abstractmethod
     def _ids(self) -> np.ndarray:
         """Every id currently stored (any order)."""
@@ -204,7 +208,7 @@ class BinaryIndex(ABC):
         them first. Each call checks ids against the whole index (O(ntotal)), so add in bulk.
         """
         codes = check_codes(codes, self.bits)
-        if not self.is_trained:
+        if self._needs_training(**kwargs):
             raise RuntimeError(f"{type(self).__name__} is not trained: call train(codes) before add()")
         stored = self._ids()
         if ids is None:

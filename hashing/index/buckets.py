@@ -9,10 +9,10 @@ Built on one faiss ``IndexBinaryIVF`` whose inverted lists are the buckets: item
 so a whole batch is one multi-threaded faiss call whatever the bucket sizes. An item lives in one
 bucket; a query may name several (UDDH's top-e for multi-label queries).
 
-Bucket ids come from the caller, e.g. ``UDDHHasher.assign_buckets`` (hashing/uddh.py). For
-packed codes at database scale, :func:`binary_kmeans` and :func:`assign_buckets` do the same job
-with faiss: Hamming k-means whose centre update is the bitwise majority of the members (UDDH
-eqs 15-16 with one-hot H, ../shared/papers/NOTES.md §1.7) and the top-e nearest centres (eq. 19).
+The buckets are centres in Hamming space that the index holds itself (see :class:`BucketIndex`):
+fitted by :func:`binary_kmeans`, Hamming k-means whose centre update is the bitwise majority of
+the members (UDDH eqs 15-16 with one-hot H, ../shared/papers/NOTES.md §1.7), or handed over by a
+fitted UDDH hasher; items and queries go to their nearest centres (eq. 19, :func:`assign_buckets`).
 """
 
 from __future__ import annotations
@@ -69,26 +69,85 @@ def binary_kmeans(codes: np.ndarray, n_centers: int, iters: int = 10, seed: int 
 
 @register_index
 class BucketIndex(IVFIndex):
-    """``nbuckets`` buckets, ids in [0, nbuckets); nothing to train."""
+    """``nbuckets`` buckets, each a centre in Hamming space; a query scans its ``e`` nearest buckets.
+
+    The index owns its assigner, so it is built and searched like every other index:
+    :meth:`train` fits the centres by :func:`binary_kmeans` (``kmeans_iters``, ``seed``),
+    :meth:`add` files each item under its nearest centre and ``search(codes, k)`` scans the
+    ``e`` nearest. Distances to the centres use the codes' first ``prefix_bits`` bits (all of
+    them by default): UDDH files items by their content code, the prefix of its tail code, so
+    :meth:`hashing.uddh.UDDHHasher.bucket_index` hands over its centres with
+    ``prefix_bits=content_bits``. Ties between centres go to the lower bucket id.
+
+    ``buckets=`` on :meth:`add` / :meth:`search` overrides the assigner with bucket ids chosen
+    by the caller ((n,) per item; (nq,) or (nq, e) per query, best first, -1 for none); an index
+    saved before it had centres, or never trained, takes only those.
+    """
 
     kind = "buckets"
 
-    def __init__(self, bits: int, nbuckets: int = 1024) -> None:
+    def __init__(self, bits: int, nbuckets: int = 1024, e: int = 1, prefix_bits: int | None = None,
+                 kmeans_iters: int = 10, seed: int = 0) -> None:
         super().__init__(bits, nlist=nbuckets, nprobe=1)
-        self._ivf.is_trained = True  # the lists are addressed directly; the quantizer stays empty
+        self.e = _positive_int("e", e)
+        self.prefix_bits = self.bits if prefix_bits is None else _positive_int("prefix_bits", prefix_bits)
+        if self.prefix_bits > self.bits:
+            raise ValueError(f"prefix_bits must be in [1, bits={self.bits}], got {prefix_bits!r}")
+        self.kmeans_iters = _positive_int("kmeans_iters", kmeans_iters)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.seed = int(seed)
+        self._ivf.is_trained = True  # the lists are addressed directly; faiss' quantizer stays empty
+        self._mask = np.packbits(np.arange(self.bits) < self.prefix_bits)  # (bytes,) the prefix bits
+        self._centres: np.ndarray | None = None  # (nbuckets, bytes) packed, zero beyond the prefix
+        self._assigner: Any = None  # faiss IndexBinaryFlat over the centres
         self._sizes: np.ndarray | None = None  # list_sizes() cache for scanned_fraction
 
     @property
     def nbuckets(self) -> int:
         return self.nlist
 
+    @property
+    def centres(self) -> np.ndarray | None:
+        """(nbuckets, bits // 8) packed centres (bits beyond ``prefix_bits`` zero), or None before training."""
+        return self._centres
+
+    @property
+    def is_trained(self) -> bool:
+        return self._centres is not None
+
+    def set_centres(self, centres: np.ndarray) -> "BucketIndex":
+        """Uses given centres ((nbuckets, bits // 8) packed codes; bits beyond the prefix are ignored)."""
+        centres = check_codes(centres, self.bits, "centres")
+        if len(centres) != self.nbuckets:
+            raise ValueError(f"centres has {len(centres)} rows, expected nbuckets={self.nbuckets}")
+        if self.ntotal:
+            raise RuntimeError("cannot change the centres of an index that holds items: reset() it first")
+        self._use_centres(centres)
+        return self
+
+    def _use_centres(self, centres: np.ndarray) -> None:
+        self._centres = np.ascontiguousarray(centres & self._mask)
+        self._assigner = faiss.IndexBinaryFlat(self.bits)
+        self._assigner.add(self._centres)
+
     def _train(self, codes: np.ndarray) -> None:
-        pass
+        if self.ntotal:
+            raise RuntimeError("cannot retrain an index that holds items: reset() it first")
+        self.set_centres(binary_kmeans(codes & self._mask, self.nbuckets, iters=self.kmeans_iters, seed=self.seed))
+
+    def assign(self, codes: np.ndarray, e: int = 1) -> np.ndarray:
+        """(n, e) int64: the ``e`` nearest buckets of each code, nearest first."""
+        codes = check_codes(codes, self.bits)
+        if self._assigner is None:
+            raise RuntimeError("BucketIndex has no centres: train(codes) or set_centres() first, "
+                               "or pass buckets= with the bucket ids")
+        return self._assigner.search(np.ascontiguousarray(codes & self._mask), min(e, self.nbuckets))[1]
+
+    def _needs_training(self, **kwargs: Any) -> bool:
+        return self._centres is None and kwargs.get("buckets") is None
 
     def _check_buckets(self, buckets: Any, n: int, name: str) -> np.ndarray:
-        if buckets is None:
-            raise TypeError(f"{name} are required: BucketIndex.add(codes, ids, buckets=...) and "
-                            f"BucketIndex.search(codes, k, buckets=...)")
         arr = np.asarray(buckets)
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"{name} must be integer bucket ids, got dtype {arr.dtype}")
@@ -97,7 +156,9 @@ class BucketIndex(IVFIndex):
         return arr.astype(np.int64)
 
     def _add(self, codes: np.ndarray, ids: np.ndarray, buckets: Any = None) -> None:
-        """``buckets``: (n,) bucket id of each item."""
+        """``buckets``: (n,) bucket id of each item, instead of its nearest centre."""
+        if buckets is None:
+            buckets = self.assign(codes)[:, 0]
         buckets = self._check_buckets(buckets, len(codes), "buckets")
         if buckets.ndim != 1 or buckets.min() < 0 or buckets.max() >= self.nbuckets:
             raise ValueError(f"item buckets must be one id in [0, {self.nbuckets}) per code, "
@@ -115,7 +176,10 @@ class BucketIndex(IVFIndex):
         super()._reset()
 
     def _search(self, codes: np.ndarray, k: int, buckets: Any = None) -> SearchResult:
-        """``buckets``: (nq,) or (nq, e) bucket ids per query, best first; -1 entries and repeats are skipped."""
+        """``buckets``: (nq,) or (nq, e) bucket ids per query, best first, instead of the ``e`` nearest
+        centres; -1 entries and repeats are skipped."""
+        if buckets is None:
+            buckets = self.assign(codes, self.e)
         qb = self._check_buckets(buckets, len(codes), "query buckets").reshape(len(codes), -1)
         if qb.shape[1] == 0:
             raise ValueError("query buckets must name at least one bucket per query, got shape (nq, 0)")
@@ -140,4 +204,20 @@ class BucketIndex(IVFIndex):
         return SearchResult(i, d, float(scanned))
 
     def get_params(self) -> dict[str, Any]:
-        return {"nbuckets": self.nbuckets}
+        return {"nbuckets": self.nbuckets, "e": self.e, "prefix_bits": self.prefix_bits,
+                "kmeans_iters": self.kmeans_iters, "seed": self.seed}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {} if self._centres is None else {"centres": self._centres}
+
+    @classmethod
+    def _restore(cls, bits, params, faiss_index, arrays) -> "BucketIndex":
+        """Indexes saved before the index had centres hold ``{"nbuckets"}`` only and load without any."""
+        index = super()._restore(bits, params, faiss_index, arrays)
+        index._ivf.is_trained = True
+        if "centres" in arrays:
+            centres = check_codes(arrays["centres"], bits, "saved centres")
+            if len(centres) != index.nbuckets:
+                raise ValueError(f"saved centres have {len(centres)} rows, expected nbuckets={index.nbuckets}")
+            index._use_centres(centres)
+        return index
