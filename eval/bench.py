@@ -24,11 +24,14 @@ says which command and machine produced each). Each timing is the best of ``--re
   ``IndexHNSWFlat`` and ``IndexIVFPQ`` (float), and ours end to end as the Retriever's stage 1
   runs it (Hamming top-``depth``, exact rescoring of those from fp16 vectors, top ``--ann-k``
   kept), each at its first setting reaching recall@k >= ``--target-recall`` against exact float
-  search: QPS batch and single, RAM, build time (:func:`bench_ann`). Ours runs on each
-  ``--ann-ours`` binary index (flat, IVF, HNSW) at each of ``--ann-bits``.
+  search (ours, whose scan and depth trade against each other: the fastest single-query setting
+  reaching it, :func:`tune_fastest`): QPS batch and single, RAM, build time (:func:`bench_ann`).
+  Ours runs on each ``--ann-ours`` binary index (flat, IVF, HNSW) at each of ``--ann-bits``.
 * **scale**: ``Retriever.create`` on disk + ``add_vectors`` in chunks + ``close`` at each
-  ``--scale-sizes``, then ``Retriever.open`` and single searches in a fresh process: build, save
-  and open times, resident memory, p50/p99 latency, disk (:func:`bench_scale`); plus a linear
+  ``--scale-sizes`` and ``--scale-dtypes``, then ``Retriever.open`` and single searches in a fresh
+  process: build, save and open times, resident memory, p50/p99 latency, disk
+  (:func:`bench_scale`); up to ``--scale-compare-max-n``, rankings against an in-memory Retriever
+  over the same vectors and the caption cascade beside exhaustive float search; plus a linear
   budget for 100M and 1B items.
 
 The vectors come from :class:`Mixture`: a Gaussian mixture, drawn in chunks so a 10M x 256 run
@@ -710,6 +713,41 @@ def tune_grid(grid: list[dict[str, Any]], apply: Callable[[dict[str, Any]], Call
     return {k: v for k, v in best.items() if k != "recall"}, trace
 
 
+def tune_fastest(chains: list[list[dict[str, Any]]],
+                 apply: Callable[[dict[str, Any]], Callable[[np.ndarray], np.ndarray]], queries: np.ndarray,
+                 truth: np.ndarray, target: float, timed: int, repeats: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The fastest single-query setting reaching ``target`` when two parameters trade against each other.
+
+    Each chain holds one value of the scan parameter (nprobe, ef_search) with the rescoring depth
+    rising; a chain stops at its first depth reaching the target, and a later chain (more scanned)
+    only tries smaller depths than the best so far, since at equal depth it can only cost more.
+    The settings reaching the target are then timed one query at a time on ``timed`` queries; with
+    none, the best recall wins. A single-parameter grid has its first reaching setting as its
+    fastest, which is why :func:`tune_grid` needs no timing.
+    """
+    trace: list[dict[str, Any]] = []
+    reached: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (setting, its trace row)
+    max_depth: int | None = None
+    for chain in chains:
+        for setting in chain:
+            if max_depth is not None and setting["depth"] >= max_depth:
+                break
+            trace.append({**setting, "recall": float_recall(apply(setting)(queries), truth)})
+            if trace[-1]["recall"] >= target:
+                reached.append((setting, trace[-1]))
+                max_depth = setting["depth"]
+                break
+    if not reached:
+        best = max(trace, key=lambda t: t["recall"])
+        return {k: v for k, v in best.items() if k != "recall"}, trace
+    one = queries[:timed]
+    for setting, row in reached:
+        search = apply(setting)
+        seconds, _ = best_time(lambda: [search(one[i:i + 1]) for i in range(len(one))], repeats)
+        row["single_qps_tuning"] = len(one) / seconds
+    return max(reached, key=lambda pair: pair[1]["single_qps_tuning"])[0], trace
+
+
 def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args: argparse.Namespace) -> dict[str, Any]:
     """faiss IndexFlatIP / IndexHNSWFlat / IndexIVFPQ against ours at n items, recall@k vs exact float search.
 
@@ -818,11 +856,11 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
             ours = Ours(hasher, index, vectors16, k)
             depths = doubling(args.ann_min_depth, args.ann_max_depth)
             if kind == "ivf":
-                grid = [{"depth": d, "nprobe": p} for d in depths for p in doubling(max(1, bnlist // 32), bnlist)]
+                chains = [[{"depth": d, "nprobe": p} for d in depths] for p in doubling(max(1, bnlist // 32), bnlist)]
             elif kind == "hnsw":  # the beam is at least the depth (faiss raises it to k anyway)
-                grid = [{"depth": d, "ef_search": f * d} for d in depths for f in (1, 2, 4)]
+                chains = [[{"depth": d, "ef_search": f * d} for d in depths] for f in (1, 2, 4)]
             else:
-                grid = [{"depth": d} for d in depths]
+                chains = [[{"depth": d} for d in depths]]
 
             def ours_at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
                 ours.depth = setting["depth"]
@@ -832,7 +870,7 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
                     index.ef_search = setting["ef_search"]
                 return ours.search
 
-            setting, trace = tune_grid(grid, ours_at, xq, truth, args.target_recall)
+            setting, trace = tune_fastest(chains, ours_at, xq, truth, args.target_recall, single, args.repeats)
             measure(f"ours: {kind} {bits}b + fp16 rescoring", {"bits": bits, **setting}, ours_at(setting), build_s,
                     saved_size(index), vectors16.nbytes)
             rows[-1]["tuning"] = trace
@@ -879,22 +917,68 @@ after_open = rss()
 queries = np.load(sys.argv[2])
 """
 OPEN_PROBE = PROBE_OPEN + r"""
-times = []
+compare = sys.argv[3] == "1"
+times, hits = [], []
 for q in queries:
     t0 = time.perf_counter()
-    r.search_embeddings(q[None], "text", k=10, rerank="float")
+    h = r.search_embeddings(q[None], "text", k=10, rerank="float")[0]
     times.append(1e3 * (time.perf_counter() - t0))
-print(json.dumps({"open_s": open_s, "rss_open_bytes": after_open - before, "rss_search_bytes": rss() - before,
-                  "p50_ms": float(np.percentile(times[1:], 50)), "p99_ms": float(np.percentile(times[1:], 99))}))
+    hits.append([[x.id, x.score] for x in h])
+out = {"open_s": open_s, "rss_open_bytes": after_open - before, "rss_search_bytes": rss() - before,
+       "p50_ms": float(np.percentile(times[1:], 50)), "p99_ms": float(np.percentile(times[1:], 99))}
+if compare:
+    # stage 1 as run for caption galleries (Hamming top-384, float-rescored, 128 kept) beside
+    # exhaustive float search over the same vectors in RAM (faiss IndexFlatIP, float32)
+    r.hamming_candidates = {"image": 384, "text": 384}
+    cascade = []
+    for q in queries:
+        t0 = time.perf_counter()
+        r.search_embeddings(q[None], "text", k=10, rerank=False)
+        cascade.append(1e3 * (time.perf_counter() - t0))
+    flat = faiss.IndexFlatIP(queries.shape[1])
+    for ids, _ in r.store.live_codes("image"):
+        flat.add(r.store.fetch_vectors("image", ids))
+    exhaustive = []
+    for q in queries:
+        t0 = time.perf_counter()
+        flat.search(q[None], 128)
+        exhaustive.append(1e3 * (time.perf_counter() - t0))
+    out.update(hits=hits, cascade_p50_ms=float(np.percentile(cascade[1:], 50)),
+               float_exhaustive_p50_ms=float(np.percentile(exhaustive[1:], 50)))
+print(json.dumps(out))
 """
 
 
-def bench_scale(n: int, data: Mixture, hasher: Any, args: argparse.Namespace) -> dict[str, Any]:
+def in_memory_hits(n: int, data: Mixture, hasher: Any, queries: np.ndarray, chunk: int) -> list[list[list[Any]]]:
+    """Top-10 (id, score) lists of an in-memory Retriever over the same float32 vectors: the reference
+    a stored one is compared with."""
+    from retrieval import Retriever, load_encoder
+
+    memory = Retriever(load_encoder("lite"), hasher)
+    for x in data.database(n, chunk):
+        memory.add_vectors("image", x, [None] * len(x))
+    return [[[h.id, h.score] for h in memory.search_embeddings(q[None], "text", k=10, rerank="float")[0]]
+            for q in queries]
+
+
+def agreement(hits: list[list[list[Any]]], expected: list[list[list[Any]]]) -> dict[str, float]:
+    """How far a stored retriever's top-10 lists are from the in-memory reference's."""
+    return {"identical_top10_lists": float(np.mean([[h[0] for h in a] == [h[0] for h in b]
+                                                    for a, b in zip(hits, expected)])),
+            "top10_ids_kept": float(np.mean([len({h[0] for h in a} & {h[0] for h in b}) / len(b)
+                                             for a, b in zip(hits, expected)])),
+            "max_score_diff": float(max(abs(x[1] - y[1]) for a, b in zip(hits, expected) for x, y in zip(a, b)))}
+
+
+def bench_scale(n: int, data: Mixture, hasher: Any, args: argparse.Namespace, vector_dtype: str = "fp16",
+                expected: list[list[list[Any]]] | None = None) -> dict[str, Any]:
     """``Retriever.create`` on disk, ``add_vectors`` in chunks, ``close``; then a fresh process opens and searches.
 
     Build = the add_vectors calls, save = ``close()`` (the store commits as it goes), open and
     search in the fresh process; resident memory there is VmRSS (``/proc/self/statm``) added by
-    ``Retriever.open`` and after the searches, the encoder loaded before the first reading.
+    ``Retriever.open`` and after the searches, the encoder loaded before the first reading. With
+    ``expected`` (:func:`in_memory_hits`), the fresh process also times the caption cascade beside
+    exhaustive float search, and its rankings are compared with the reference.
     """
     import shutil
     import subprocess
@@ -904,7 +988,7 @@ def bench_scale(n: int, data: Mixture, hasher: Any, args: argparse.Namespace) ->
 
     workdir = Path(args.scale_dir or tempfile.mkdtemp(prefix="bench_scale."))
     workdir.mkdir(parents=True, exist_ok=True)
-    directory = workdir / f"retriever-{n}"
+    directory = workdir / f"retriever-{n}-{vector_dtype}"
     shutil.rmtree(directory, ignore_errors=True)
     query_file = workdir / f"queries-{n}.npy"
     np.save(query_file, data.queries(args.scale_queries))
@@ -912,8 +996,8 @@ def bench_scale(n: int, data: Mixture, hasher: Any, args: argparse.Namespace) ->
     reset_peak_rss()
     encoder = load_encoder("lite")
     t0 = time.perf_counter()
-    r = Retriever.create(directory, encoder=encoder, hasher=hasher, vector_dtype=args.scale_dtype)
-    bar = tqdm(total=n, desc=f"add_vectors {n:,}", unit="vec", unit_scale=True)
+    r = Retriever.create(directory, encoder=encoder, hasher=hasher, vector_dtype=vector_dtype)
+    bar = tqdm(total=n, desc=f"add_vectors {n:,} {vector_dtype}", unit="vec", unit_scale=True)
     for x in data.database(n, args.chunk):
         r.add_vectors("image", x, [None] * len(x))
         bar.update(len(x))
@@ -924,28 +1008,36 @@ def bench_scale(n: int, data: Mixture, hasher: Any, args: argparse.Namespace) ->
     build_peak = peak_rss()
     del r
     gc.collect()
-    probe = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(directory), str(query_file)],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(directory), str(query_file),
+                            "1" if expected is not None else "0"], capture_output=True, text=True, check=True)
     got = json.loads(probe.stdout.strip().splitlines()[-1])
-    row = {"n": n, "vector_dtype": args.scale_dtype, "bits": hasher.bits, "build_s": t1 - t0, "save_s": t2 - t1,
+    hits = got.pop("hits", None)
+    row = {"n": n, "vector_dtype": vector_dtype, "bits": hasher.bits, "build_s": t1 - t0, "save_s": t2 - t1,
            **got, "build_peak_rss_bytes": build_peak, "disk_bytes": directory_size(directory),
-           "queries": args.scale_queries}
-    tqdm.write(f"[scale {n:,}] build {row['build_s']:.1f}s, save {row['save_s']:.2f}s, open {row['open_s']:.2f}s, "
-               f"+{human(row['rss_open_bytes'])} resident after open, +{human(row['rss_search_bytes'])} after "
-               f"{args.scale_queries} searches, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
-               f"disk {human(row['disk_bytes'])}")
+           "queries": args.scale_queries, **(agreement(hits, expected) if expected is not None else {})}
+    tqdm.write(f"[scale {n:,} {vector_dtype}] build {row['build_s']:.1f}s, save {row['save_s']:.2f}s, "
+               f"open {row['open_s']:.2f}s, +{human(row['rss_open_bytes'])} resident after open, "
+               f"+{human(row['rss_search_bytes'])} after {args.scale_queries} searches, p50 {row['p50_ms']:.2f} ms, "
+               f"p99 {row['p99_ms']:.2f} ms, disk {human(row['disk_bytes'])}"
+               + (f"; identical top-10 lists {row['identical_top10_lists']:.3f}, kept {row['top10_ids_kept']:.3f}; "
+                  f"cascade p50 {row['cascade_p50_ms']:.2f} ms vs exhaustive float {row['float_exhaustive_p50_ms']:.2f} ms"
+                  if expected is not None else ""))
     if not args.scale_keep:
         shutil.rmtree(directory, ignore_errors=True)
     return row
 
 
 def scale_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| n | vectors | build s | save s | open s | resident after open | after searches | p50 ms | p99 ms | disk |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| n | vectors | build s | save s | open s | resident after open | after searches | p50 / p99 ms "
+             "(hash + float) | disk | identical top-10 lists | top-10 ids kept | cascade p50 ms | exhaustive float "
+             "p50 ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        compared = "identical_top10_lists" in r
         lines.append(f"| {r['n']:,} | {r['vector_dtype']} | {r['build_s']:.1f} | {r['save_s']:.2f} | {r['open_s']:.2f} | "
-                     f"{human(r['rss_open_bytes'])} | {human(r['rss_search_bytes'])} | {r['p50_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {human(r['disk_bytes'])} |")
+                     f"{human(r['rss_open_bytes'])} | {human(r['rss_search_bytes'])} | {r['p50_ms']:.2f} / "
+                     f"{r['p99_ms']:.2f} | {human(r['disk_bytes'])} | "
+                     + (f"{r['identical_top10_lists']:.3f} | {r['top10_ids_kept']:.3f} | {r['cascade_p50_ms']:.2f} | "
+                        f"{r['float_exhaustive_p50_ms']:.2f} |" if compared else "- | - | - | - |"))
     return "\n".join(lines)
 
 
@@ -958,7 +1050,7 @@ def budget(rows: list[dict[str, Any]], targets: tuple[int, ...] = (100_000_000, 
     """
     if not rows:
         return []
-    r = max(rows, key=lambda r: r["n"])
+    r = max(rows, key=lambda r: (r["n"], r["vector_dtype"] == "fp16"))
     return [{"n": t, "from_n": r["n"], "disk_bytes": r["disk_bytes"] / r["n"] * t,
              "resident_open_bytes": r["rss_open_bytes"] / r["n"] * t,
              "resident_after_search_bytes": r["rss_search_bytes"] / r["n"] * t} for t in targets]
@@ -1093,18 +1185,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ann-hnsw-M", type=int, default=32)
     p.add_argument("--ann-hnsw-efc", type=int, default=40, help="faiss' default efConstruction")
     p.add_argument("--ann-pq-m", type=int, nargs="+", default=[32, 64], help="IVFPQ bytes per vector, tried in order")
-    p.add_argument("--ann-bits", type=int, nargs="+", default=[128],
-                   help="our code lengths (at 64 bits ours stops at recall@10 0.72 on the default data)")
-    p.add_argument("--ann-ours", nargs="+", default=["flat", "ivf", "hnsw"], help="our binary index kinds")
+    p.add_argument("--ann-bits", type=int, nargs="+", default=[256],
+                   help="our code lengths (at 128 bits the float top-10 needs a Hamming depth near 1,024 on the "
+                        "default data, at 256 bits 64)")
+    p.add_argument("--ann-ours", nargs="+", default=["flat", "ivf"],
+                   help="our binary index kinds: flat, ivf, hnsw (binary HNSW needs a beam in the thousands here)")
     p.add_argument("--ann-ours-hnsw-M", type=int, default=12,
                    help="our binary HNSW's degree (12: under 1/8 of a float HNSW's bytes at 128 bits)")
-    p.add_argument("--ann-ours-nlist", type=int, default=None,
-                   help="lists of our binary IVF in the ann stage (default: as the float IVF, sqrt(n) capped by --max-nlist)")
+    p.add_argument("--ann-ours-nlist", type=int, default=4096,
+                   help="lists of our binary IVF in the ann stage (4 sqrt(n) at 1M, the low end of faiss' "
+                        "4-16 sqrt(n) guideline; with sqrt(n) lists a quarter of them had to be probed); "
+                        "0: as the float IVF, sqrt(n) capped by --max-nlist")
     p.add_argument("--ann-min-depth", type=int, default=16)
     p.add_argument("--ann-max-depth", type=int, default=4096)
     p.add_argument("--build-threads", type=int, default=2, help="threads for faiss index builds in the comparison")
-    p.add_argument("--scale-sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    p.add_argument("--scale-dtype", default="fp16")
+    p.add_argument("--scale-sizes", type=int, nargs="+", default=[1000, 1_000_000, 10_000_000],
+                   help="the smallest is the baseline of the resident-memory comparison")
+    p.add_argument("--scale-dtypes", nargs="+", default=["fp16", "fp32", "int8"], choices=["fp16", "fp32", "int8"],
+                   help="stored vector dtypes; above --scale-compare-max-n only the first")
+    p.add_argument("--scale-compare-max-n", type=int, default=1_000_000,
+                   help="up to this size: every dtype, rankings against an in-memory Retriever, and the cascade "
+                        "timed beside exhaustive float search (both hold float32 vectors in RAM)")
     p.add_argument("--scale-queries", type=int, default=200)
     p.add_argument("--scale-dir", type=Path, default=None, help="where the retrievers go (default: a temp dir)")
     p.add_argument("--scale-keep", action="store_true", help="keep the built retrievers")
@@ -1218,9 +1319,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done("ann")
     if "scale" in args.stages:
         result["scale"] = {"rows": []}
+        hasher = hashers[args.index_hasher]
         for n in sorted(args.scale_sizes):
-            result["scale"]["rows"].append(bench_scale(n, data, hashers[args.index_hasher], args))
-            write_json(args.output, result)
+            compare = n <= args.scale_compare_max_n
+            expected = in_memory_hits(n, data, hasher, data.queries(args.scale_queries), args.chunk) if compare else None
+            for dtype in args.scale_dtypes if compare else args.scale_dtypes[:1]:
+                result["scale"]["rows"].append(bench_scale(n, data, hasher, args, dtype, expected))
+                write_json(args.output, result)
         result["scale"]["budget"] = budget(result["scale"]["rows"])
         markdowns["scale"] = scale_markdown(result["scale"]["rows"])
         print("\n" + markdowns["scale"] + "\n", flush=True)

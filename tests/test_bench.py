@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -167,13 +169,39 @@ def test_tune_grid_takes_the_first_setting_reaching_the_target() -> None:
     assert setting == {"v": 1}, "unreachable: the best setting tried"
 
 
+def test_tune_fastest_times_the_settings_reaching_the_target_and_prunes_deeper_ones() -> None:
+    truth = np.arange(10)[None, :]
+    # recall(depth, nprobe): the wider scan reaches the target at a smaller depth, and is faster there
+    reaches = {(1, 1): 0.2, (2, 1): 0.6, (4, 1): 0.96, (1, 2): 0.3, (2, 2): 0.97, (1, 4): 0.98}
+    cost = {(4, 1): 0.002, (2, 2): 0.0, (1, 4): 0.004}
+    tried = []
+
+    def apply(s: dict) -> Callable[[np.ndarray], np.ndarray]:
+        key = (s["depth"], s["nprobe"])
+        tried.append(key)
+
+        def search(q: np.ndarray) -> np.ndarray:
+            time.sleep(cost.get(key, 0.0))
+            return np.r_[np.arange(round(10 * reaches[key])), np.full(10, -1)][None, :10]
+        return search
+
+    chains = [[{"depth": d, "nprobe": p} for d in (1, 2, 4)] for p in (1, 2, 4)]
+    setting, trace = bench.tune_fastest(chains, apply, np.zeros((3, 1)), truth, 0.95, timed=3, repeats=1)
+    assert setting == {"depth": 2, "nprobe": 2}, "the fastest of the three settings reaching 0.95"
+    assert [(t["depth"], t["nprobe"]) for t in trace] == [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (1, 4)]
+    assert all(("single_qps_tuning" in t) == (t["recall"] >= 0.95) for t in trace)
+    setting, _ = bench.tune_fastest([[{"depth": 1, "nprobe": 1}, {"depth": 2, "nprobe": 1}]], apply, np.zeros((1, 1)),
+                                    truth, 0.99, timed=1, repeats=1)
+    assert setting == {"depth": 2, "nprobe": 1}, "none reaching: the best recall tried"
+
+
 def test_ann_stage_tiny(restore_threads: None) -> None:
     from hashing import create_hasher
 
     args = bench.parse_args(["--ann-n", "3000", "--dim", "16", "--clusters", "8", "--nq", "30", "--single", "5",
                              "--repeats", "1", "--ann-pq-m", "4", "--ann-bits", "16", "--ann-max-depth", "3000",
                              "--ann-hnsw-M", "8", "--max-nlist", "32", "--train-per-list", "40",
-                             "--build-threads", "1"])
+                             "--build-threads", "1", "--ann-ours", "flat", "ivf", "hnsw", "--ann-ours-nlist", "0"])
     data = bench.Mixture(16, 8, seed=0)
     pairs = data.pairs(800)
     ann = bench.bench_ann(3000, data, lambda bits: create_hasher("itq", bits=bits).fit(*pairs), args)
@@ -200,15 +228,36 @@ def test_scale_stage_tiny_reopens_in_a_fresh_process(tmp_path: Path, restore_thr
     row = bench.bench_scale(1500, data, hasher, args)
     assert row["n"] == 1500 and row["vector_dtype"] == "fp16"
     assert row["disk_bytes"] >= 1500 * 256 * 2, "fp16 vectors on disk"
-    assert row["disk_bytes"] == bench.directory_size(tmp_path / "retriever-1500")
+    assert row["disk_bytes"] == bench.directory_size(tmp_path / "retriever-1500-fp16")
     assert 0 < row["p50_ms"] <= row["p99_ms"] and row["open_s"] > 0
+    assert "identical_top10_lists" not in row and "cascade_p50_ms" not in row, "no reference given: nothing compared"
     from retrieval import Retriever
 
-    reopened = Retriever.open(tmp_path / "retriever-1500")
+    reopened = Retriever.open(tmp_path / "retriever-1500-fp16")
     assert len(reopened.galleries["image"]) == 1500
     budget = bench.budget([row])
     assert budget[0]["n"] == 100_000_000 and budget[0]["disk_bytes"] == pytest.approx(row["disk_bytes"] / 1500 * 1e8)
     assert "| 1,500 | fp16 |" in bench.scale_markdown([row])
+
+
+def test_scale_stage_compares_stored_rankings_with_in_memory_ones(tmp_path: Path, restore_threads: None) -> None:
+    from hashing import create_hasher
+
+    data = bench.Mixture(256, 8, seed=0)
+    hasher = create_hasher("itq", bits=64).fit(*data.pairs(600))
+    args = bench.parse_args(["--scale-dir", str(tmp_path), "--scale-queries", "6", "--chunk", "700"])
+    expected = bench.in_memory_hits(1500, data, hasher, data.queries(6), args.chunk)
+    exact = bench.bench_scale(1500, data, hasher, args, "fp32", expected)
+    assert exact["identical_top10_lists"] == 1.0 and exact["top10_ids_kept"] == 1.0
+    assert exact["max_score_diff"] < 1e-5, "fp32 on disk: the same scores"
+    assert exact["cascade_p50_ms"] > 0 and exact["float_exhaustive_p50_ms"] > 0
+    coarse = bench.bench_scale(1500, data, hasher, args, "int8", expected)
+    assert 0 < coarse["max_score_diff"] < 0.05, "int8 scores move, a little"
+    assert not (tmp_path / "retriever-1500-int8").exists(), "not kept without --scale-keep"
+    shifted = [[[h[0] + 1, h[1]] for h in hits] for hits in expected]
+    assert bench.agreement(shifted, expected)["identical_top10_lists"] == 0.0
+    table = bench.scale_markdown([exact, bench.bench_scale(1500, data, hasher, args)])
+    assert "| 1,500 | fp32 |" in table and table.rstrip().endswith("- | - | - | - |")
 
 
 def test_stages_not_run_keep_their_previous_results(tmp_path: Path, restore_threads: None) -> None:
