@@ -518,7 +518,7 @@ def build_index(kind: str, params: dict[str, Any], codes: np.ndarray, bits: int,
     Returns the index, the name of its search parameter, the values :func:`tune` tries (doubling),
     and ``search_with(value)`` -> a search function at that value.
     """
-    from hashing.index import assign_buckets, binary_kmeans, create_index
+    from hashing.index import create_index
 
     rng = np.random.default_rng(args.seed)
     if kind in ("flat", "gpu_flat"):
@@ -530,20 +530,19 @@ def build_index(kind: str, params: dict[str, Any], codes: np.ndarray, bits: int,
     if kind in ("ivf", "buckets"):
         nlist = params.get("nlist", params.get("nbuckets"))
         sample = codes[rng.choice(len(codes), min(len(codes), nlist * args.train_per_list), replace=False)]
-        values = doubling(max(1, nlist // 64), nlist)
         if kind == "ivf":
-            index = create_index("ivf", bits, nlist=nlist).train(sample)
-            index.add(codes)
+            index, probe = create_index("ivf", bits, nlist=nlist), "nprobe"
+        else:  # the index fits its own centres (binary k-means) and assigns items and queries to them
+            index, probe = create_index("buckets", bits, nbuckets=nlist, kmeans_iters=args.kmeans_iters,
+                                        seed=args.seed), "e"
+        index.train(sample)
+        index.add(codes)
 
-            def search_with(nprobe: int) -> Callable[[np.ndarray], Any]:
-                index.nprobe = nprobe
-                return lambda q: index.search(q, k)
+        def search_with(value: int) -> Callable[[np.ndarray], Any]:
+            setattr(index, probe, value)
+            return lambda q: index.search(q, k)
 
-            return index, "nprobe", values, search_with
-        centres = binary_kmeans(sample, nlist, iters=args.kmeans_iters, seed=args.seed)
-        index = create_index("buckets", bits, nbuckets=nlist)
-        index.add(codes, buckets=assign_buckets(codes, centres)[:, 0])
-        return index, "e", values, lambda e: (lambda q: index.search(q, k, buckets=assign_buckets(q, centres, e)))
+        return index, probe, doubling(max(1, nlist // 64), nlist), search_with
     if kind == "hnsw":
         index = create_index("hnsw", bits, **params)
         index.add(codes)
