@@ -237,6 +237,8 @@ def test_scale_stage_tiny_reopens_in_a_fresh_process(tmp_path: Path, restore_thr
     assert len(reopened.galleries["image"]) == 1500
     budget = bench.budget([row])
     assert budget[0]["n"] == 100_000_000 and budget[0]["disk_bytes"] == pytest.approx(row["disk_bytes"] / 1500 * 1e8)
+    assert budget[0]["private_open_bytes"] == pytest.approx(row["anon_open_bytes"] / 1500 * 1e8)
+    assert 0 < row["anon_open_bytes"] <= row["rss_open_bytes"] + 2**20, "private memory is part of the resident set"
     assert "| 1,500 | fp16 |" in bench.scale_markdown([row])
 
 
