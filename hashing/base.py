@@ -20,7 +20,6 @@ from common.atomic import atomic_write_dir
 
 Modality = Literal["image", "text"]
 MODALITIES: tuple[str, ...] = ("image", "text")
-SUPPORTED_BITS: tuple[int, ...] = (16, 32, 64, 128)
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -50,8 +49,9 @@ def hasher_class(method: str) -> type["Hasher"]:
 
 
 def check_bits(bits: int) -> int:
-    if not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
-        raise ValueError(f"bits must be a positive multiple of 8 (one of {SUPPORTED_BITS}), got {bits!r}")
+    """Any whole number of bytes: codes are packed uint8 rows. The README measures 16 to 128 bits."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
+        raise ValueError(f"bits must be a positive multiple of 8 (a whole number of bytes), got {bits!r}")
     return int(bits)
 
 

@@ -124,9 +124,21 @@ class UsageError(Exception):
     """A mistake in the command line or its inputs: one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hashing.base import SUPPORTED_BITS
+def code_bits(text: str) -> int:
+    """``--bits``: what :func:`hashing.base.check_bits` accepts, as an argparse error otherwise."""
+    from hashing.base import check_bits
 
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    try:
+        return check_bits(bits)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .collection import DEFAULT_CHUNK_SIZE
     from .store import VECTOR_DTYPES
 
@@ -148,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per committed chunk (at most one chunk is redone after a kill)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--hasher", default="itq", help="hash method for a new index")
-    p.add_argument("--bits", type=int, default=64, choices=SUPPORTED_BITS, help="code length for a new index")
+    p.add_argument("--bits", type=code_bits, default=64,
+                   help="code length for a new index: a positive multiple of 8 (default 64)")
     p.add_argument("--vectors", default="fp16", choices=[d for d in VECTOR_DTYPES],
                    help="how float vectors for rescoring are stored (none: codes only)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -175,3 +175,14 @@ def test_rerun_with_nothing_changed_encodes_nothing(photos, clean_index, tmp_pat
     result = crossmodal("index", str(photos), "--out", str(out), "-q")
     assert f"0 encoded, {N_PHOTOS + 2} unchanged" in result.stdout
     assert stored(out) == stored(clean_index)
+
+
+def test_bits_is_any_whole_number_of_bytes_and_nothing_else(capsys):
+    from retrieval.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["index", "photos", "--out", "idx", "--bits", "256"]).bits == 256
+    for bad, message in (("12", "multiple of 8"), ("0", "multiple of 8"), ("abc", "not an integer: 'abc'")):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["index", "photos", "--out", "idx", "--bits", bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

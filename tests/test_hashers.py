@@ -270,8 +270,16 @@ def test_auto_transform_is_hellinger_for_histograms_and_l2_for_signed_features(m
     assert h.encode(x, "image").shape == (len(x), 2)
 
 
+@pytest.mark.parametrize("bits", [24, 256])
+def test_any_whole_number_of_bytes_is_a_code_length(data, bits):
+    x, y, _ = data
+    h = make("itq" if bits == 24 else "lsh", bits).fit(x, y)  # ITQ's rotation needs bits <= the CCA space
+    codes = h.encode(x, "image")
+    assert codes.shape == (len(x), bits // 8) and codes.dtype == np.uint8
+
+
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("bits", [0, 12, -8, 8.0, "64"])
+@pytest.mark.parametrize("bits", [0, 12, -8, 8.0, "64", True])
 def test_bits_must_be_a_positive_multiple_of_8(method, bits):
     with pytest.raises(ValueError, match="bits must be a positive multiple of 8"):
         create_hasher(method, bits)
