@@ -30,6 +30,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from .extras import require
 from .hash_metrics import Relevance
 from .karpathy import load_karpathy
 
@@ -109,11 +110,7 @@ def array_file_format(path: str | Path) -> Literal["mat5", "mat73", "hdf5"]:
 
 
 def _h5py(path: Path) -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise ValueError(f"{path} is HDF5 (MATLAB v7.3 or .h5); reading it needs h5py: pip install h5py") from None
-    return h5py
+    return require("h5py", f"reading {path} (HDF5: MATLAB v7.3 or .h5)")
 
 
 def list_arrays(path: str | Path) -> list[str]:

@@ -34,6 +34,7 @@ from hashing.base import check_bits
 from common.atomic import write_json
 
 from . import hash_metrics as hm
+from .extras import require
 from .datasets_hashing import (
     ALL_LAYOUTS, DATASETS, HashingData, encode_flickr8k, load_all_layout, load_flickr8k, load_wiki,
 )
@@ -157,6 +158,7 @@ def readme_table(results: dict[str, dict[str, Any]], conventions: dict[str, str]
 
 def save_plots(curves: dict[str, dict[str, Any]], folder: Path, title: str) -> list[Path]:
     """One PR-curve and one precision-topK PNG per bit length, i2t and t2i side by side, a line per method."""
+    require("matplotlib", "eval.hashing --plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from .extras import require
 from .karpathy import CaptionDataset, caption_text, load_karpathy
 
 
@@ -176,7 +177,7 @@ def hub_unavailable_message(hub_id: str, split: str, revision: str | None, cache
 
 
 def _load_from_hub(hub_id: str, hf_split: str, revision: str | None, cache_dir: str | Path | None) -> Any:
-    import datasets
+    datasets = require("datasets", f"loading the Hub dataset {hub_id!r}")
 
     try:
         return datasets.load_dataset(hub_id, split=hf_split, revision=revision,
@@ -218,7 +219,7 @@ def load_hf(
     """
     local = Path(source)
     if local.is_dir():
-        import datasets
+        datasets = require("datasets", f"loading the saved dataset {local}")
 
         try:
             loaded = datasets.load_from_disk(str(local))

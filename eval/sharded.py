@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .embedding_cache import cached_encode
+from .extras import require
 
 
 #: Where torchrun and MPI launchers put the process count (the variables accelerate reads).
@@ -42,6 +43,8 @@ def get_state() -> Any:
     Scripts should call this (not ``PartialState()``) first, e.g. for ``is_main_process``.
     """
     import torch
+
+    require("accelerate", "encoding sharded over processes")
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
