@@ -30,6 +30,7 @@ from common.atomic import write_json
 from .karpathy import CaptionDataset
 from .machine import machine
 from .recall import DEFAULT_KS, retrieval_recall
+from .settings_args import by_name, named_setting
 
 
 @dataclass
@@ -115,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="text queries from one seeded caption per image only (eval.karpathy.one_caption_per_image; "
                           "as scripts/eval_rewrite.py draws them), e.g. when each query costs an LLM call")
     two.add_argument("--query-seed", type=int, default=0, help="seed of --one-caption-per-image's draw")
-    two.add_argument("--reranker-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
+    two.add_argument("--reranker-arg", action="append", default=[], type=named_setting, metavar="NAME.KEY=VALUE",
                      help="reranker constructor argument, e.g. cross.model_id=runs/cross (JSON value or string)")
     two.add_argument("--vector-dtype", choices=["fp32", "fp16", "int8"], default=None,
                      help="run the pipelines through a retriever saved with these stored vectors and reopened "
@@ -252,22 +253,6 @@ def parse_hamming_candidates(values: list[str] | None) -> Any:
     return out
 
 
-def reranker_args(items: list[str]) -> dict[str, dict[str, Any]]:
-    import json
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        name, _, field = key.partition(".")
-        if not (name and field and value):
-            raise SystemExit(f"--reranker-arg takes NAME.KEY=VALUE, got {item!r}")
-        try:
-            out.setdefault(name, {})[field] = json.loads(value)
-        except json.JSONDecodeError:
-            out.setdefault(name, {})[field] = value
-    return out
-
-
 def load_dataset_arg(args: argparse.Namespace, split: str) -> CaptionDataset:
     from .hf_datasets import load_caption_dataset
 
@@ -333,7 +318,7 @@ def run_pipelines(args: argparse.Namespace, encoder: Any, dataset: CaptionDatase
         text_vectors = encoder.encode_texts(text_queries, batch_size=4 * args.batch_size)
     # a str would be read as a text query by Retriever.search: image files go in as Paths
     image_queries = [Path(p) if isinstance(p, str) else p for p in dataset.images]
-    extra = reranker_args(args.reranker_arg)
+    extra = by_name(args.reranker_arg)
     results = []
     for name in args.rerank:
         t0 = time.perf_counter()

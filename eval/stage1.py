@@ -26,7 +26,6 @@ captions of an image are positives for each other (the contrastive hasher's SupC
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from .datasets_hashing import encode_flickr8k, load_flickr8k
 from .hash_metrics import hamming_distances
 from .machine import machine
 from .recall import DEFAULT_KS, expected_hits
+from .settings_args import by_name, named_setting
 
 
 def float_topk(scores: np.ndarray, k: int) -> np.ndarray:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-pairs", type=int, default=None,
                    help="fit each hasher on a seeded sample of this many train (image, caption) pairs")
-    p.add_argument("--hasher-arg", action="append", default=[], metavar="METHOD.KEY=VALUE",
+    p.add_argument("--hasher-arg", action="append", default=[], type=named_setting, metavar="METHOD.KEY=VALUE",
                    help="constructor argument for one method, e.g. contrastive.epochs=20 (JSON value)")
     p.add_argument("--hamming-candidates", type=int, nargs="*", default=[],
                    help="cascade depths N to measure (Hamming top-N, then float or asymmetric rescoring)")
@@ -140,13 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     fit_rows = np.arange(len(data.train.image))
     if args.fit_pairs and args.fit_pairs < len(fit_rows):
         fit_rows = np.sort(np.random.default_rng(args.seed).choice(fit_rows, args.fit_pairs, replace=False))
-    hasher_args: dict[str, dict] = {}
-    for item in args.hasher_arg:
-        key, _, value = item.partition("=")
-        method, _, name = key.partition(".")
-        if not (method and name and value):
-            raise SystemExit(f"--hasher-arg takes METHOD.KEY=VALUE, got {item!r}")
-        hasher_args.setdefault(method, {})[name] = json.loads(value)
+    hasher_args = by_name(args.hasher_arg)
     test = data.query
     caption_image = test.text_labels
     i2t_relevant = caption_image[None, :] == np.arange(len(test.image))[:, None]

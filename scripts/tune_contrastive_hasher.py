@@ -17,6 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
+from eval.settings_args import key_setting
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 
 
@@ -28,12 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 40, 80])
     p.add_argument("--candidates", type=int, default=128)
-    p.add_argument("--hasher-arg", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--hasher-arg", action="append", default=[], type=key_setting, metavar="KEY=VALUE",
                    help="ContrastiveHasher argument (JSON value), e.g. num_layers=1")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
-
-    import json
 
     from eval.validation import HeldOutGalleries
     from hashing import create_hasher
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         kept = held.kept(hasher)
         return {"t2i": kept["image"], "i2t": kept["text"]}
 
-    extra = {k: json.loads(v) for k, _, v in (a.partition("=") for a in args.hasher_arg)}
+    extra = dict(args.hasher_arg)
     itq = measure(create_hasher("itq", args.bits).fit(fit_images, fit_texts))
     print(f"itq-{args.bits}: held-out float top-10 kept in Hamming top-{args.candidates}: "
           f"t2i {itq['t2i']:.3f}, i2t {itq['i2t']:.3f}", flush=True)

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eval.settings_args import by_name, named_setting  # noqa: E402
 from hashing import create_hasher  # noqa: E402
 
 # name -> (registered method, constructor overrides, supervised)
@@ -61,17 +62,6 @@ def map_at_k(query_codes: np.ndarray, item_codes: np.ndarray, query_labels: np.n
     return {"top50": float(top50.mean()), "first50": float(np.mean(first))}
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, arg = key.partition(".")
-        if not (sep and dot and arg):
-            raise ValueError(f"--set expects METHOD.ARG=VALUE, got {item!r}")
-        out.setdefault(name, {})[arg] = json.loads(value) if value[:1] in "-0123456789[{tfn\"" else value
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path,
@@ -79,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="METHOD.ARG=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=named_setting,
+                   metavar="METHOD.ARG=VALUE", help="hasher constructor argument (JSON value or string)")
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (small models: 1 is fastest)")
     p.add_argument("--output", type=Path, help="JSON file for the results")
     p.add_argument("--progress", action="store_true")
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         threadpool_limits(args.threads)
     except ImportError:
         pass
-    overrides = parse_overrides(args.overrides)
+    overrides = by_name(args.overrides)
     d = loadmat(args.data)
     train_i, train_t, query_i, query_t = (d[k].astype(np.float32) for k in ("I_tr", "T_tr", "I_te", "T_te"))
     lab_tr, lab_te = d["L_tr"].ravel().astype(np.int64), d["L_te"].ravel().astype(np.int64)
