@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -220,48 +221,69 @@ def batch_rows(lengths: np.ndarray, batch_size: int, equal_lengths: bool) -> lis
 
 
 # -- the rewriter ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RewriterConfig:
+    """The settings of a :class:`QueryRewriter`, declared and checked once; saved with ``asdict``.
+
+    ``few_shot=None`` means few-shot without an adapter and zero-shot with one (see module doc).
+    ``batch_size`` is rows per ``generate`` call; ``cache_file`` a JSON file of rewrites.
+    """
+
+    llm: str = SMOLLM2
+    adapter: str | None = None
+    n_variants: int = 3
+    few_shot: bool | None = None
+    seed: int = 0
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    cache_file: str | None = None
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+        for name in ("n_variants", "max_new_tokens", "batch_size"):
+            positive_int(name)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.few_shot is not None and not isinstance(self.few_shot, bool):
+            raise ValueError(f"few_shot must be None, True or False, got {self.few_shot!r}")
+        object.__setattr__(self, "llm", str(self.llm))
+        object.__setattr__(self, "adapter", None if self.adapter is None else str(self.adapter))
+        object.__setattr__(self, "cache_file", None if self.cache_file is None else os.fspath(self.cache_file))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+
+
 class QueryRewriter:
     """Keyword query -> ``n_variants`` caption-style rewrites, batched and cached.
 
-    ``few_shot=None`` means few-shot without an adapter and zero-shot with one (see module doc).
-    The model loads on the first cache miss, so a warm cache needs no LLM.
+    ``QueryRewriter(adapter="rewriter-lora")`` or ``QueryRewriter(RewriterConfig(...))``: the
+    settings are a :class:`RewriterConfig`; ``device``, ``progress`` and ``prefix_cache`` only
+    change how it runs. The model loads on the first cache miss, so a warm cache needs no LLM.
+    Change a setting by replacing the config (``dataclasses.replace``), never field by field.
     """
 
     def __init__(
         self,
-        llm: str = SMOLLM2,
-        adapter: str | None = None,
-        n_variants: int = 3,
-        few_shot: bool | None = None,
-        seed: int = 0,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
-        max_new_tokens: int = 32,
-        batch_size: int = 16,
-        cache_file: str | os.PathLike | None = None,
+        config: RewriterConfig | None = None,
+        *,
         device: str | None = None,
         progress: bool = True,
         prefix_cache: bool = True,
+        **settings: Any,
     ) -> None:
-        if not isinstance(n_variants, int) or n_variants < 1:
-            raise ValueError(f"n_variants must be an int >= 1, got {n_variants!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
-        self.llm = str(llm)
-        self.adapter = None if adapter is None else str(adapter)
-        self.adapter_sha256 = adapter_fingerprint(adapter)
-        self.n_variants = n_variants
-        self.few_shot = (adapter is None) if few_shot is None else bool(few_shot)
-        self.seed = int(seed)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
-        self.max_new_tokens = int(max_new_tokens)
-        self.batch_size = int(batch_size)
-        self.cache_file = None if cache_file is None else Path(cache_file)
+        if config is not None and not isinstance(config, RewriterConfig):
+            raise TypeError(f"config must be a RewriterConfig, got {type(config).__name__}; pass settings by name")
+        self.config = replace(config, **settings) if config is not None else RewriterConfig(**settings)
         self.device = device
         self.progress = progress
         self.prefix_cache = prefix_cache
@@ -270,6 +292,34 @@ class QueryRewriter:
         self.cache: dict[str, dict[str, list[str]]] = {}
         if self.cache_file is not None and self.cache_file.exists():
             self.cache = read_cache(self.cache_file)
+
+    @property
+    def config(self) -> RewriterConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: RewriterConfig) -> None:
+        self._config = config
+        self.adapter_sha256 = adapter_fingerprint(config.adapter)
+
+    # the settings, read through the config (one declaration, in RewriterConfig)
+    llm = property(lambda self: self.config.llm)
+    adapter = property(lambda self: self.config.adapter)
+    n_variants = property(lambda self: self.config.n_variants)
+    seed = property(lambda self: self.config.seed)
+    temperature = property(lambda self: self.config.temperature)
+    top_p = property(lambda self: self.config.top_p)
+    max_new_tokens = property(lambda self: self.config.max_new_tokens)
+    batch_size = property(lambda self: self.config.batch_size)
+
+    @property
+    def few_shot(self) -> bool:
+        """The resolved prompt mode: ``config.few_shot``, or few-shot exactly when there is no adapter."""
+        return (self.config.adapter is None) if self.config.few_shot is None else self.config.few_shot
+
+    @property
+    def cache_file(self) -> Path | None:
+        return None if self.config.cache_file is None else Path(self.config.cache_file)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -417,25 +467,25 @@ class RewriteReranker(Reranker):
 
     def __init__(
         self,
-        llm: str = SMOLLM2,
-        adapter: str | None = SHIPPED_ADAPTER,
-        n_variants: int = 3,
+        rewriter: QueryRewriter | None = None,
         original_weight: float = 0.5,
-        seed: int = 0,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
-        max_new_tokens: int = 32,
-        batch_size: int = 16,
-        cache_file: str | None = None,
         encoder: Any = None,
         progress: bool = True,
+        **rewriter_settings: Any,
     ) -> None:
-        if not 0.0 <= original_weight <= 1.0:
+        """``rewriter``: the :class:`QueryRewriter` to use; without one, ``rewriter_settings`` (the
+        fields of :class:`RewriterConfig`, as a saved :meth:`config` holds them) build one whose
+        adapter defaults to the shipped ``rewriter-lora``."""
+        if not isinstance(original_weight, (int, float)) or not 0.0 <= original_weight <= 1.0:
             raise ValueError(f"original_weight must be in [0, 1], got {original_weight}")
-        self.rewriter = QueryRewriter(
-            llm=llm, adapter=adapter, n_variants=n_variants, seed=seed, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, cache_file=cache_file, progress=progress,
-        )
+        if rewriter is None:
+            rewriter = QueryRewriter(RewriterConfig(**{"adapter": SHIPPED_ADAPTER, **rewriter_settings}),
+                                     progress=progress)
+        elif rewriter_settings:
+            raise TypeError(f"pass {', '.join(sorted(rewriter_settings))} to the QueryRewriter, not beside it")
+        elif not isinstance(rewriter, QueryRewriter):
+            raise TypeError(f"rewriter must be a QueryRewriter, got {type(rewriter).__name__}")
+        self.rewriter = rewriter
         self.original_weight = float(original_weight)
         self.encoder = encoder
         self.progress = progress
@@ -479,11 +529,6 @@ class RewriteReranker(Reranker):
         return out
 
     def config(self) -> dict[str, Any]:
-        r = self.rewriter
-        return {
-            "method": self.method, "llm": r.llm, "adapter": r.adapter, "n_variants": r.n_variants,
-            "original_weight": self.original_weight, "seed": r.seed, "temperature": r.temperature,
-            "top_p": r.top_p, "max_new_tokens": r.max_new_tokens, "batch_size": r.batch_size,
-            "cache_file": None if r.cache_file is None else str(r.cache_file),
-        }
-
+        """The rewriter's settings (:class:`RewriterConfig`) and the fusion weight; a config saved
+        before ``few_shot`` was one of them loads with its default."""
+        return {"method": self.method, "original_weight": self.original_weight, **asdict(self.rewriter.config)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         examples[system] = {q: v for q, v in zip(queries[:8], rewriter.rewrite(queries[:8]))}
         qs = [Query("text", q, embedding=e) for q, e in zip(queries, query_emb)]
         for n in range(1, args.n_variants + 1):
-            rewriter.n_variants = n
+            rewriter.config = replace(rewriter.config, n_variants=n)
             for w in args.weights:
                 reranker.original_weight = w
                 scores = np.stack(reranker.score_batch(qs, [gallery] * len(qs)))

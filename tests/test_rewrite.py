@@ -338,8 +338,32 @@ def test_reranker_errors_and_config_round_trip(tiny_lm):
     q = Query("text", "dog", embedding=np.ones(8, np.float32))
     with pytest.raises(ValueError, match="encoder"):
         rebuilt.score(q, c)  # the encoder is injected, not configured
+    saved_before_few_shot = {k: v for k, v in reranker.config().items() if k != "few_shot"}
+    assert reranker_from_config(saved_before_few_shot).config() == reranker.config()
     rebuilt.encoder = encoder
     np.testing.assert_allclose(rebuilt.score(q, c), reranker.score(q, c), atol=1e-6)
+
+
+def test_reranker_takes_a_query_rewriter_whose_config_is_declared_once(tiny_lm):
+    from dataclasses import fields, replace
+
+    from rerank.rewrite import RewriterConfig
+
+    own = rewriter(tiny_lm, n_variants=2, seed=5)
+    reranker = RewriteReranker(own, original_weight=0.3, encoder=FakeEncoder())
+    assert reranker.rewriter is own
+    config = reranker.config()
+    assert set(config) == {"method", "original_weight"} | {f.name for f in fields(RewriterConfig)}
+    assert (config["n_variants"], config["seed"], config["adapter"], config["few_shot"]) == (2, 5, None, None)
+    assert own.few_shot is True  # resolved: no adapter -> few-shot
+    assert RewriteReranker(llm=str(tiny_lm), progress=False).rewriter.adapter == "rewriter-lora"  # the shipped default
+    own.config = replace(own.config, n_variants=1)
+    assert reranker.rewriter.n_variants == 1 and reranker.config()["n_variants"] == 1
+    with pytest.raises(TypeError, match="pass n_variants to the QueryRewriter"):
+        RewriteReranker(own, n_variants=3)
+    for field, bad in (("n_variants", 0), ("top_p", 1.5), ("temperature", 0), ("batch_size", True), ("few_shot", "yes")):
+        with pytest.raises(ValueError, match=field):
+            RewriterConfig(**{field: bad})
 
 
 # -- the real model ---------------------------------------------------------------------------
