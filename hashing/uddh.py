@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from .base import Hasher, as_features, check_modality, pack_signs, register_hasher
+from .base import Hasher, as_features, check_bits, check_modality, pack_signs, register_hasher
 from .hamming import hamming_distances
 
 GraphMode = Literal["aligned", "paper"]
@@ -342,6 +343,67 @@ def _random_rotation(r: int, l: int, rng: np.random.Generator) -> np.ndarray:
     return rng.standard_normal((r, l))
 
 
+@dataclass(frozen=True)
+class UDDHConfig:
+    """UDDH's settings, declared and checked once; :meth:`UDDHHasher.get_config` saves them with ``asdict``.
+
+    ``content_bits`` (default ``bits // 2``) of the ``bits``-bit tail code are the shared content
+    code, the rest modality-specific; ``n_buckets`` is k, the semantic index's size; ``n_iter``
+    alternating rounds of ``epochs_per_iter`` network epochs; ``sigma=None`` picks the affinity
+    bandwidth from the data; ``train_top_e`` buckets per training sample (multi-label).
+    """
+
+    bits: int = 64
+    content_bits: int | None = None
+    n_buckets: int = 10
+    n_iter: int = 10
+    epochs_per_iter: int = 5
+    batch_size: int = 20
+    lr_image: float = 3e-4
+    lr_text: float = 3e-3
+    lr_decay_epochs: int = 3
+    weight_decay: float = 1e-4
+    hidden_dim: int = 512
+    sigma: float | None = None
+    graph_weight: float = 1.0
+    graph_mode: GraphMode = "aligned"
+    train_top_e: int = 1
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        bits = check_bits(self.bits)
+        lc = bits // 2 if self.content_bits is None else self.content_bits
+        if isinstance(lc, bool) or not isinstance(lc, (int, np.integer)) or not 1 <= lc <= bits:
+            raise ValueError(f"content_bits must be an int in [1, bits={bits}], got {self.content_bits!r}")
+        for name, low in (("n_buckets", 1), ("n_iter", 1), ("epochs_per_iter", 0), ("batch_size", 1),
+                          ("lr_decay_epochs", 1), ("hidden_dim", 1), ("train_top_e", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.train_top_e > self.n_buckets:
+            raise ValueError(f"train_top_e={self.train_top_e} exceeds n_buckets={self.n_buckets}")
+        for name in ("lr_image", "lr_text"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.weight_decay >= 0 or not self.graph_weight >= 0:
+            raise ValueError(f"weight_decay and graph_weight must be >= 0, got {self.weight_decay!r}, "
+                             f"{self.graph_weight!r}")
+        if self.sigma is not None and not (isinstance(self.sigma, (int, float)) and self.sigma > 0
+                                           and math.isfinite(self.sigma)):
+            raise ValueError(f"sigma must be None (automatic) or a positive float, got {self.sigma!r}")
+        if self.graph_mode not in GRAPH_MODES:
+            raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {self.graph_mode!r}")
+        coerced = {"bits": bits, "content_bits": int(lc), "lr_image": float(self.lr_image),
+                   "lr_text": float(self.lr_text), "weight_decay": float(self.weight_decay),
+                   "graph_weight": float(self.graph_weight), "standardize": bool(self.standardize),
+                   "sigma": None if self.sigma is None else float(self.sigma)}
+        for name in ("n_buckets", "n_iter", "epochs_per_iter", "batch_size", "lr_decay_epochs", "hidden_dim",
+                     "train_top_e"):
+            coerced[name] = int(getattr(self, name))
+        for name, value in coerced.items():
+            object.__setattr__(self, name, value)
+
+
 # -- the hasher --------------------------------------------------------------------------------------
 @register_hasher
 class UDDHHasher(Hasher):
@@ -355,101 +417,38 @@ class UDDHHasher(Hasher):
 
     method = "uddh"
 
-    def __init__(
-        self,
-        bits: int = 64,
-        seed: int = 0,
-        *,
-        content_bits: int | None = None,
-        n_buckets: int = 10,
-        n_iter: int = 10,
-        epochs_per_iter: int = 5,
-        batch_size: int = 20,
-        lr_image: float = 3e-4,
-        lr_text: float = 3e-3,
-        lr_decay_epochs: int = 3,
-        weight_decay: float = 1e-4,
-        hidden_dim: int = 512,
-        sigma: float | None = None,
-        graph_weight: float = 1.0,
-        graph_mode: GraphMode = "aligned",
-        train_top_e: int = 1,
-        standardize: bool = True,
-        progress: bool = True,
-        num_threads: int | None = 1,
-    ) -> None:
+    def __init__(self, bits: int = 64, seed: int = 0, *, progress: bool = True, num_threads: int | None = 1,
+                 **settings: Any) -> None:
+        """``settings``: the fields of :class:`UDDHConfig`. ``progress`` and ``num_threads`` are runtime
+        only (not saved): batch-20 MLP steps gain nothing from more threads, and on a shared CPU
+        OpenMP spin-waiting made them ~20x slower with 2 threads than with 1."""
         super().__init__(bits=bits, seed=seed)
-        lc = self.bits // 2 if content_bits is None else content_bits
-        if not isinstance(lc, (int, np.integer)) or not 1 <= lc <= self.bits:
-            raise ValueError(f"content_bits must be an int in [1, bits={self.bits}], got {content_bits!r}")
-        for name, value, low in (
-            ("n_buckets", n_buckets, 1),
-            ("n_iter", n_iter, 1),
-            ("epochs_per_iter", epochs_per_iter, 0),
-            ("batch_size", batch_size, 1),
-            ("lr_decay_epochs", lr_decay_epochs, 1),
-            ("hidden_dim", hidden_dim, 1),
-            ("train_top_e", train_top_e, 1),
-        ):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if train_top_e > n_buckets:
-            raise ValueError(f"train_top_e={train_top_e} exceeds n_buckets={n_buckets}")
-        for name, value in (("lr_image", lr_image), ("lr_text", lr_text)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
-        if not weight_decay >= 0 or not graph_weight >= 0:
-            raise ValueError(f"weight_decay and graph_weight must be >= 0, got {weight_decay!r}, {graph_weight!r}")
-        if sigma is not None and not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be None (automatic) or a positive float, got {sigma!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        self.config = UDDHConfig(bits=self.bits, **settings)
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
             raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
-        if graph_mode not in GRAPH_MODES:
-            raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
-        self.content_bits = int(lc)
-        self.specific_bits = self.bits - self.content_bits
-        self.n_buckets = int(n_buckets)
-        self.n_iter = int(n_iter)
-        self.epochs_per_iter = int(epochs_per_iter)
-        self.batch_size = int(batch_size)
-        self.lr_image = float(lr_image)
-        self.lr_text = float(lr_text)
-        self.lr_decay_epochs = int(lr_decay_epochs)
-        self.weight_decay = float(weight_decay)
-        self.hidden_dim = int(hidden_dim)
-        self.sigma = None if sigma is None else float(sigma)
-        self.graph_weight = float(graph_weight)
-        self.graph_mode = graph_mode
-        self.train_top_e = int(train_top_e)
-        self.standardize = bool(standardize)
         self.progress = bool(progress)
-        # Runtime only (not saved): batch-20 MLP steps gain nothing from more threads, and on a
-        # shared CPU OpenMP spin-waiting made them ~20x slower with 2 threads than with 1.
         self.num_threads = num_threads
         self.centres: np.ndarray | None = None  # (k, content_bits) int8 {-1, +1}
         self._nets: dict[str, Any] = {}
         self._norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.history_: list[dict[str, float]] = []
 
+    @property
+    def content_bits(self) -> int:
+        return self.config.content_bits
+
+    @property
+    def specific_bits(self) -> int:
+        return self.bits - self.config.content_bits
+
+    @property
+    def n_buckets(self) -> int:
+        return self.config.n_buckets
+
     # -- config / persistence ---------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        return {
-            "content_bits": self.content_bits,
-            "n_buckets": self.n_buckets,
-            "n_iter": self.n_iter,
-            "epochs_per_iter": self.epochs_per_iter,
-            "batch_size": self.batch_size,
-            "lr_image": self.lr_image,
-            "lr_text": self.lr_text,
-            "lr_decay_epochs": self.lr_decay_epochs,
-            "weight_decay": self.weight_decay,
-            "hidden_dim": self.hidden_dim,
-            "sigma": self.sigma,
-            "graph_weight": self.graph_weight,
-            "graph_mode": self.graph_mode,
-            "train_top_e": self.train_top_e,
-            "standardize": self.standardize,
-        }
+        return {k: v for k, v in asdict(self.config).items() if k != "bits"}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if self.centres is None:
@@ -507,7 +506,7 @@ class UDDHHasher(Hasher):
     def _new_net(self, modality: str):
         return _build_net(
             self.input_dims[modality],
-            self.hidden_dim,
+            self.config.hidden_dim,
             self.content_bits,
             self.specific_bits,
             autoencoder=(modality == "text"),
@@ -530,7 +529,7 @@ class UDDHHasher(Hasher):
                     nss.append(ns.numpy())
         cat = lambda parts, w: np.concatenate(parts) if parts else np.zeros((0, w), np.float32)  # noqa: E731
         return (
-            cat(zs, self.hidden_dim),
+            cat(zs, self.config.hidden_dim),
             cat(ncs, self.content_bits),
             cat(nss, self.specific_bits) if self.specific_bits else None,
         )
@@ -613,7 +612,7 @@ class UDDHHasher(Hasher):
         norm = {}
         xs = {}
         for mod, x in (("image", x_img), ("text", x_txt)):
-            if self.standardize:
+            if self.config.standardize:
                 mean = x.mean(axis=0).astype(np.float32)
                 std = x.std(axis=0).astype(np.float32)
                 std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
@@ -633,8 +632,8 @@ class UDDHHasher(Hasher):
             rot = _random_rotation(r, self.specific_bits, rng)
             b_s = {"image": _sign(z1 @ rot), "text": _sign(z2 @ rot)}
         centres = _kmeanspp_centres(b_c, k, rng)
-        assign = nearest_centres(b_c, centres, self.train_top_e)
-        centres, assign = binary_kmeans(b_c, centres, assign, self.train_top_e)
+        assign = nearest_centres(b_c, centres, self.config.train_top_e)
+        centres, assign = binary_kmeans(b_c, centres, assign, self.config.train_top_e)
 
         torch_gen = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
@@ -642,27 +641,27 @@ class UDDHHasher(Hasher):
             self.input_dims = dims
             nets = {mod: self._new_net(mod) for mod in ("image", "text")}
         self._nets, self._norm = nets, norm
-        lrs = {"image": self.lr_image, "text": self.lr_text}
+        lrs = {"image": self.config.lr_image, "text": self.config.lr_text}
         opts = {
-            mod: torch.optim.Adam(nets[mod].parameters(), lr=lrs[mod], betas=(0.9, 0.999), weight_decay=self.weight_decay)
+            mod: torch.optim.Adam(nets[mod].parameters(), lr=lrs[mod], betas=(0.9, 0.999), weight_decay=self.config.weight_decay)
             for mod in nets
         }
         tx = {mod: torch.from_numpy(xs[mod]) for mod in xs}
         self.history_ = []
         try:
-            for it in trange(self.n_iter, desc="UDDH", disable=not self.progress):
+            for it in trange(self.config.n_iter, desc="UDDH", disable=not self.progress):
                 # 1. networks regress onto the current codes (eqs. 3-4)
                 tb_c = torch.from_numpy(b_c.astype(np.float32))
                 tb_s = {mod: torch.from_numpy(v.astype(np.float32)) for mod, v in b_s.items()}
-                for epoch in range(self.epochs_per_iter):
-                    decay = 0.1 ** (epoch // self.lr_decay_epochs)
+                for epoch in range(self.config.epochs_per_iter):
+                    decay = 0.1 ** (epoch // self.config.lr_decay_epochs)
                     for mod in nets:
                         nets[mod].train()
                         for g in opts[mod].param_groups:
                             g["lr"] = lrs[mod] * decay
                     perm = torch.randperm(n, generator=torch_gen)
-                    for s in range(0, n, self.batch_size):
-                        idx = perm[s : s + self.batch_size]
+                    for s in range(0, n, self.config.batch_size):
+                        idx = perm[s : s + self.config.batch_size]
                         for mod in nets:
                             _, nc, ns, rec = nets[mod](tx[mod][idx])
                             loss = ((nc - tb_c[idx]) ** 2).sum(1).mean()
@@ -681,16 +680,16 @@ class UDDHHasher(Hasher):
                 b_c = _sign(ch + out["image"][1] + out["text"][1])
                 # 3-4. centres (eq. 16, a majority vote for one-hot H) and semantic index (eq. 19)
                 centres = majority_vote_centres(b_c, assign, centres)
-                assign = nearest_centres(b_c, centres, self.train_top_e)
+                assign = nearest_centres(b_c, centres, self.config.train_top_e)
                 centres = _reseed_empty(b_c, assign, centres)
-                assign = nearest_centres(b_c, centres, self.train_top_e)
+                assign = nearest_centres(b_c, centres, self.config.train_top_e)
                 # 5. modality-specific codes with the cluster-guided affinity (eqs. 8, 22)
                 graph = 0.0
                 if self.specific_bits:
                     b_s, graph = self._update_specific(out, b_s, assign[:, 0])
                 self.history_.append(self._objective(it, out, xs, b_c, b_s, centres, assign, graph))
             # Final consistency of the head code on the final B^c (a fixed point of eqs. 16/19).
-            centres, assign = binary_kmeans(b_c, centres, assign, self.train_top_e, _POLISH_ROUNDS)
+            centres, assign = binary_kmeans(b_c, centres, assign, self.config.train_top_e, _POLISH_ROUNDS)
         except BaseException:
             self.input_dims, self._nets, self._norm, self.centres = {}, {}, {}, None
             raise
@@ -716,14 +715,14 @@ class UDDHHasher(Hasher):
         """
         members = _cluster_members(primary, self.n_buckets)
         feats = (out["image"][0], out["text"][0])
-        if self.sigma is not None:
-            sigma2 = (self.sigma**2, self.sigma**2)
+        if self.config.sigma is not None:
+            sigma2 = (self.config.sigma**2, self.config.sigma**2)
         else:
             sigma2 = tuple(within_cluster_sigma2(f, members) for f in feats)
         ns = {"image": out["image"][2], "text": out["text"][2]}
-        lam = self.graph_weight
+        lam = self.config.graph_weight
         new = dict(b_s)
-        if self.graph_mode == "paper":
+        if self.config.graph_mode == "paper":
             prod, degree = cluster_affinity_product(feats, sigma2, new["text"], members)
             lap = degree[:, None] * new["text"] - prod  # rows of (L_1 + L_2) B_2^T
             new["image"] = _sign(2.0 * ns["image"] - lam * lap)
@@ -774,5 +773,5 @@ class UDDHHasher(Hasher):
     def __repr__(self) -> str:
         return (
             f"UDDHHasher(bits={self.bits}, content_bits={self.content_bits}, n_buckets={self.n_buckets}, "
-            f"graph_mode={self.graph_mode!r})"
+            f"graph_mode={self.config.graph_mode!r})"
         )

@@ -267,3 +267,21 @@ def test_multi_hot_centre_update_does_not_increase_kmeans_error() -> None:
     assert err(new) <= err(prev)
     h = small(train_top_e=2, n_iter=1).fit(*clustered_pairs(n=80, seed=6)[:2])
     assert h.train_buckets_.shape == (80, 2) and np.all(h.train_buckets_[:, 0] != h.train_buckets_[:, 1])
+
+
+def test_settings_are_one_config_saved_as_declared(fitted, tmp_path) -> None:
+    import json
+    from dataclasses import asdict, fields
+
+    from hashing.uddh import UDDHConfig
+
+    h, img, _ = fitted
+    saved = json.loads((h.save_pretrained(tmp_path / "u") / "config.json").read_text())
+    declared = {f.name for f in fields(UDDHConfig)} - {"bits"}
+    assert {k: saved[k] for k in declared} == {k: v for k, v in asdict(h.config).items() if k != "bits"}
+    assert saved["content_bits"] == 8  # None resolved to bits // 2 before saving
+    loaded = UDDHHasher.from_pretrained(tmp_path / "u")
+    assert loaded.config == h.config
+    np.testing.assert_array_equal(loaded.encode(img, "image"), h.encode(img, "image"))
+    with pytest.raises(TypeError, match="n_bucket"):
+        UDDHHasher(n_bucket=4)  # a misspelt setting is not silently ignored
