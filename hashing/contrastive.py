@@ -20,6 +20,7 @@ contrastive term trains exactly the ranking that Hamming search uses.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,59 @@ def knn_graph(features: list[np.ndarray], weights: list[float], k: int, block: i
     return out
 
 
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """The contrastive hasher's settings, declared and checked once; saved with ``asdict``.
+
+    ``image_transform`` / ``text_transform`` as requested (``"auto"`` is resolved per fit, and the
+    hasher saves the resolved ones). The defaults are explained on :class:`ContrastiveHasher`.
+    """
+
+    hidden_dim: int = 1024
+    num_layers: int = 3
+    dropout: float = 0.3
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    quantization_weight: float = 0.1
+    balance_weight: float = 0.1
+    decorrelation_weight: float = 0.0
+    intra_weight: float = 0.0
+    neighbor_k: int = 20
+    neighbor_weight: float = 0.5
+    neighbor_image_weight: float = 0.5
+    image_transform: str = "auto"
+    text_transform: str = "auto"
+
+    def __post_init__(self) -> None:
+        checked = {
+            "hidden_dim": _check_positive(self.hidden_dim, "hidden_dim", integer=True),
+            "num_layers": _check_positive(self.num_layers, "num_layers", integer=True),
+            "dropout": _check_positive(self.dropout, "dropout", allow_zero=True),
+            "epochs": _check_positive(self.epochs, "epochs", integer=True),
+            "batch_size": _check_positive(self.batch_size, "batch_size", integer=True),
+            "lr": _check_positive(self.lr, "lr"),
+            "temperature": _check_positive(self.temperature, "temperature"),
+            "neighbor_k": _check_positive(self.neighbor_k, "neighbor_k", integer=True, allow_zero=True),
+            "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
+            "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
+        }
+        for name in ("weight_decay", "quantization_weight", "balance_weight", "decorrelation_weight",
+                     "intra_weight", "neighbor_weight", "neighbor_image_weight"):
+            checked[name] = _check_positive(getattr(self, name), name, allow_zero=True)
+        if checked["dropout"] >= 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if checked["batch_size"] < 2:
+            raise ValueError(f"batch_size must be at least 2 (contrastive negatives), got {self.batch_size!r}")
+        for name in ("neighbor_weight", "neighbor_image_weight"):
+            if checked[name] > 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
 @register_hasher
 class ContrastiveHasher(Hasher):
     """Per-modality MLP hash heads trained with a cross-modal contrastive loss (module docstring).
@@ -100,59 +154,12 @@ class ContrastiveHasher(Hasher):
 
     method = "contrastive"
 
-    def __init__(
-        self,
-        bits: int = 64,
-        seed: int = 0,
-        *,
-        hidden_dim: int = 1024,
-        num_layers: int = 3,
-        dropout: float = 0.3,
-        epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        temperature: float = 0.2,
-        quantization_weight: float = 0.1,
-        balance_weight: float = 0.1,
-        decorrelation_weight: float = 0.0,
-        intra_weight: float = 0.0,
-        neighbor_k: int = 20,
-        neighbor_weight: float = 0.5,
-        neighbor_image_weight: float = 0.5,
-        image_transform: str = "auto",
-        text_transform: str = "auto",
-        progress: bool = True,
-    ) -> None:
+    def __init__(self, bits: int = 64, seed: int = 0, *, progress: bool = True, **settings: Any) -> None:
+        """``settings``: the fields of :class:`ContrastiveConfig`."""
         super().__init__(bits=bits, seed=seed)
-        self.hidden_dim = _check_positive(hidden_dim, "hidden_dim", integer=True)
-        self.num_layers = _check_positive(num_layers, "num_layers", integer=True)
-        self.dropout = _check_positive(dropout, "dropout", allow_zero=True)
-        if self.dropout >= 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.epochs = _check_positive(epochs, "epochs", integer=True)
-        self.batch_size = _check_positive(batch_size, "batch_size", integer=True)
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (contrastive negatives), got {batch_size!r}")
-        self.lr = _check_positive(lr, "lr")
-        self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
-        self.temperature = _check_positive(temperature, "temperature")
-        self.quantization_weight = _check_positive(quantization_weight, "quantization_weight", allow_zero=True)
-        self.balance_weight = _check_positive(balance_weight, "balance_weight", allow_zero=True)
-        self.decorrelation_weight = _check_positive(decorrelation_weight, "decorrelation_weight", allow_zero=True)
-        self.intra_weight = _check_positive(intra_weight, "intra_weight", allow_zero=True)
-        self.neighbor_k = _check_positive(neighbor_k, "neighbor_k", integer=True, allow_zero=True)
-        self.neighbor_weight = _check_positive(neighbor_weight, "neighbor_weight", allow_zero=True)
-        if self.neighbor_weight > 1:
-            raise ValueError(f"neighbor_weight must be in [0, 1], got {neighbor_weight!r}")
-        self.neighbor_image_weight = _check_positive(neighbor_image_weight, "neighbor_image_weight", allow_zero=True)
-        if self.neighbor_image_weight > 1:
-            raise ValueError(f"neighbor_image_weight must be in [0, 1], got {neighbor_image_weight!r}")
-        self.transforms = {
-            "image": check_choice(image_transform, "image_transform", TRANSFORMS),
-            "text": check_choice(text_transform, "text_transform", TRANSFORMS),
-        }
-        self._requested_transforms = dict(self.transforms)  # "auto" is resolved again at every fit
+        self.config = ContrastiveConfig(**settings)
+        # "auto" is resolved again at every fit; the resolved ones are what is saved
+        self.transforms = {"image": self.config.image_transform, "text": self.config.text_transform}
         self.progress = bool(progress)
         self.heads: dict[str, Any] = {}
         #: mean training loss per epoch of the last fit (diagnostic, not saved)
@@ -166,17 +173,17 @@ class ContrastiveHasher(Hasher):
         from tqdm.auto import tqdm
 
         x, y, onehot = check_pairs(image_features, text_features, labels)
-        self.transforms = {"image": resolve_transform(self._requested_transforms["image"], x),
-                           "text": resolve_transform(self._requested_transforms["text"], y)}
+        self.transforms = {"image": resolve_transform(self.config.image_transform, x),
+                           "text": resolve_transform(self.config.text_transform, y)}
         feats = {
             "image": apply_transform(x, self.transforms["image"], "image_features"),
             "text": apply_transform(y, self.transforms["text"], "text_features"),
         }
         n = x.shape[0]
         neighbors = None
-        if onehot is None and self.neighbor_k > 0 and self.neighbor_weight > 0:
-            k = min(self.neighbor_k, n - 1)
-            w = self.neighbor_image_weight
+        if onehot is None and self.config.neighbor_k > 0 and self.config.neighbor_weight > 0:
+            k = min(self.config.neighbor_k, n - 1)
+            w = self.config.neighbor_image_weight
             neighbors = torch.from_numpy(knn_graph([feats["image"], feats["text"]], [w, 1 - w], k))
         data = {m: torch.from_numpy(np.ascontiguousarray(feats[m])) for m in MODALITIES}
         lab = None if onehot is None else torch.from_numpy(onehot)
@@ -188,19 +195,19 @@ class ContrastiveHasher(Hasher):
                 heads[m].mean.copy_(data[m].mean(0))
                 heads[m].std.copy_(data[m].std(0).clamp_min(1e-6))
             params = [p for h in heads.values() for p in h.parameters()]
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-            steps_per_epoch = math.ceil(n / min(self.batch_size, n))
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs * steps_per_epoch)
+            opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+            steps_per_epoch = math.ceil(n / min(self.config.batch_size, n))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.config.epochs * steps_per_epoch)
             gen = torch.Generator().manual_seed(self.seed)
             self.loss_history_ = []
             for h in heads.values():
                 h.train()
-            bar = tqdm(range(self.epochs), desc=f"{self.method} {self.bits} bits", disable=not self.progress)
+            bar = tqdm(range(self.config.epochs), desc=f"{self.method} {self.bits} bits", disable=not self.progress)
             for _ in bar:
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
-                for start in range(0, n, self.batch_size):
-                    idx = perm[start:start + self.batch_size]
+                for start in range(0, n, self.config.batch_size):
+                    idx = perm[start:start + self.config.batch_size]
                     if len(idx) < 2:
                         continue
                     target = self._target(idx, lab, neighbors, n)
@@ -219,7 +226,7 @@ class ContrastiveHasher(Hasher):
         return self
 
     def _new_head(self, modality: str, in_dim: int):
-        return _build_head(in_dim, self.hidden_dim, self.num_layers, self.bits, self.dropout)
+        return _build_head(in_dim, self.config.hidden_dim, self.config.num_layers, self.bits, self.config.dropout)
 
     def _target(self, idx, lab, neighbors, n: int):
         """Row-stochastic (b, b) target over the batch for each anchor."""
@@ -243,7 +250,7 @@ class ContrastiveHasher(Hasher):
         adj = torch.maximum(adj, adj.T)  # symmetric: i is j's neighbour or j is i's
         deg = adj.sum(1, keepdim=True)
         smoothed = adj / deg.clamp_min(1.0)
-        w = self.neighbor_weight * (deg > 0).float()
+        w = self.config.neighbor_weight * (deg > 0).float()
         return (1 - w) * eye + w * smoothed
 
     def _loss(self, zi, zt, target):
@@ -252,7 +259,7 @@ class ContrastiveHasher(Hasher):
 
         hi, ht = torch.tanh(zi), torch.tanh(zt)
         ni, nt = F.normalize(hi, dim=1), F.normalize(ht, dim=1)
-        logits = ni @ nt.T / self.temperature
+        logits = ni @ nt.T / self.config.temperature
 
         def soft_ce(lg, tg):
             return -(tg * F.log_softmax(lg, dim=1)).sum(1).mean()
@@ -260,7 +267,7 @@ class ContrastiveHasher(Hasher):
         # the target relation is between items, not modalities: row j of logits.T (text j vs every
         # image) has the same positives as row j of logits
         loss = 0.5 * (soft_ce(logits, target) + soft_ce(logits.T, target))
-        if self.intra_weight > 0:
+        if self.config.intra_weight > 0:
             off = 1 - torch.eye(len(target))
             tg = target * off
             has = tg.sum(1) > 0
@@ -268,17 +275,17 @@ class ContrastiveHasher(Hasher):
                 tg = tg[has] / tg[has].sum(1, keepdim=True)
                 mask = torch.eye(len(target), dtype=torch.bool)[has]
                 for nz in (ni, nt):
-                    lg = (nz[has] @ nz.T / self.temperature).masked_fill(mask, -1e9)
-                    loss = loss + 0.5 * self.intra_weight * soft_ce(lg, tg)
+                    lg = (nz[has] @ nz.T / self.config.temperature).masked_fill(mask, -1e9)
+                    loss = loss + 0.5 * self.config.intra_weight * soft_ce(lg, tg)
         h = torch.cat([hi, ht])
-        if self.quantization_weight > 0:
-            loss = loss + self.quantization_weight * ((h - torch.sign(h).detach()) ** 2).mean()
-        if self.balance_weight > 0:
-            loss = loss + self.balance_weight * 0.5 * ((hi.mean(0) ** 2).mean() + (ht.mean(0) ** 2).mean())
-        if self.decorrelation_weight > 0:
+        if self.config.quantization_weight > 0:
+            loss = loss + self.config.quantization_weight * ((h - torch.sign(h).detach()) ** 2).mean()
+        if self.config.balance_weight > 0:
+            loss = loss + self.config.balance_weight * 0.5 * ((hi.mean(0) ** 2).mean() + (ht.mean(0) ** 2).mean())
+        if self.config.decorrelation_weight > 0:
             c = h.T @ h / len(h)
             off = c - torch.diag(torch.diag(c))
-            loss = loss + self.decorrelation_weight * (off ** 2).mean()
+            loss = loss + self.config.decorrelation_weight * (off ** 2).mean()
         return loss
 
     def _project(self, features: np.ndarray, modality: str) -> np.ndarray:
@@ -291,16 +298,8 @@ class ContrastiveHasher(Hasher):
 
     # -- persistence ------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
-        keys = (
-            "hidden_dim", "num_layers", "dropout", "epochs", "batch_size", "lr", "weight_decay",
-            "temperature", "quantization_weight", "balance_weight", "decorrelation_weight",
-            "intra_weight", "neighbor_k", "neighbor_weight", "neighbor_image_weight",
-        )
-        return {
-            **{k: getattr(self, k) for k in keys},
-            "image_transform": self.transforms["image"],
-            "text_transform": self.transforms["text"],
-        }
+        return {**asdict(self.config), "image_transform": self.transforms["image"],
+                "text_transform": self.transforms["text"]}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {

@@ -393,3 +393,21 @@ def test_cca_itq_on_wiki_beats_chance():
 def test_package_exports():
     for name in ("LSHHasher", "ITQHasher", "ContrastiveHasher"):
         assert hasattr(hashing, name)
+
+
+def test_contrastive_settings_are_one_config_saved_with_the_resolved_transforms(data, tmp_path):
+    from dataclasses import fields
+
+    from hashing.contrastive import ContrastiveConfig
+
+    x, y, _ = data
+    h = make("contrastive", 16, neighbor_k=0).fit(np.abs(x), y)
+    saved = json.loads((h.save_pretrained(tmp_path / "c") / "config.json").read_text())
+    assert {f.name for f in fields(ContrastiveConfig)} <= set(saved)
+    assert h.config.image_transform == "auto" and saved["image_transform"] == "sqrt_l2"  # resolved at fit
+    loaded = Hasher.from_pretrained(tmp_path / "c")
+    np.testing.assert_array_equal(loaded.encode(np.abs(x), "image"), h.encode(np.abs(x), "image"))
+    for bad, match in ((dict(dropout=1.0), "dropout must be in"), (dict(batch_size=1), "at least 2"),
+                       (dict(neighbor_weight=1.5), "neighbor_weight must be in"), (dict(epoch=3), "epoch")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            ContrastiveConfig(**bad)
