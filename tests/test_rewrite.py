@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_script
 from hub_cache import add_to_hub_cache
 from eval.keywords import STOPWORDS, caption_keywords, keyword_queries
 from rerank import prompts
@@ -230,7 +229,8 @@ def test_adapter_settings_pick_the_zero_shot_prompt(tiny_lm, tiny_adapter):
 def test_training_loss_counts_only_the_caption_tokens(tiny_lm):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    train = load_script("train_rewriter")
+    from rerank import rewriter_training as train
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     pairs = [("dog grass", "A dog on the grass."), ("two children playing beach", "Two children play on a beach."),
