@@ -390,9 +390,11 @@ def test_cca_itq_on_wiki_beats_chance():
     assert i2t > 0.22 and t2i > 0.38, (i2t, t2i)  # chance is about 0.12; measured 0.26 / 0.44
 
 
-def test_package_exports():
-    for name in ("LSHHasher", "ITQHasher", "ContrastiveHasher"):
-        assert hasattr(hashing, name)
+def test_package_exports_every_registered_hasher_under_its_method():
+    exported = {getattr(hashing, name) for name in hashing.__all__ if name.endswith("Hasher") and name != "Hasher"}
+    assert {cls.method for cls in exported} == set(available_methods()) == {"contrastive", "itq", "lsh", "uddh"}
+    for cls in exported:
+        assert issubclass(cls, Hasher) and hashing.hasher_class(cls.method) is cls
 
 
 def test_contrastive_settings_are_one_config_saved_with_the_resolved_transforms(data, tmp_path):
