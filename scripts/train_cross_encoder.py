@@ -51,7 +51,7 @@ from rerank.cross_encoder import (
 )
 from retrieval.atomic import atomic_write_dir
 from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
-from retrieval.encoders.lite_training import image_trunk_features, text_trunk_features
+from retrieval.encoders.lite_training import embed_cached, image_trunk_features, text_trunk_features
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE_VAL_SEED = 0  # scripts/train_lite.py's --seed: its validation draw is rng(seed).permutation[:500]
@@ -65,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--output", type=Path, required=True,
                    help="a run directory (runs/...); the shipped head is rerank/weights/cross-encoder")
     p.add_argument("--cache", type=Path, default=ROOT / "cache")
+    p.add_argument("--lite", type=Path, default=LITE_DIR, help="the lite encoder directory whose towers the head reads")
     p.add_argument("--val-images", type=int, default=500)
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--candidates", type=int, default=128)
@@ -100,16 +101,16 @@ def parse_args() -> argparse.Namespace:
 
 
 # -- features -----------------------------------------------------------------------------------
-def cache_file(cache: Path, split: str, n: int) -> Path:
-    weights = (LITE_DIR / "model.safetensors").read_bytes()
+def cache_file(cache: Path, split: str, n: int, lite_dir: Path = LITE_DIR) -> Path:
+    weights = (Path(lite_dir) / "model.safetensors").read_bytes()
     key = hashlib.sha1(weights + f"{split}:{n}".encode()).hexdigest()[:12]
     return cache / f"cross_features_{split}_{key}.pt"
 
 
 @torch.inference_mode()
-def split_features(model, split, cache: Path) -> dict[str, torch.Tensor]:
+def split_features(model, split, cache: Path, lite_dir: Path = LITE_DIR) -> dict[str, torch.Tensor]:
     """Token features and ITC embeddings of one split, computed once (the lite weights key the cache)."""
-    file = cache_file(cache, split.name, len(split.captions))
+    file = cache_file(cache, split.name, len(split.captions), lite_dir)
     if file.exists():
         return torch.load(file)
     features = LiteTokenFeatures(model, torch.device("cpu"))
@@ -306,12 +307,18 @@ def save_ensemble(args, feats, val_images, val_caps, val_owner, val_t2i, val_i2t
 
 
 def frozen_tokens(lite, train, cache: Path) -> dict[str, torch.Tensor]:
-    """The frozen trunk activations of the train split (the lite trainer's caches, at the lite model's split)."""
+    """The frozen trunk activations of the train split and the ITC embeddings computed from them.
+
+    From the lite trainer's caches (``retrieval.encoders.lite_training``) at the lite model's own
+    split; the top runs once on them, so nothing runs a whole tower again.
+    """
     image = image_trunk_features(lite, train.image_paths, cache)[0]
     hidden, mask = text_trunk_features(lite, train.captions, cache)
+    image_emb, text_emb = embed_cached(lite.eval(), image, lite.image_split, hidden, mask, lite.text_split)
     length = int(mask.sum(1).max())
-    return {"image_tokens": image.flatten(2).transpose(1, 2).contiguous(),
-            "text_tokens": hidden[:, :length].contiguous(), "text_mask": mask[:, :length].contiguous()}
+    return {"image_tokens": image.flatten(2).transpose(1, 2).contiguous(), "image_embedding": image_emb,
+            "text_tokens": hidden[:, :length].contiguous(), "text_mask": mask[:, :length].contiguous(),
+            "text_embedding": text_emb}
 
 
 def main() -> None:
@@ -320,12 +327,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    lite = load_lite_model(LITE_DIR)
+    lite = load_lite_model(args.lite)
     args.lite_features = lite_feature_source(lite)
     train = load_karpathy(args.annotations, args.images, "train")
-    feats = split_features(lite, train, args.cache)
+    # frozen features: tokens and ITC embeddings both from the lite trainer's trunk caches (the
+    # top runs once on them); tuned features need the whole towers run once over the split
     if args.features == "frozen":
-        feats.update(frozen_tokens(lite, train, args.cache))
+        feats = frozen_tokens(lite, train, args.cache)
+    else:
+        feats = split_features(lite, train, args.cache, args.lite)
 
     order = np.random.default_rng(LITE_VAL_SEED).permutation(train.n_images)
     val_images = np.sort(order[: args.val_images])
@@ -356,7 +366,8 @@ def main() -> None:
     fit_positives_i2t = [np.flatnonzero(fit_owner == i) for i in range(len(fit_images))]
 
     image_dim = LiteTokenFeatures(lite, torch.device("cpu"), args.features).image_dim  # of this lite model's tower
-    head_config = {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[args.features], "image_dim": image_dim, "features": args.features,
+    head_config = {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[args.features], "image_dim": image_dim,
+                   "image_tokens": feats["image_tokens"].shape[1], "features": args.features,
                    "attention": args.attention, "dim": args.dim, "heads": args.heads, "dropout": args.dropout,
                    "init_itc_scale": args.itc_in_loss}
     head = CrossEncoderHead(**head_config)

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--views", type=int, default=d.views, help="augmented views of each train image, cached once")
     p.add_argument("--image-tower", default=DEFAULT_CONFIG["image_tower"], choices=sorted(IMAGE_TOWERS))
+    p.add_argument("--image-size", type=int, default=DEFAULT_CONFIG["image_size"],
+                   help="input side (Lite0 224, Lite1 240, Lite2 260 natively)")
     p.add_argument("--image-trainable-stages", type=int, default=DEFAULT_CONFIG["image_trainable_stages"])
     p.add_argument("--text-trainable-layers", type=int, default=DEFAULT_CONFIG["text_trainable_layers"])
     p.add_argument("--image-pool", default=DEFAULT_CONFIG["image_pool"], choices=["avg", "attention"])
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = {**DEFAULT_CONFIG, "embed_dim": args.embed_dim, "image_tower": args.image_tower,
+    config = {**DEFAULT_CONFIG, "embed_dim": args.embed_dim, "image_tower": args.image_tower, "image_size": args.image_size,
               "image_pool": args.image_pool, "image_trainable_stages": args.image_trainable_stages,
               "text_trainable_layers": args.text_trainable_layers, "dropout": args.dropout}
     model = LiteModel(config)

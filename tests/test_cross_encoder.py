@@ -21,9 +21,20 @@ from retrieval.hub import ModelNotAvailableError
 TINY = {"image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
 
 
-def tiny_head(seed: int = 0, attention: str = "t2i") -> CrossEncoderHead:
+def on_shipped_lite(config: dict) -> dict:
+    """A tiny head config whose image tokens fit the shipped lite model (tuned-feature channels, token count)."""
+    from retrieval.encoders.lite import load_lite_model
+    from rerank.cross_encoder import LiteTokenFeatures
+
+    lite = load_lite_model()
+    side = -(-lite.config["image_size"] // 32)  # EfficientNet's output stride
+    return {**config, "image_dim": LiteTokenFeatures(lite, torch.device("cpu"), "tuned").image_dim,
+            "image_tokens": side * side}
+
+
+def tiny_head(seed: int = 0, attention: str = "t2i", config: dict | None = None) -> CrossEncoderHead:
     torch.manual_seed(seed)
-    head = CrossEncoderHead(**TINY, attention=attention)
+    head = CrossEncoderHead(**(config or TINY), attention=attention)
     for p in head.parameters():  # the default init leaves positions at zero; make every part matter
         torch.nn.init.normal_(p, std=0.3)
     return head.eval()
@@ -152,7 +163,7 @@ def test_hard_fraction_ramps_linearly_to_its_end_value():
 
 @pytest.fixture(scope="module")
 def reranker(tmp_path_factory) -> CrossEncoderReranker:
-    directory = save_head(tiny_head(), tmp_path_factory.mktemp("head") / "cross")
+    directory = save_head(tiny_head(config=on_shipped_lite(TINY)), tmp_path_factory.mktemp("head") / "cross")
     torch.set_num_threads(1)
     return CrossEncoderReranker(directory, device="cpu", batch_size=2)
 
@@ -219,7 +230,7 @@ def test_bad_input_names_what_is_missing(reranker, images):
 
 
 def test_loads_from_a_dir_and_a_local_hub_cache(tmp_path, offline_hub):
-    directory = save_head(tiny_head(1), tmp_path / "cross")
+    directory = save_head(tiny_head(1, config=on_shipped_lite(TINY)), tmp_path / "cross")
     add_to_hub_cache(offline_hub, "someone/lite-cross", directory)
     a = CrossEncoderReranker("someone/lite-cross", device="cpu")
     assert a.config()["model_id"] == "someone/lite-cross"
@@ -253,7 +264,7 @@ def test_a_head_refuses_lite_features_it_was_not_trained_on(tmp_path):
     from rerank.cross_encoder import LEGACY_FEATURE_SOURCE, lite_feature_source
 
     lite = load_lite_model()
-    head = CrossEncoderHead(**{**TINY, "features": "frozen", "image_dim": lite.image_trunk_channels})
+    head = CrossEncoderHead(**{**on_shipped_lite(TINY), "features": "frozen", "image_dim": lite.image_trunk_channels})
     directory = save_head(head, tmp_path / "cross")
     config = json.loads((directory / CONFIG_NAME).read_text())
     for source, ok in ((lite_feature_source(lite), True), ({**lite_feature_source(lite), "text_split": 3}, False),

@@ -191,6 +191,8 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, owner: torch.Tenso
 
 @dataclass
 class TrainOptions:
+    """The defaults are the shipped model's recipe; the model card's table says what the other settings gave."""
+
     epochs: int = 12
     batch_size: int = 256
     captions_per_image: int = 1
