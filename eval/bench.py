@@ -52,7 +52,7 @@ with nq x dim >= ``faiss.cvar.distance_compute_blas_threshold`` (128,000, i.e. 5
 d = 256); below it a batch runs barely faster than its queries one at a time. The default floor
 keeps the baseline's batches on BLAS.
 
-HNSW over binary codes is built only up to ``--hnsw-max-n`` (its build is the slow part: 105 s
+HNSW over binary codes is built only up to ``--hnsw-max-n`` (its build is the slow part: 61 s
 at 1M). Search threads default to 1 (``--threads``): on shared cores, OpenMP's spinning threads
 slow down by an order of magnitude under load; the load average is recorded per size. No GPU
 path is measured unless CUDA is visible (``gpu_flat``; the encoders then run fp16 on CUDA).

@@ -1,8 +1,9 @@
 """Exact search: faiss IndexBinaryFlat under IndexBinaryIDMap (custom ids, removal by id).
 
 IndexBinaryIDMap, not IDMap2: IDMap2's reverse map (an unordered_map, for reconstruct by id,
-which nothing here calls) cost 43 bytes per item in a measurement here, 2.7x the 64-bit codes and
-their ids together, and every reopened store rebuilds this index. Indexes saved with IDMap2 still load.
+which nothing here calls) holds tens of bytes per item, more than a 64-bit code and its id, and
+every reopened store rebuilds this index (the resident cost per item is in the README's scale
+table, ``python -m eval.bench --stages scale``). Indexes saved with IDMap2 still load.
 """
 
 from __future__ import annotations
