@@ -13,12 +13,13 @@ Procrustes step is unchanged, and at ``bits <= k`` this is exactly ITQ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .base import register_hasher
-from .lsh import LinearHasher, fit_shared_space
+from .lsh import LinearConfig, LinearHasher, fit_shared_space
 
 
 def pca_basis(z: np.ndarray, k: int) -> np.ndarray:
@@ -57,6 +58,19 @@ def quantization_error(v: np.ndarray) -> float:
     return float(((np.where(v >= 0, 1.0, -1.0) - v) ** 2).sum())
 
 
+@dataclass(frozen=True)
+class ITQConfig(LinearConfig):
+    """:class:`LinearConfig` and ``n_iter``, the ITQ rotation's alternating steps."""
+
+    n_iter: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 1:
+            raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
+        object.__setattr__(self, "n_iter", int(self.n_iter))
+
+
 @register_hasher
 class ITQHasher(LinearHasher):
     """PCA-ITQ (same dims) or CCA-ITQ (different dims), one rotation shared by both modalities.
@@ -66,24 +80,11 @@ class ITQHasher(LinearHasher):
 
     method = "itq"
 
-    def __init__(
-        self,
-        bits: int = 64,
-        seed: int = 0,
-        *,
-        n_iter: int = 50,
-        shared_space: str = "auto",
-        center: str = "modality",
-        cca_reg: float = 1e-3,
-        cca_power: float = 1.0,
-        image_transform: str = "auto",
-        text_transform: str = "auto",
-    ) -> None:
-        super().__init__(bits, seed, shared_space=shared_space, center=center, cca_reg=cca_reg,
-                         cca_power=cca_power, image_transform=image_transform, text_transform=text_transform)
-        if not isinstance(n_iter, (int, np.integer)) or n_iter < 1:
-            raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
-        self.n_iter = int(n_iter)
+    config_class = ITQConfig
+
+    def __init__(self, bits: int = 64, seed: int = 0, **settings: Any) -> None:
+        """``settings``: the fields of :class:`ITQConfig`."""
+        super().__init__(bits, seed, **settings)
         #: quantisation error per ITQ iteration of the last fit (diagnostic, not saved)
         self.quantization_errors_: list[float] = []
 
@@ -92,7 +93,8 @@ class ITQHasher(LinearHasher):
     ) -> "ITQHasher":
         x, y, _ = self._prepare(image_features, text_features, labels)
         means, maps, corr = fit_shared_space(
-            x, y, self.shared_space, self.center, self.cca_reg, self.cca_power, max_dim=self.bits
+            x, y, self.config.shared_space, self.config.center, self.config.cca_reg, self.config.cca_power,
+            max_dim=self.bits
         )
         z = np.concatenate([(x - means["image"]) @ maps["image"], (y - means["text"]) @ maps["text"]])
         if corr is None:  # same space: PCA of both modalities together
@@ -101,13 +103,7 @@ class ITQHasher(LinearHasher):
             z = z @ basis
         k = z.shape[1]
         v = np.pad(z, ((0, 0), (0, self.bits - k)))  # over-complete when bits > k, see module doc
-        r, self.quantization_errors_ = itq_rotation(v, self.n_iter, self.seed)
+        r, self.quantization_errors_ = itq_rotation(v, self.config.n_iter, self.seed)
         for m in ("image", "text"):
             self._set(m, means[m], maps[m] @ r[:k])
         return self
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "n_iter": self.n_iter,
-        }

@@ -18,7 +18,8 @@ more bits than that are a redundant (over-complete) set of hyperplanes in that s
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -130,42 +131,58 @@ def fit_cca(
     return wx @ u[:, :k], wy @ vt.T[:, :k], s[:k]
 
 
+@dataclass(frozen=True)
+class LinearConfig:
+    """The settings of every linear hasher (the module docstring explains each), declared and checked
+    once and saved with ``asdict``; ``image_transform`` / ``text_transform`` as requested (``"auto"``
+    is resolved per fit, and the hasher saves the resolved ones)."""
+
+    shared_space: str = "auto"
+    center: str = "modality"
+    cca_reg: float = 1e-3
+    cca_power: float = 1.0
+    image_transform: str = "auto"
+    text_transform: str = "auto"
+
+    def __post_init__(self) -> None:
+        checked = {
+            "shared_space": check_choice(self.shared_space, "shared_space", SHARED_SPACES),
+            "center": check_choice(self.center, "center", CENTERINGS),
+            "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
+            "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
+        }
+        for name in ("cca_reg", "cca_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            checked[name] = float(value)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
 class LinearHasher(Hasher):
     """Base of hashers whose code is ``sign((t(x) - mean_m) @ W_m)`` for modality ``m``.
 
     Subclasses fill ``self._mean`` and ``self._weight`` (float32) in ``fit``; projection,
     persistence, validation and the shared-space settings (see the module docstring) are shared.
+    ``config_class`` is the subclass's settings dataclass (a :class:`LinearConfig`).
     """
 
-    def __init__(
-        self,
-        bits: int = 64,
-        seed: int = 0,
-        *,
-        shared_space: str = "auto",
-        center: str = "modality",
-        cca_reg: float = 1e-3,
-        cca_power: float = 1.0,
-        image_transform: str = "auto",
-        text_transform: str = "auto",
-    ) -> None:
+    config_class: ClassVar[type[LinearConfig]] = LinearConfig
+
+    def __init__(self, bits: int = 64, seed: int = 0, **settings: Any) -> None:
+        """``settings``: the fields of :attr:`config_class`."""
         super().__init__(bits=bits, seed=seed)
-        self.shared_space = check_choice(shared_space, "shared_space", SHARED_SPACES)
-        self.center = check_choice(center, "center", CENTERINGS)
-        self.cca_reg = float(cca_reg)
-        self.cca_power = float(cca_power)
-        self.transforms = {
-            "image": check_choice(image_transform, "image_transform", TRANSFORMS),
-            "text": check_choice(text_transform, "text_transform", TRANSFORMS),
-        }
-        self._requested_transforms = dict(self.transforms)  # "auto" is resolved again at every fit
+        self.config = self.config_class(**settings)
+        # "auto" is resolved again at every fit; the resolved ones are what is saved
+        self.transforms = {"image": self.config.image_transform, "text": self.config.text_transform}
         self._mean: dict[str, np.ndarray] = {}
         self._weight: dict[str, np.ndarray] = {}
 
     def _prepare(self, image_features: Any, text_features: Any, labels: Any = None):
         x, y, labels = check_pairs(image_features, text_features, labels)
-        self.transforms = {"image": resolve_transform(self._requested_transforms["image"], x),
-                           "text": resolve_transform(self._requested_transforms["text"], y)}
+        self.transforms = {"image": resolve_transform(self.config.image_transform, x),
+                           "text": resolve_transform(self.config.text_transform, y)}
         x = apply_transform(x, self.transforms["image"], "image_features")
         y = apply_transform(y, self.transforms["text"], "text_features")
         return x, y, labels
@@ -181,14 +198,8 @@ class LinearHasher(Hasher):
         return (z - self._mean[modality]) @ self._weight[modality]
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "image_transform": self.transforms["image"],
-            "text_transform": self.transforms["text"],
-            "shared_space": self.shared_space,
-            "center": self.center,
-            "cca_reg": self.cca_reg,
-            "cca_power": self.cca_power,
-        }
+        return {**asdict(self.config), "image_transform": self.transforms["image"],
+                "text_transform": self.transforms["text"]}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {}
@@ -260,7 +271,8 @@ class LSHHasher(LinearHasher):
         self, image_features: np.ndarray, text_features: np.ndarray, labels: np.ndarray | None = None
     ) -> "LSHHasher":
         x, y, _ = self._prepare(image_features, text_features, labels)
-        means, maps, _ = fit_shared_space(x, y, self.shared_space, self.center, self.cca_reg, self.cca_power)
+        c = self.config
+        means, maps, _ = fit_shared_space(x, y, c.shared_space, c.center, c.cca_reg, c.cca_power)
         rng = np.random.default_rng(self.seed)
         planes = rng.standard_normal((maps["image"].shape[1], self.bits))
         for m in ("image", "text"):

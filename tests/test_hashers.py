@@ -413,3 +413,22 @@ def test_contrastive_settings_are_one_config_saved_with_the_resolved_transforms(
                        (dict(neighbor_weight=1.5), "neighbor_weight must be in"), (dict(epoch=3), "epoch")):
         with pytest.raises((ValueError, TypeError), match=match):
             ContrastiveConfig(**bad)
+
+
+def test_shipped_itq_hasher_loads_into_its_config_and_saves_the_same_keys(tmp_path):
+    from dataclasses import asdict
+
+    from hashing.itq import ITQConfig
+
+    shipped = Path(hashing.__file__).resolve().parents[1] / "retrieval" / "weights" / "lite" / "hasher"
+    on_disk = json.loads((shipped / "config.json").read_text())
+    h = Hasher.from_pretrained(shipped)
+    assert isinstance(h.config, ITQConfig) and asdict(h.config) == {k: on_disk[k] for k in asdict(h.config)}
+    resaved = json.loads((h.save_pretrained(tmp_path / "again") / "config.json").read_text())
+    assert resaved == on_disk
+    with pytest.raises(TypeError, match="n_iters"):
+        create_hasher("itq", 64, n_iters=3)  # a misspelt setting is not silently ignored
+    with pytest.raises(ValueError, match="n_iter must be a positive integer"):
+        create_hasher("itq", 64, n_iter=0)
+    with pytest.raises(TypeError, match="n_iter"):
+        create_hasher("lsh", 64, n_iter=3)  # ITQ's own setting is not a linear hasher's
