@@ -274,6 +274,22 @@ def test_fp16_storage_keeps_rankings_and_a_retriever_on_disk_commits_each_add(pa
         Retriever.create(tmp_path / "other", encoder=ToyEncoder())
 
 
+def test_opening_a_store_hands_the_index_builds_temporaries_back(paths, tmp_path, monkeypatch):
+    import platform
+
+    from retrieval import stored_gallery
+
+    assert stored_gallery.return_free_heap() is (platform.libc_ver()[0] == "glibc")
+    live = Retriever.create(tmp_path / "live", encoder=ToyEncoder(), hasher=build(paths).hasher)
+    live.add_images(paths[:4])
+    live.close()
+    calls = []
+    monkeypatch.setattr(stored_gallery, "return_free_heap", lambda: calls.append(1) or True)
+    reopened = Retriever.open(tmp_path / "live", encoder=ToyEncoder())
+    assert calls == [1], "one trim per gallery that built an index"
+    assert len(reopened.galleries["image"]) == 4
+
+
 def test_images_only_builds_fit_on_the_images_or_fall_back_to_lsh(paths):
     with pytest.warns(UserWarning, match="only 12 images .* using LSH"):
         r = Retriever.build(images=paths, encoder=ToyEncoder(), bits=16)
