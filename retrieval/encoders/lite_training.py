@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from .lite import DEFAULT_CONFIG, IMAGE_STAGES, TEXT_LAYERS, LiteModel, export, image_transform, onnxruntime_available
+from .lite import IMAGE_STAGES, LiteModel, export, image_transform, onnxruntime_available
 
 
 def cache_key(*parts: object) -> str:
@@ -323,6 +323,3 @@ def save_lite(directory: Path, config: dict[str, Any], state: dict[str, torch.Te
 def options_record(options: TrainOptions) -> dict[str, Any]:
     return {k: v for k, v in asdict(options).items() if k not in ("progress", "extra")} | options.extra
 
-
-__all__ = ["DEFAULT_CONFIG", "TEXT_LAYERS", "TrainOptions", "augment_transform", "contrastive_loss", "embed_cached",
-           "image_trunk_features", "save_lite", "select", "text_trunk_features", "train"]
