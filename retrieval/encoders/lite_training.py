@@ -89,7 +89,8 @@ def image_trunk_features(model: LiteModel, paths: Sequence[Path], cache: Path, s
 
     stages = model.image_split if stages is None else stages
     c = model.config
-    key = cache_key(c["image_tower"], stages, c["image_size"], c["image_mean"], len(paths), paths[0], paths[-1])
+    ends = [Path(paths[0]).resolve(), Path(paths[-1]).resolve()]  # relative or absolute, one cache
+    key = cache_key(c["image_tower"], stages, c["image_size"], c["image_mean"], len(paths), *ends)
     cache.mkdir(parents=True, exist_ok=True)
     runner, out = None, []
     for v in range(1 + views):
