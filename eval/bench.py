@@ -75,7 +75,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.atomic import write_json
+from common.atomic import write_json
 
 from .machine import machine
 
@@ -1100,7 +1100,7 @@ def plot(sizes: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from retrieval.atomic import atomic_write_file
+    from common.atomic import atomic_write_file
 
     series: dict[str, dict[str, list[float]]] = {}
     for s in sizes:
