@@ -76,7 +76,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common.atomic import write_json
+from hashing.hamming import hamming_distances_at
+from hashing.index import PAD_DISTANCE
 
+from .extras import require
 from .machine import machine
 
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -154,12 +157,6 @@ def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def hamming(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """True Hamming distances of the returned ids (padding -> a large value)."""
-    d = np.unpackbits(queries[:, None, :] ^ codes[np.maximum(ids, 0)], axis=2).sum(axis=2)
-    return np.where(ids >= 0, d, 1 << 30)
 
 
 def saved_size(index: Any) -> int:
@@ -564,7 +561,7 @@ def doubling(start: int, stop: int) -> list[int]:
 
 def recall_at(res: Any, q_codes: np.ndarray, codes: np.ndarray, kth: np.ndarray, what: str) -> float:
     """Tie-aware recall against exact Hamming search; also checks the returned distances are true."""
-    true_d = hamming(q_codes, codes, res.ids)
+    true_d = hamming_distances_at(q_codes, codes, res.ids, PAD_DISTANCE)
     valid = res.ids >= 0
     if not np.array_equal(true_d[valid], res.distances[valid]):
         raise AssertionError(f"{what}: returned distances are not the items' Hamming distances")
@@ -1095,8 +1092,7 @@ def plot(sizes: list[dict[str, Any]], path: Path) -> Path:
     """Batch and single-query QPS, and memory, against n (log-log), one line per index."""
     import io
 
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval.bench's plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

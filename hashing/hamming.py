@@ -69,3 +69,25 @@ def hamming_distances(query_codes: np.ndarray, item_codes: np.ndarray) -> np.nda
     """The full (n_queries, n_items) Hamming distance matrix between packed codes."""
     source = HammingDistances(query_codes, item_codes)
     return source.block(0, source.shape[0])
+
+
+def hamming_distances_at(query_codes: np.ndarray, item_codes: np.ndarray, rows: np.ndarray,
+                         pad_distance: int) -> np.ndarray:
+    """(n_queries, k) int64 distances of query i to the items at ``rows[i]`` only.
+
+    For checking what an index returned without the full matrix (a benchmark's database has
+    millions of rows). A negative row is an index's padding (id -1): it gets ``pad_distance``,
+    which the caller picks to sort last (e.g. ``hashing.index.PAD_DISTANCE``).
+    """
+    q = check_packed_codes(query_codes, "query_codes")
+    db = check_packed_codes(item_codes, "item_codes")
+    rows = np.asarray(rows)
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"query_codes have {q.shape[1] * 8} bits but item_codes have {db.shape[1] * 8}")
+    if rows.ndim != 2 or rows.shape[0] != q.shape[0] or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be integer (n_queries={q.shape[0]}, k), got {rows.dtype} {rows.shape}")
+    if rows.size and rows.max() >= db.shape[0]:
+        raise ValueError(f"rows must be < the {db.shape[0]} items (negative for padding), got {int(rows.max())}")
+    count = np.bitwise_count if hasattr(np, "bitwise_count") else _POPCOUNT.__getitem__
+    d = count(q[:, None, :] ^ db[np.maximum(rows, 0)]).sum(axis=2, dtype=np.int64)
+    return np.where(rows >= 0, d, np.int64(pad_distance))

@@ -159,6 +159,19 @@ def test_float_recall_and_our_pipeline_at_full_depth_is_exact() -> None:
     assert bench.float_recall(ours.search(q), exact) < 1.0, "Hamming top-5 alone misses some"
 
 
+def test_recall_at_counts_items_within_the_kth_distance_and_never_padding() -> None:
+    from hashing.index import PAD_DISTANCE, PAD_ID, SearchResult
+
+    codes = np.packbits(np.array([[0] * 8, [1] + [0] * 7, [1, 1] + [0] * 6, [1] * 8], dtype=bool), axis=1)
+    query = codes[:1]  # distances 0, 1, 2, 8 to the four items
+    kth = np.array([[1]])  # exact top-2 reaches distance 1
+    res = SearchResult(np.array([[0, 2, PAD_ID]]), np.array([[0, 2, PAD_DISTANCE]], dtype=np.int32))
+    assert bench.recall_at(res, query, codes, kth, "probe") == pytest.approx(1 / 3)
+    lying = SearchResult(np.array([[0, 2, PAD_ID]]), np.array([[0, 1, PAD_DISTANCE]], dtype=np.int32))
+    with pytest.raises(AssertionError, match="probe: returned distances"):
+        bench.recall_at(lying, query, codes, kth, "probe")
+
+
 def test_tune_grid_takes_the_first_setting_reaching_the_target() -> None:
     truth = np.arange(10)[None, :]
     found = {1: np.arange(5), 2: np.arange(9, -1, -1), 3: np.arange(10)}

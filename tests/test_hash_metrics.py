@@ -140,6 +140,24 @@ def test_hamming_from_packed_codes_equals_brute_force():
         assert hm.HammingDistances(np.packbits(a, axis=1), np.packbits(b, axis=1)).bits == bits
 
 
+def test_distances_at_chosen_rows_are_the_full_matrix_gathered_and_padding_gets_its_value():
+    from hashing.hamming import hamming_distances_at
+
+    rng = np.random.default_rng(3)
+    for bits in (8, 24, 72):
+        q, db = (np.packbits(rng.random((n, bits)) < 0.5, axis=1) for n in (9, 40))
+        rows = rng.integers(-1, 40, size=(9, 6))
+        got = hamming_distances_at(q, db, rows, pad_distance=10_000)
+        full = hm.hamming_distances(q, db).astype(np.int64)
+        expected = np.where(rows >= 0, np.take_along_axis(full, np.maximum(rows, 0), axis=1), 10_000)
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == np.int64
+    with pytest.raises(ValueError, match="rows must be < the 40 items"):
+        hamming_distances_at(q, db, np.full((9, 1), 40), pad_distance=0)
+    with pytest.raises(ValueError, match="n_queries=9"):
+        hamming_distances_at(q, db, np.zeros((8, 1), np.int64), pad_distance=0)
+
+
 def test_codes_and_dense_distances_give_the_same_metrics_in_any_chunking():
     rng = np.random.default_rng(2)
     q, db = np.packbits(rng.random((40, 16)) < 0.5, axis=1), np.packbits(rng.random((90, 16)) < 0.5, axis=1)
