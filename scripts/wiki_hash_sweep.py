@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.settings_args import by_name, named_setting  # noqa: E402
-from hashing import create_hasher  # noqa: E402
+from eval.settings_args import by_name, named_setting
+from eval.wiki_quick import UDDH_TABLE_III, WIKI, hamming_map_at_k, load_wiki
+from hashing import create_hasher
 
 # name -> (registered method, constructor overrides, supervised)
 METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -40,32 +38,11 @@ METHODS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "contrastive": ("contrastive", {}, False),
     "contrastive-sup": ("contrastive", {}, True),
 }
-# UDDH (TPAMI 2024, ../shared/papers/003_*.txt Table III), Wiki MAP@50 at 32/64/128 bits
-UDDH = {"i2t": {32: 0.3908, 64: 0.4012, 128: 0.4224}, "t2i": {32: 0.6144, 64: 0.6305, 128: 0.6541}}
-
-
-def map_at_k(query_codes: np.ndarray, item_codes: np.ndarray, query_labels: np.ndarray,
-             item_labels: np.ndarray, k: int = 50) -> dict[str, float]:
-    """Both MAP@k normalisations (module docstring); ties broken by item index."""
-    dist = np.empty((len(query_codes), len(item_codes)), np.int32)
-    for start in range(0, len(query_codes), 256):  # (256, n, bytes) at a time
-        xor = query_codes[start:start + 256, None, :] ^ item_codes[None, :, :]
-        dist[start:start + 256] = np.unpackbits(xor, axis=2).sum(2)
-    rel = item_labels[np.argsort(dist, axis=1, kind="stable")] == query_labels[:, None]
-    top = rel[:, :k]
-    prec = np.cumsum(top, 1) / np.arange(1, k + 1)
-    top50 = (prec * top).sum(1) / np.maximum(top.sum(1), 1)
-    first = []
-    for row in rel:
-        ranks = np.flatnonzero(row)[:k] + 1.0
-        first.append(np.mean(np.arange(1, len(ranks) + 1) / ranks) if len(ranks) else 0.0)
-    return {"top50": float(top50.mean()), "first50": float(np.mean(first))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path,
-                   default=Path(__file__).resolve().parents[2] / "shared" / "data" / "wiki" / "wikiData.mat")
+    p.add_argument("--data", type=Path, default=WIKI)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -77,7 +54,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     import torch
-    from scipy.io import loadmat
 
     torch.set_num_threads(args.threads)
     try:  # comes with scikit-learn (dev extra); without it BLAS keeps its own thread count
@@ -87,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:
         pass
     overrides = by_name(args.overrides)
-    d = loadmat(args.data)
+    d = load_wiki(args.data)
     train_i, train_t, query_i, query_t = (d[k].astype(np.float32) for k in ("I_tr", "T_tr", "I_te", "T_te"))
     lab_tr, lab_te = d["L_tr"].ravel().astype(np.int64), d["L_te"].ravel().astype(np.int64)
 
@@ -106,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 fit_s = time.perf_counter() - t0
                 runs.append({
                     "seed": seed, "fit_s": round(fit_s, 2),
-                    "i2t": map_at_k(h.encode(query_i, "image"), h.encode(train_t, "text"), lab_te, lab_tr),
-                    "t2i": map_at_k(h.encode(query_t, "text"), h.encode(train_i, "image"), lab_te, lab_tr),
+                    "i2t": hamming_map_at_k(h.encode(query_i, "image"), h.encode(train_t, "text"), lab_te, lab_tr),
+                    "t2i": hamming_map_at_k(h.encode(query_t, "text"), h.encode(train_i, "image"), lab_te, lab_tr),
                 })
             summary = {
                 f"{direction}_{norm}": [float(np.mean([r[direction][norm] for r in runs])),
@@ -130,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             s = r["mean_std"]
             print(f"| {name} | {bits} | {s['i2t_top50'][0]:.4f} | {s['i2t_first50'][0]:.4f} | "
                   f"{s['t2i_top50'][0]:.4f} | {s['t2i_first50'][0]:.4f} |")
-    print("| UDDH (paper) | 32/64/128 | " + "/".join(f"{v:.4f}" for v in UDDH["i2t"].values()) + " | | "
-          + "/".join(f"{v:.4f}" for v in UDDH["t2i"].values()) + " | |")
+    print("| UDDH (paper) | 32/64/128 | " + "/".join(f"{v:.4f}" for v in UDDH_TABLE_III["i2t"].values()) + " | | "
+          + "/".join(f"{v:.4f}" for v in UDDH_TABLE_III["t2i"].values()) + " | |")
     out = {"metric": "MAP@50, ties broken by index", "seeds": args.seeds, "data": str(args.data),
            "results": results}
     if args.output:
