@@ -24,6 +24,7 @@ writes column-major and h5py shows the dimensions reversed) or plain HDF5 writte
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -475,36 +476,81 @@ def load_flickr8k(
     return HashingData("flickr8k", train, query, query, "paired", has_class_labels=False)
 
 
-def save_embeddings(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Writes an embedding cache atomically; no pickle."""
+#: The npz key holding the JSON fingerprint of the encoder that made a cache (eval.embedding_cache).
+FINGERPRINT_KEY = "encoder_fingerprint"
+
+
+def save_embeddings(path: str | Path, arrays: dict[str, np.ndarray], fingerprint: dict | None = None) -> Path:
+    """Writes an embedding cache atomically, with the encoder's fingerprint when given; no pickle."""
     from common.atomic import atomic_write_file
 
-    return atomic_write_file(path, lambda fh: np.savez(
-        fh, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}))
+    out = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    if fingerprint is not None:
+        out[FINGERPRINT_KEY] = np.frombuffer(json.dumps(fingerprint, sort_keys=True).encode(), dtype=np.uint8)
+    return atomic_write_file(path, lambda fh: np.savez(fh, **out))
+
+
+def cache_fingerprint(path: str | Path) -> dict | None:
+    """The fingerprint of the encoder that made the cache at ``path``; None for caches made before it was kept."""
+    with np.load(path, allow_pickle=False) as z:
+        if FINGERPRINT_KEY not in z.files:
+            return None
+        return json.loads(z[FINGERPRINT_KEY].tobytes().decode())
+
+
+def made_by(path: str | Path, encoder: Any) -> bool | None:
+    """Whether ``encoder``, as it is now, made the cache at ``path``; None when the cache does not say."""
+    from .embedding_cache import encoder_fingerprint
+
+    stamp = cache_fingerprint(path)
+    return None if stamp is None else stamp == json.loads(json.dumps(encoder_fingerprint(encoder), sort_keys=True))
 
 
 def encode_flickr8k(
     model_id: str, annotations: str | Path, images: str | Path | None, out: str | Path,
-    batch_size: int = 64, progress: bool = True,
+    batch_size: int = 64, progress: bool = True, encoder: Any = None,
 ) -> Path:
     """Encodes the Flickr8K train and test splits with ``retrieval.encoders.load_encoder(model_id)``
-    and writes the cache :func:`load_flickr8k` reads."""
-    try:
-        from retrieval.encoders import load_encoder
-    except ImportError as e:
-        raise RuntimeError(
-            "encoding Flickr8K needs retrieval.encoders.load_encoder; pass a precomputed --embeddings cache instead"
-        ) from e
+    (or ``encoder``) and writes the cache :func:`load_flickr8k` reads, stamped with its fingerprint."""
+    from .embedding_cache import encoder_fingerprint
+
     annotations = Path(annotations)
     images = Path(images) if images is not None else annotations.parent / "images"
-    encoder = load_encoder(model_id)
+    if encoder is None:
+        from retrieval.encoders import load_encoder
+
+        encoder = load_encoder(model_id)
     arrays = {}
     for split in FLICKR8K_SPLITS.values():
         ds = load_karpathy(annotations, images, split=split)
         arrays[f"{split}_image"] = encoder.encode_images([str(p) for p in ds.image_paths],
                                                          batch_size=batch_size, progress=progress)
         arrays[f"{split}_text"] = encoder.encode_texts(ds.captions, progress=progress)
-    return save_embeddings(out, arrays)
+    return save_embeddings(out, arrays, encoder_fingerprint(encoder))
+
+
+def flickr8k_embeddings(path: str | Path, model_id: str | None, annotations: str | Path,
+                        images: str | Path | None, progress: bool = True) -> Path:
+    """The Flickr8K cache at ``path``, (re-)encoded with ``model_id`` unless it was made by that very encoder.
+
+    A cache is named by the caller (``cache/flickr8k-lite.npz``), not by the weights, so retrained
+    weights under the same model id would otherwise be evaluated on the old model's embeddings.
+    Without ``model_id`` the cache is taken as it is. A cache made before fingerprints were kept is
+    re-encoded once.
+    """
+    path = Path(path)
+    if model_id is None:
+        if not path.is_file():
+            raise FileNotFoundError(f"embedding cache {path} not found; pass --model to create it")
+        return path
+    from retrieval.encoders import load_encoder
+
+    encoder = load_encoder(model_id)
+    if path.is_file():
+        if made_by(path, encoder):
+            return path
+        print(f"{path} was not made by {model_id!r} as it is now: re-encoding", flush=True)
+    return encode_flickr8k(model_id, annotations, images, path, progress=progress, encoder=encoder)
 
 
 DATASETS = ("wiki", "flickr8k", *ALL_LAYOUTS)

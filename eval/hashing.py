@@ -36,7 +36,7 @@ from common.atomic import write_json
 from . import hash_metrics as hm
 from .extras import require
 from .datasets_hashing import (
-    ALL_LAYOUTS, DATASETS, HashingData, encode_flickr8k, load_all_layout, load_flickr8k, load_wiki,
+    ALL_LAYOUTS, DATASETS, HashingData, flickr8k_embeddings, load_all_layout, load_flickr8k, load_wiki,
 )
 
 FORMAT_VERSION = 1
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ties", choices=tuple(hm.TIE_CONVENTIONS), default="random")
     p.add_argument("--map-k-norm", choices=tuple(hm.MAP_K_CONVENTIONS), default="in_top_k")
     p.add_argument("--embeddings", type=Path, help="flickr8k: .npz embedding cache (written from --model if absent)")
-    p.add_argument("--model", help="flickr8k: encoder id for retrieval.encoders.load_encoder")
+    p.add_argument("--model", help="flickr8k: encoder id for retrieval.encoders.load_encoder; the cache is "
+                                    "(re-)encoded with it unless that very encoder made it")
     p.add_argument("--images", type=Path, help="flickr8k: image folder (default: images/ beside the json)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -92,10 +93,7 @@ def load_data(args: argparse.Namespace) -> HashingData:
                                image_file=args.image_features)
     if args.embeddings is None:
         raise ValueError("--dataset flickr8k needs --embeddings (an .npz cache; add --model to create it)")
-    if not args.embeddings.is_file():
-        if not args.model:
-            raise FileNotFoundError(f"embedding cache {args.embeddings} not found; pass --model to create it")
-        encode_flickr8k(args.model, args.data, args.images, args.embeddings, progress=not args.no_progress)
+    flickr8k_embeddings(args.embeddings, args.model, args.data, args.images, progress=not args.no_progress)
     return load_flickr8k(args.embeddings, args.data, args.images)
 
 

@@ -266,6 +266,18 @@ def needs_fit_embeddings(args: argparse.Namespace) -> bool:
     return not args.retriever and not args.fit_embeddings and args.hasher in available_methods()
 
 
+def check_cache_encoder(path: Path, encoder: Any) -> None:
+    """Refuses a ``--fit-embeddings`` cache another encoder made (a fingerprint-less one is trusted, with a word)."""
+    from .datasets_hashing import made_by
+
+    same = made_by(path, encoder)
+    if same is None:
+        print(f"note: {path} records no encoder fingerprint; assuming {encoder.model_id!r} made it", flush=True)
+    elif not same:
+        raise SystemExit(f"{path} was made by another encoder than {encoder.model_id!r} as it is now; re-encode "
+                         f"it: python -m eval.stage1 --embeddings {path} --model {encoder.model_id} ...")
+
+
 def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:
     """The saved retriever's hasher, a saved hasher, or one fitted on every pair of ``--fit-split``."""
     from hashing import Hasher, available_methods, create_hasher
@@ -276,6 +288,7 @@ def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:
         return Hasher.from_pretrained(args.hasher)
     fit = load_dataset_arg(args, args.fit_split)
     if args.fit_embeddings:
+        check_cache_encoder(args.fit_embeddings, encoder)
         with np.load(args.fit_embeddings) as z:
             images, texts = z[f"{args.fit_split}_image"], z[f"{args.fit_split}_text"]
         if len(images) != fit.n_images or len(texts) != len(fit.captions):

@@ -36,7 +36,7 @@ from hashing.base import unpack_codes
 from hashing.index import create_index
 from common.atomic import write_json
 
-from .datasets_hashing import encode_flickr8k, load_flickr8k
+from .datasets_hashing import flickr8k_embeddings, load_flickr8k
 from .hash_metrics import hamming_distances
 from .machine import machine
 from .recall import DEFAULT_KS, expected_hits
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--annotations", type=Path, default=data / "dataset_flickr8k.json")
     p.add_argument("--images", type=Path, default=None)
     p.add_argument("--embeddings", type=Path, required=True, help=".npz cache (created from --model if absent)")
-    p.add_argument("--model", default=None, help="encoder id to create the cache")
+    p.add_argument("--model", default=None,
+                   help="encoder id: the cache is (re-)encoded with it unless that very encoder made it")
     p.add_argument("--method", nargs="+", default=["itq"])
     p.add_argument("--bits", type=int, nargs="+", default=[64])
     p.add_argument("--candidates", type=int, default=128)
@@ -132,10 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(args.method) - set(available_methods()))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; available: {available_methods()}")
-    if not args.embeddings.is_file():
-        if not args.model:
-            raise SystemExit(f"{args.embeddings} not found; pass --model to create it")
-        encode_flickr8k(args.model, args.annotations, args.images, args.embeddings)
+    try:
+        flickr8k_embeddings(args.embeddings, args.model, args.annotations, args.images)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     data = load_flickr8k(args.embeddings, args.annotations, args.images)
     fit_rows = np.arange(len(data.train.image))
     if args.fit_pairs and args.fit_pairs < len(fit_rows):

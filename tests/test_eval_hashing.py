@@ -189,3 +189,52 @@ def test_real_wiki_split():
     assert data.query.image.shape == (693, 128) and data.query.text.shape == (693, 10)
     assert data.retrieval.image.shape == (2173, 128)
     assert set(np.unique(data.retrieval.image_labels)) == set(range(1, 11))
+
+
+def test_flickr8k_cache_is_reencoded_unless_made_by_that_very_encoder(tmp_path, monkeypatch):
+    """A cache named cache/flickr8k-lite.npz must not outlive the weights that made it."""
+    import retrieval.encoders
+    from eval import datasets_hashing as dh
+    from eval.embedding_cache import encoder_fingerprint
+    from toy_encoder import ToyEncoder
+
+    current = {"dim": 8}
+    encoded = []
+    monkeypatch.setattr(retrieval.encoders, "load_encoder", lambda model_id: ToyEncoder(dim=current["dim"]))
+
+    def fake_encode(model_id, annotations, images, out, progress=True, encoder=None):
+        encoded.append(encoder.dim)
+        return dh.save_embeddings(out, {"test_image": np.zeros((2, encoder.dim))}, encoder_fingerprint(encoder))
+
+    monkeypatch.setattr(dh, "encode_flickr8k", fake_encode)
+    cache = tmp_path / "flickr8k-toy.npz"
+    with pytest.raises(FileNotFoundError, match="pass --model"):
+        dh.flickr8k_embeddings(cache, None, "ann.json", None)
+    assert dh.flickr8k_embeddings(cache, "toy", "ann.json", None) == cache and encoded == [8]
+    dh.flickr8k_embeddings(cache, "toy", "ann.json", None)
+    assert encoded == [8], "made by the same encoder: reused"
+    assert dh.cache_fingerprint(cache) == json.loads(json.dumps(encoder_fingerprint(ToyEncoder(dim=8))))
+    current["dim"] = 4
+    dh.flickr8k_embeddings(cache, "toy", "ann.json", None)
+    assert encoded == [8, 4], "another encoder under the same id: re-encoded"
+    assert dh.flickr8k_embeddings(cache, None, "ann.json", None) == cache, "no model: taken as it is"
+    dh.save_embeddings(cache, {"test_image": np.zeros((2, 4))})
+    assert dh.cache_fingerprint(cache) is None
+    dh.flickr8k_embeddings(cache, "toy", "ann.json", None)
+    assert encoded == [8, 4, 4], "a cache from before fingerprints: re-encoded once"
+
+
+def test_fit_embeddings_made_by_another_encoder_are_refused(tmp_path, capsys):
+    from eval import datasets_hashing as dh
+    from eval.embedding_cache import encoder_fingerprint
+    from eval.retrieval import check_cache_encoder
+    from toy_encoder import ToyEncoder
+
+    cache = tmp_path / "fit.npz"
+    dh.save_embeddings(cache, {"train_image": np.zeros((2, 8))}, encoder_fingerprint(ToyEncoder(dim=8)))
+    check_cache_encoder(cache, ToyEncoder(dim=8))
+    with pytest.raises(SystemExit, match="made by another encoder than 'toy'"):
+        check_cache_encoder(cache, ToyEncoder(dim=4))
+    dh.save_embeddings(cache, {"train_image": np.zeros((2, 8))})
+    check_cache_encoder(cache, ToyEncoder(dim=4))
+    assert "records no encoder fingerprint" in capsys.readouterr().out
