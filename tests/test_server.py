@@ -539,6 +539,24 @@ def test_load_test_is_bounded_and_counts_errors(server):
     assert "| + float | 3 | 12 | 0 |" in table([row])
 
 
+def test_load_test_qps_is_answers_over_the_measured_seconds_and_stops_at_the_duration(server, monkeypatch):
+    import types
+
+    import eval.load_test as load_test
+
+    ticks = iter(np.arange(1, 1000) * 0.25)  # each reading of the clock: 0.25 s later
+    monkeypatch.setattr(load_test, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    # one client: start, then per query (deadline check, sent, answered), then the end reading
+    row = asyncio.run(load_test.run_level(server.url, ["red"], "float", clients=1, per_client=4, duration=60, k=3,
+                                          headers={}))
+    assert (row["ok"], row["seconds"], row["qps"]) == (4, 3.25, round(4 / 3.25, 1))
+    assert row["p50_ms"] == row["p99_ms"] == row["max_ms"] == 250.0
+    ticks = iter(np.arange(1, 1000) * 0.25)
+    short = asyncio.run(load_test.run_level(server.url, ["red"], "float", clients=1, per_client=4, duration=1.0,
+                                            k=3, headers={}))
+    assert (short["ok"], short["seconds"], short["qps"]) == (1, 1.25, 0.8), "the second query starts at the deadline"
+
+
 @pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://192.168.1.2", "http://example.org", "http://0.0.0.0:1"])
 def test_load_test_refuses_anything_but_loopback(url):
     from eval.load_test import check_loopback
