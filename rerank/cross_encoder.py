@@ -285,7 +285,7 @@ class LiteTokenFeatures:
 
     @torch.inference_mode()
     def images(self, items: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        from retrieval.images import load_image
+        from common.images import load_image
 
         tokens, embeddings = [], []
         for s in range(0, len(items), batch_size):
@@ -360,7 +360,7 @@ def load_head(path_or_repo_id: str | Path = WEIGHTS_DIR) -> tuple[CrossEncoderHe
     """The trained head (or ensemble) from a local directory or a Hub repo id (through the shared resolver)."""
     from safetensors.torch import load_file
 
-    from retrieval.hub import resolve_pretrained_dir
+    from common.hub import resolve_pretrained_dir
 
     directory = resolve_pretrained_dir(path_or_repo_id, [CONFIG_NAME, WEIGHTS_NAME])
     config = read_head_config(directory)
@@ -388,7 +388,7 @@ class CrossEncoderReranker(Reranker):
 
     def __init__(self, model_id: str | Path | None = None, device: str | torch.device | None = None,
                  cache_size: int = 20000, batch_size: int = 64, lite_model: Any = None) -> None:
-        from retrieval.encoders.base import default_device
+        from common.device import default_device
         from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
 
         self.model_id = str(model_id) if model_id is not None else None

@@ -49,9 +49,9 @@ from rerank.cross_encoder import (
     ATTENTION_DIRECTIONS, CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, WEIGHTS_NAME,
     CrossEncoderHead, HeadEnsemble, LiteTokenFeatures, States, lite_feature_source, load_head,
 )
-from retrieval.atomic import atomic_write_dir
+from common.atomic import atomic_write_dir
 from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
-from retrieval.encoders.lite_training import embed_cached, image_trunk_features, text_trunk_features
+from eval.lite_training import embed_cached, image_trunk_features, text_trunk_features
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE_VAL_SEED = 0  # scripts/train_lite.py's --seed: its validation draw is rng(seed).permutation[:500]
@@ -309,7 +309,7 @@ def save_ensemble(args, feats, val_images, val_caps, val_owner, val_t2i, val_i2t
 def frozen_tokens(lite, train, cache: Path) -> dict[str, torch.Tensor]:
     """The frozen trunk activations of the train split and the ITC embeddings computed from them.
 
-    From the lite trainer's caches (``retrieval.encoders.lite_training``) at the lite model's own
+    From the lite trainer's caches (``eval.lite_training``) at the lite model's own
     split; the top runs once on them, so nothing runs a whole tower again.
     """
     image = image_trunk_features(lite, train.image_paths, cache)[0]

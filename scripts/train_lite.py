@@ -1,4 +1,4 @@
-"""Trains the lite encoder's tower tops and heads on Flickr8K train (the CLI of ``retrieval.encoders.lite_training``).
+"""Trains the lite encoder's tower tops and heads on Flickr8K train (the CLI of ``eval.lite_training``).
 
 Reproducible: seeded, and the frozen trunks of both towers run once into an on-disk cache
 (``--cache``), so an epoch only runs the trainable tops. A validation set of ``--val-images``
@@ -19,7 +19,7 @@ import torch
 
 from eval.karpathy import load_karpathy
 from retrieval.encoders.lite import DEFAULT_CONFIG, IMAGE_TOWERS, LiteModel
-from retrieval.encoders.lite_training import (TrainOptions, image_trunk_features, options_record, save_lite,
+from eval.lite_training import (TrainOptions, image_trunk_features, options_record, save_lite,
                                               text_trunk_features, train)
 
 ROOT = Path(__file__).resolve().parent.parent

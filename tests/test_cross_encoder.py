@@ -16,7 +16,7 @@ from rerank.cross_encoder import (
     CONFIG_NAME, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, CrossEncoderReranker, HeadEnsemble,
     cat_states,
 )
-from retrieval.hub import ModelNotAvailableError
+from common.hub import ModelNotAvailableError
 
 TINY = {"image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
 

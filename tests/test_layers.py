@@ -12,10 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: lower number = lower layer; packages of one layer do not import each other
 LAYER = {"common": 0, "hashing": 1, "rerank": 1, "retrieval": 2, "eval": 3}
-#: back-references not yet removed, each with its reason. Both are in the lite-encoder work of issue 16
-#: (issue 15 item 4): the cross-encoder reuses the lite towers of retrieval/encoders/lite.py, and the
-#: lite trainer reads eval.recall's R@K for its validation.
-KNOWN_BACK_REFERENCES = {("rerank/cross_encoder.py", "retrieval"), ("retrieval/encoders/lite_training.py", "eval")}
+#: back-references not yet removed, each with its reason: the cross-encoder reranks with heads over
+#: the lite towers of retrieval/encoders/lite.py (those would have to move below rerank/).
+KNOWN_BACK_REFERENCES = {("rerank/cross_encoder.py", "retrieval")}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -66,12 +65,8 @@ def test_model_rerankers_are_created_by_name_without_being_imported_first():
     assert out.stdout.strip() == "['blip2', 'cross', 'float', 'rewrite'] rerank.cross_encoder", out.stderr
 
 
-#: The old homes of common/'s modules, kept as re-exports only for these importers (the lite-encoder
-#: work of issue 16, being edited elsewhere); anything else imports ``common.*``. Delete a shim, and
-#: its entry here, once no importer is left.
+#: The old homes of common/'s modules (removed): nothing may import them again.
 MOVED_TO_COMMON = {"retrieval.atomic", "retrieval.hub", "retrieval.images"}
-SHIM_IMPORTERS = {"retrieval/encoders/lite_training.py", "rerank/cross_encoder.py",
-                  "scripts/train_cross_encoder.py", "tests/test_cross_encoder.py"}
 
 
 def absolute_imports(path: Path) -> set[str]:
@@ -90,16 +85,14 @@ def absolute_imports(path: Path) -> set[str]:
     return names
 
 
-def test_only_the_listed_files_import_the_old_homes_of_common():
+def test_nothing_imports_the_old_homes_of_common():
     offending = []
     for folder in ("common", "hashing", "rerank", "retrieval", "eval", "scripts", "tests"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            rel = path.relative_to(ROOT).as_posix()
-            if rel not in SHIM_IMPORTERS and absolute_imports(path) & MOVED_TO_COMMON:
-                offending.append(rel)
+            if absolute_imports(path) & MOVED_TO_COMMON:
+                offending.append(path.relative_to(ROOT).as_posix())
     assert not offending, "import common.atomic / common.hub / common.images instead:\n" + "\n".join(offending)
-    still_needed = {rel for rel in SHIM_IMPORTERS if absolute_imports(ROOT / rel) & MOVED_TO_COMMON}
-    assert still_needed == SHIM_IMPORTERS, f"no longer import a shim, drop from SHIM_IMPORTERS: {SHIM_IMPORTERS - still_needed}"
+    assert not any((ROOT / (m.replace(".", "/") + ".py")).exists() for m in MOVED_TO_COMMON), "the shims are gone"
 
 
 def test_the_shim_checker_resolves_relative_imports(tmp_path, monkeypatch):

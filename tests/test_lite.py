@@ -70,7 +70,7 @@ def test_split_follows_the_config_and_selects_what_ships(lite):
 def test_cached_trunk_training_advances_frozen_layers_and_learns(tmp_path):
     """train() on a tiny synthetic cache: caches below the split are advanced, loss falls, the best state is kept."""
     from retrieval.encoders.lite import LiteModel
-    from retrieval.encoders.lite_training import TrainOptions, contrastive_loss, train
+    from eval.lite_training import TrainOptions, contrastive_loss, train
 
     torch.manual_seed(0)
     model = LiteModel({"image_trainable_stages": 0, "text_trainable_layers": 1, "dropout": 0.0})

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.device import default_device  # noqa: F401  (encoders and rerank/cross_encoder.py read it here)
+from common.device import default_device
 from common.images import ImageInput, describe, load_image
 
 

@@ -1,7 +1,8 @@
 """Training the lite encoder's tower tops and heads (``scripts/train_lite.py`` is its CLI).
 
 Why a module: the frozen-trunk caches, the fast path on them and the loss are also what the
-cross-encoder trainer and the tests need; a script is no library. Everything runs on CPU in
+cross-encoder trainer and the tests need; a script is no library. Why in eval/: it validates
+with eval.recall's R@K, and the library (retrieval/) never trains. Everything runs on CPU in
 minutes because the frozen trunk of each tower (the split :class:`~retrieval.encoders.lite.LiteModel`
 exposes) runs once into an on-disk cache, and an epoch only runs the trainable top.
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from .lite import IMAGE_STAGES, LiteModel, export, image_transform, onnxruntime_available
+from retrieval.encoders.lite import IMAGE_STAGES, LiteModel, export, image_transform, onnxruntime_available
 
 
 def cache_key(*parts: object) -> str:
@@ -85,7 +86,7 @@ def image_trunk_features(model: LiteModel, paths: Sequence[Path], cache: Path, s
     The cache file is keyed by the tower, the split, the preprocessing, the image list and the
     augmentation seed, so a changed model never reads another model's activations.
     """
-    from retrieval.images import load_image
+    from common.images import load_image
 
     stages = model.image_split if stages is None else stages
     c = model.config
@@ -238,7 +239,7 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
     (default ``model.image_split``); ``hidden``/``mask``: from :func:`text_trunk_features` at layer
     ``text_from`` (default ``model.text_split``). Caches below the split are advanced once.
     """
-    from eval.recall import retrieval_recall
+    from .recall import retrieval_recall
 
     o = options
     torch.manual_seed(o.seed)
