@@ -506,6 +506,16 @@ def made_by(path: str | Path, encoder: Any) -> bool | None:
     return None if stamp is None else stamp == json.loads(json.dumps(encoder_fingerprint(encoder), sort_keys=True))
 
 
+def check_made_by(path: str | Path, encoder: Any) -> None:
+    """Refuses (ValueError) a cache another encoder made; a fingerprint-less one is trusted, with a word."""
+    same, name = made_by(path, encoder), getattr(encoder, "model_id", type(encoder).__name__)
+    if same is None:
+        print(f"note: {path} records no encoder fingerprint; assuming {name!r} made it", flush=True)
+    elif not same:
+        raise ValueError(f"{path} was made by another encoder than {name!r} as it is now; re-encode "
+                         f"it: python -m eval.stage1 --embeddings {path} --model {name} ...")
+
+
 def encode_flickr8k(
     model_id: str, annotations: str | Path, images: str | Path | None, out: str | Path,
     batch_size: int = 64, progress: bool = True, encoder: Any = None,

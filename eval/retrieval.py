@@ -268,14 +268,12 @@ def needs_fit_embeddings(args: argparse.Namespace) -> bool:
 
 def check_cache_encoder(path: Path, encoder: Any) -> None:
     """Refuses a ``--fit-embeddings`` cache another encoder made (a fingerprint-less one is trusted, with a word)."""
-    from .datasets_hashing import made_by
+    from .datasets_hashing import check_made_by
 
-    same = made_by(path, encoder)
-    if same is None:
-        print(f"note: {path} records no encoder fingerprint; assuming {encoder.model_id!r} made it", flush=True)
-    elif not same:
-        raise SystemExit(f"{path} was made by another encoder than {encoder.model_id!r} as it is now; re-encode "
-                         f"it: python -m eval.stage1 --embeddings {path} --model {encoder.model_id} ...")
+    try:
+        check_made_by(path, encoder)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def fit_hasher(args: argparse.Namespace, encoder: Any) -> Any:

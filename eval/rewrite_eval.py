@@ -110,16 +110,14 @@ def evaluate_rewrites(annotations: Path, embeddings: Path, split: str, *, holdou
         raise ValueError(f"systems must be among {sorted(SYSTEMS)}, got {unknown}")
     from retrieval import load_encoder
 
-    from .datasets_hashing import made_by
+    from .datasets_hashing import check_made_by
 
     captions, caption_image, image_emb, text_emb = load_split(annotations, embeddings, split, holdout_images, max_images)
     n_images = len(image_emb)
     picks, queries = keyword_queries(captions, caption_image, n_images, seed)
     targets = caption_image[picks]
     encoder = load_encoder(model)
-    if made_by(embeddings, encoder) is False:  # the queries would be encoded by another model than the gallery
-        raise ValueError(f"{embeddings} was made by another encoder than {model!r} as it is now; re-encode it: "
-                         f"python -m eval.stage1 --embeddings {embeddings} --model {model} ...")
+    check_made_by(embeddings, encoder)  # the queries are encoded now: the gallery must be the same model's
     query_emb = encoder.encode_texts(queries, progress=False)
     gallery = Candidates("image", ids=np.arange(n_images), embeddings=image_emb)
     rows: dict[str, dict] = {
