@@ -3,7 +3,7 @@
 Why a module: the frozen-trunk caches, the fast path on them and the loss are also what the
 cross-encoder trainer and the tests need; a script is no library. Why in eval/: it validates
 with eval.recall's R@K, and the library (retrieval/) never trains. Everything runs on CPU in
-minutes because the frozen trunk of each tower (the split :class:`~retrieval.encoders.lite.LiteModel`
+minutes because the frozen trunk of each tower (the split :class:`~common.lite_model.LiteModel`
 exposes) runs once into an on-disk cache, and an epoch only runs the trainable top.
 
 Augmentation without running the trunk per epoch: ``views`` augmented copies (random resized crop,
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from retrieval.encoders.lite import IMAGE_STAGES, LiteModel, export, image_transform, onnxruntime_available
+from common.lite_model import IMAGE_STAGES, LiteModel, image_transform
+from retrieval.encoders.lite import export, onnxruntime_available
 
 
 def cache_key(*parts: object) -> str:

@@ -271,7 +271,7 @@ class LiteTokenFeatures:
     """Runs the lite towers once per item and keeps both the token features and the ITC embedding."""
 
     def __init__(self, lite_model: Any, device: torch.device, features: str = "tuned") -> None:
-        from retrieval.encoders.lite import image_transform
+        from common.lite_model import image_transform
 
         self.frozen = features == "frozen"
         self.model = lite_model
@@ -297,7 +297,7 @@ class LiteTokenFeatures:
 
     @torch.inference_mode()
     def texts(self, texts: Sequence[str], batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from retrieval.encoders.base import check_texts
+        from common.texts import check_texts
 
         texts = check_texts(texts)
         tok = self.model.tokenizer(texts, padding="longest", truncation=True,
@@ -389,7 +389,7 @@ class CrossEncoderReranker(Reranker):
     def __init__(self, model_id: str | Path | None = None, device: str | torch.device | None = None,
                  cache_size: int = 20000, batch_size: int = 64, lite_model: Any = None) -> None:
         from common.device import default_device
-        from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
+        from common.lite_model import WEIGHTS_DIR as LITE_DIR, load_lite_model
 
         self.model_id = str(model_id) if model_id is not None else None
         self.device = torch.device(device) if device is not None else default_device()

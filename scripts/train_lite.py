@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.lite_model import DEFAULT_CONFIG, IMAGE_TOWERS, LiteModel
 from eval.karpathy import load_karpathy
-from retrieval.encoders.lite import DEFAULT_CONFIG, IMAGE_TOWERS, LiteModel
 from eval.lite_training import (TrainOptions, image_trunk_features, options_record, save_lite,
-                                              text_trunk_features, train)
+                                text_trunk_features, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_IMAGE_STAGE, CACHE_TEXT_LAYER = 6, 4

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from retrieval import load_encoder
-from retrieval.encoders.lite import LiteEncoder, load_lite_model, onnxruntime_available
+from common.lite_model import load_lite_model
+from retrieval.encoders.lite import LiteEncoder, onnxruntime_available
 from toy_encoder import ToyEncoder, solid_images
 
 needs_ort = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")

@@ -10,7 +10,8 @@ from PIL import Image
 
 from conftest import FLICKR8K
 from retrieval import load_encoder
-from retrieval.encoders.lite import WEIGHTS_DIR, LiteEncoder
+from common.lite_model import WEIGHTS_DIR
+from retrieval.encoders.lite import LiteEncoder
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_split_follows_the_config_and_selects_what_ships(lite):
 
 def test_cached_trunk_training_advances_frozen_layers_and_learns(tmp_path):
     """train() on a tiny synthetic cache: caches below the split are advanced, loss falls, the best state is kept."""
-    from retrieval.encoders.lite import LiteModel
+    from common.lite_model import LiteModel
     from eval.lite_training import TrainOptions, contrastive_loss, train
 
     torch.manual_seed(0)

@@ -17,23 +17,7 @@ from tqdm.auto import tqdm
 
 from common.device import default_device
 from common.images import ImageInput, describe, load_image
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """Rejects what no text encoder can embed meaningfully, naming the index.
-
-    Over-long texts are not an error: each encoder truncates to its context length.
-    """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a sequence of strings, not a single string; wrap it in a list")
-    out = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        if not text.strip():
-            raise ValueError(f"texts[{i}] is empty or whitespace only")
-        out.append(text)
-    return out
+from common.texts import check_texts
 
 
 def check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
