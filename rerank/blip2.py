@@ -47,6 +47,7 @@ import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -105,13 +106,46 @@ class PendingImage:
         return self.image if self.image is not None else load_image(self.item, self.index)
 
 
+@dataclass(frozen=True)
+class Blip2Config:
+    """What decides the scores, declared and checked once; :meth:`Blip2Reranker.config` saves it with ``asdict``.
+
+    ``model_id``: a directory saved by ``save_pretrained`` (model + processor) or a Hub repo id;
+    ``batch_size`` bounds both the images per ViT batch and the pairs per ITM batch;
+    ``max_text_length`` is checked again on load against the checkpoint's Q-Former positions.
+    """
+
+    model_id: str = DEFAULT_MODEL_ID
+    itm: str = "logit"
+    batch_size: int = 32
+    max_text_length: int = LAVIS_MAX_TOKENS
+    text_preprocess: str = "lavis"
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.itm not in ITM_MODES:
+            raise ValueError(f"itm must be one of {ITM_MODES}, got {self.itm!r}")
+        if self.text_preprocess not in TEXT_PREPROCESS:
+            raise ValueError(f"text_preprocess must be one of {TEXT_PREPROCESS}, got {self.text_preprocess!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if isinstance(self.max_text_length, bool) or not isinstance(self.max_text_length, int) \
+                or self.max_text_length < 2:
+            raise ValueError(f"max_text_length must be an int >= 2, got {self.max_text_length!r}")
+        if self.revision is not None and not isinstance(self.revision, str):
+            raise ValueError(f"revision must be a string or None, got {self.revision!r}")
+        object.__setattr__(self, "model_id", os.fspath(self.model_id))
+
+
 @register_reranker
 class Blip2Reranker(Reranker):
     """``create_reranker("blip2", model_id="Salesforce/blip2-itm-vit-g")``; see the module docstring.
 
-    ``model_id``: a directory saved by ``save_pretrained`` (model + processor) or a Hub repo id,
-    resolved through :func:`common.hub.resolve_pretrained_dir` (cache, ``HF_HUB_OFFLINE``,
-    tokens). ``batch_size`` bounds both the images per ViT batch and the pairs per ITM batch.
+    The scoring settings are a :class:`Blip2Config` (``model_id`` positional, the rest by name);
+    the other arguments only change how it runs: ``device``, ``precision`` (default fp16 on CUDA,
+    fp32 elsewhere), ``cache_size`` (images), ``num_workers`` (image decoding threads),
+    ``progress``, and ``token`` / ``cache_dir`` for :func:`common.hub.resolve_pretrained_dir`
+    (cache, ``HF_HUB_OFFLINE``, tokens).
     """
 
     method = "blip2"
@@ -119,12 +153,8 @@ class Blip2Reranker(Reranker):
 
     def __init__(
         self,
-        model_id: str | os.PathLike = DEFAULT_MODEL_ID,
-        itm: str = "logit",
-        batch_size: int = 32,
-        max_text_length: int = LAVIS_MAX_TOKENS,
-        text_preprocess: str = "lavis",
-        revision: str | None = None,
+        model_id: str | os.PathLike | None = None,
+        *,
         device: str | torch.device | None = None,
         precision: str | None = None,
         cache_size: int = 256,
@@ -132,34 +162,26 @@ class Blip2Reranker(Reranker):
         progress: bool | None = None,
         token: str | bool | None = None,
         cache_dir: str | os.PathLike | None = None,
+        **settings: Any,
     ) -> None:
         from transformers import AutoConfig, AutoProcessor, Blip2ForImageTextRetrieval
 
         from common.device import default_device
         from common.hub import resolve_pretrained_dir
 
-        if itm not in ITM_MODES:
-            raise ValueError(f"itm must be one of {ITM_MODES}, got {itm!r}")
-        if text_preprocess not in TEXT_PREPROCESS:
-            raise ValueError(f"text_preprocess must be one of {TEXT_PREPROCESS}, got {text_preprocess!r}")
-        for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.settings = Blip2Config(**({} if model_id is None else {"model_id": model_id}), **settings)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
         self.device = torch.device(device) if device is not None else default_device()
         precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        self.model_id = os.fspath(model_id)
-        self.itm = itm
-        self.batch_size = batch_size
-        self.text_preprocess = text_preprocess
-        self.revision = revision
         self.precision = precision
         self.num_workers = num_workers
         self.progress = progress
         self.cache = FeatureCache(cache_size)
 
-        directory = resolve_pretrained_dir(self.model_id, ["config.json"], revision=revision, token=token,
+        directory = resolve_pretrained_dir(self.model_id, ["config.json"], revision=self.revision, token=token,
                                            cache_dir=cache_dir)
         model_type = AutoConfig.from_pretrained(directory).model_type
         if model_type != "blip-2":
@@ -178,14 +200,20 @@ class Blip2Reranker(Reranker):
             if getattr(self.processor, part, None) is None:
                 raise ValueError(f"{self.model_id!r} has no {part}; save the model with its Blip2Processor")
         limit = int(self.model.config.qformer_config.max_position_embeddings)
-        if not isinstance(max_text_length, int) or not 2 <= max_text_length <= limit:
-            raise ValueError(f"max_text_length must be an int in [2, {limit}], got {max_text_length!r}")
-        self.max_text_length = max_text_length
+        if self.max_text_length > limit:
+            raise ValueError(f"max_text_length must be an int in [2, {limit}] for {self.model_id!r}, "
+                             f"got {self.max_text_length!r}")
+
+    # the settings, read through the config (one declaration, in Blip2Config)
+    model_id = property(lambda self: self.settings.model_id)
+    itm = property(lambda self: self.settings.itm)
+    batch_size = property(lambda self: self.settings.batch_size)
+    max_text_length = property(lambda self: self.settings.max_text_length)
+    text_preprocess = property(lambda self: self.settings.text_preprocess)
+    revision = property(lambda self: self.settings.revision)
 
     def config(self) -> dict[str, Any]:
-        return {"method": self.method, "model_id": self.model_id, "batch_size": self.batch_size, "itm": self.itm,
-                "max_text_length": self.max_text_length, "text_preprocess": self.text_preprocess,
-                "revision": self.revision}
+        return {"method": self.method, **asdict(self.settings)}
 
     def forget(self, query: Query) -> None:
         if query.modality == "image" and query.content is not None:  # texts are not cached

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from hub_cache import add_to_hub_cache
 from rerank.base import Candidates, Query, create_reranker, reranker_from_config
-from rerank.blip2 import Blip2Reranker, PendingImage, lavis_caption
+from rerank.blip2 import Blip2Config, Blip2Reranker, PendingImage, lavis_caption
 from common.hub import ModelNotAvailableError
 from common.images import ImageLoadError
 from tiny_models import save_tiny_blip2, save_tiny_transformers_clip
@@ -227,9 +228,19 @@ def test_bad_inputs_name_what_is_wrong(tmp_path, tiny_dir, reranker):
     for kwargs, field in [({"itm": "margin"}, "itm"), ({"batch_size": 0}, "batch_size"),
                           ({"text_preprocess": "blip"}, "text_preprocess"),
                           ({"max_text_length": 500}, "max_text_length"),
+                          ({"max_text_length": 1}, "max_text_length"), ({"num_workers": 0}, "num_workers"),
                           ({"precision": "int8"}, "precision"), ({"cache_size": -1}, "cache_size")]:
         with pytest.raises(ValueError, match=field):
             Blip2Reranker(tiny_dir, device="cpu", **kwargs)
+    with pytest.raises(TypeError, match="temperature"):
+        Blip2Reranker(tiny_dir, device="cpu", temperature=2.0)
+
+
+def test_settings_are_checked_before_anything_loads():
+    """A typo in a saved retriever's reranker config fails on the setting, not on a download."""
+    with pytest.raises(ValueError, match="itm must be one of"):
+        Blip2Reranker("no-such-org/no-such-blip2", device="cpu", itm="margin")
+    assert Blip2Config(model_id=Path("some/dir")).model_id == os.fspath(Path("some/dir"))
 
 
 def test_rejects_checkpoints_that_are_not_blip2_retrieval(tmp_path):
