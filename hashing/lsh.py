@@ -9,7 +9,8 @@ space. CLIP-like embeddings already do (same dim, trained to align): there the s
 features themselves, each modality centred on its own mean, which removes the constant
 image/text offset ("modality gap") that would otherwise flip whole bits between modalities. When
 the dims differ (Wiki: 128-d SIFT bag-of-words vs 10-d LDA topics) a random projection of each
-modality would be two unrelated hash functions, so we first map both through CCA (Hotelling 1936;
+modality would be two unrelated hash functions, so we first map both through CCA
+(:func:`hashing.cca.fit_cca`, the one UDDH starts from too; Hotelling 1936;
 the CCA step of CCA-ITQ, Gong & Lazebnik, CVPR 2011 / TPAMI 2013 §4): canonical variates of a
 pair are maximally correlated, and scaling them by their correlation (``cca_power=1``) stresses
 the directions the modalities agree on. CCA yields at most ``min(d_image, d_text)`` directions;
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Hasher, as_features, check_modality, register_hasher
+from .cca import fit_cca
 
 TRANSFORMS: tuple[str, ...] = ("auto", "none", "l2", "sqrt_l2")
 SHARED_SPACES: tuple[str, ...] = ("auto", "none", "cca")
@@ -105,30 +107,6 @@ def check_pairs(
     if x.shape[0] < min_rows:
         raise ValueError(f"need at least {min_rows} pairs to fit, got {x.shape[0]}")
     return x, y, None if labels is None else check_labels(labels, x.shape[0])
-
-
-def fit_cca(
-    x: np.ndarray, y: np.ndarray, k: int, reg: float = 1e-3
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Regularised CCA in closed form: ``(A (dx, k), B (dy, k), correlations (k,))``.
-
-    Columns of ``x @ A`` and ``y @ B`` (x, y centred) are unit-variance canonical variates. ``reg``
-    is a ridge relative to the mean eigenvalue, which keeps near-singular covariances (LDA topic
-    proportions sum to one) invertible.
-    """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    n = x.shape[0]
-
-    def inv_sqrt(c: np.ndarray) -> np.ndarray:
-        c = c + reg * max(np.trace(c) / len(c), 1e-12) * np.eye(len(c))
-        w, v = np.linalg.eigh(c)
-        return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-
-    wx = inv_sqrt(x.T @ x / (n - 1))
-    wy = inv_sqrt(y.T @ y / (n - 1))
-    u, s, vt = np.linalg.svd(wx @ (x.T @ y / (n - 1)) @ wy)
-    return wx @ u[:, :k], wy @ vt.T[:, :k], s[:k]
 
 
 @dataclass(frozen=True)

@@ -22,137 +22,22 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from .base import Hasher, as_features, check_bits, check_modality, pack_signs, register_hasher
+from .binary_kmeans import binary_kmeans, kmeanspp_centres, lloyd_round, nearest_centres
+from .cca import fit_cca
 from .hamming import hamming_distances
 
 GraphMode = Literal["aligned", "paper"]
 GRAPH_MODES: tuple[str, ...] = ("aligned", "paper")
 
-_KMEANS_INIT_ROUNDS = 50
-_POLISH_ROUNDS = 100
+_KMEANS_INIT_ROUNDS = 50  # Lloyd rounds of the initial semantic index
+_POLISH_ROUNDS = 100  # and of the final one, on the final content codes
 _ROW_CHUNK = 1024  # rows of one within-cluster affinity block; memory is _ROW_CHUNK x cluster size
 
 
-# -- semantic index: binary k-means in Hamming space ------------------------------------------------
+# The semantic index is binary k-means in Hamming space: hashing/binary_kmeans.py (eqs. 15-19).
 def _sign(x: np.ndarray) -> np.ndarray:
     """sign with sign(0) = +1, as int8 {-1, +1} (the convention of :func:`hashing.base.pack_signs`)."""
     return np.where(x >= 0, 1, -1).astype(np.int8)
-
-
-def hamming_to_centres(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(n, k) int64 Hamming distances between {-1,+1} codes (n, l) and centres (k, l).
-
-    Eq. 19 prints ``l^c - b^T c``, twice the distance (the argmin is the same); computed on the
-    packed codes by :func:`hashing.hamming.hamming_distances`, as everywhere else.
-    """
-    codes, centres = np.asarray(codes), np.asarray(centres)
-    if codes.ndim != 2 or centres.ndim != 2 or codes.shape[1] != centres.shape[1]:
-        raise ValueError(f"codes (n, l) and centres (k, l) must share l, got shapes {codes.shape} and {centres.shape}")
-    packed = hamming_distances(np.packbits(codes > 0, axis=1), np.packbits(centres > 0, axis=1))
-    return packed.astype(np.int64)
-
-
-def nearest_centres(codes: np.ndarray, centres: np.ndarray, top_e: int = 1) -> np.ndarray:
-    """(n, top_e) int64 ids of the nearest centres by Hamming distance; ties go to the lower id."""
-    dist = hamming_to_centres(codes, centres)
-    return np.argsort(dist, axis=1, kind="stable")[:, :top_e].astype(np.int64)
-
-
-def majority_vote_centres(
-    codes: np.ndarray, assignments: np.ndarray, previous: np.ndarray
-) -> np.ndarray:
-    """Eq. 16 (discrete cyclic coordinate descent on C) for a multi-hot H.
-
-    ``assignments`` is (n, e): the e clusters of each sample (e = 1 for single-label data). Updating
-    one centre column at a time, c_r = sign(q_r - sum_{s != r} c_s (H H^T)_{s r}) with Q = B^c H^T.
-    For one-hot H (e = 1) H H^T is diagonal, the cross term vanishes and c_r is the bitwise majority
-    vote of the cluster's members. A tie (and an empty cluster) keeps the previous bit, which leaves
-    the objective unchanged and keeps the update deterministic.
-    """
-    codes = np.asarray(codes, dtype=np.int64)
-    assignments = np.asarray(assignments, dtype=np.int64).reshape(len(codes), -1)
-    centres = np.array(previous, dtype=np.int8, copy=True)
-    k = centres.shape[0]
-    q = np.zeros((k, codes.shape[1]), dtype=np.int64)  # Q^T = H B^c^T, one row per centre
-    for col in assignments.T:
-        np.add.at(q, col, codes)
-    if assignments.shape[1] == 1:
-        gram = None
-    else:
-        gram = np.zeros((k, k), dtype=np.int64)  # H H^T: co-membership counts
-        for a in assignments.T:
-            for b in assignments.T:
-                np.add.at(gram, (a, b), 1)
-    for r in range(k):
-        score = q[r].copy()
-        if gram is not None:
-            others = np.arange(k) != r
-            score -= gram[r, others] @ centres[others].astype(np.int64)
-        centres[r] = np.where(score > 0, 1, np.where(score < 0, -1, centres[r]))
-    return centres
-
-
-def _reseed_empty(codes: np.ndarray, assignments: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Gives each empty cluster the code of the sample farthest from its own centre (lowest index on
-    ties), the usual k-means repair; the paper does not say what happens to an empty cluster."""
-    counts = np.bincount(assignments[:, 0], minlength=len(centres))
-    empty = np.flatnonzero(counts == 0)
-    if len(empty) == 0:
-        return centres
-    centres = centres.copy()
-    own = hamming_to_centres(codes, centres)[np.arange(len(codes)), assignments[:, 0]]
-    order = np.argsort(-own, kind="stable")
-    taken: set[bytes] = {c.tobytes() for c in centres}
-    pos = 0
-    for r in empty:
-        while pos < len(order) and codes[order[pos]].tobytes() in taken:
-            pos += 1
-        if pos == len(order):
-            break
-        centres[r] = codes[order[pos]]
-        taken.add(centres[r].tobytes())
-        pos += 1
-    return centres
-
-
-def binary_kmeans(
-    codes: np.ndarray,
-    centres: np.ndarray,
-    assignments: np.ndarray,
-    top_e: int = 1,
-    max_rounds: int = _KMEANS_INIT_ROUNDS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd rounds of eq. 16 (centres) then eq. 19 (assignment) until H stops changing.
-
-    On return the centres are the majority vote of the returned assignment whenever it converged.
-    """
-    for _ in range(max_rounds):
-        centres = majority_vote_centres(codes, assignments, centres)
-        new = nearest_centres(codes, centres, top_e)
-        centres = _reseed_empty(codes, new, centres)
-        new = nearest_centres(codes, centres, top_e)
-        if np.array_equal(new, assignments):
-            break
-        assignments = new
-    return centres, assignments
-
-
-def _kmeanspp_centres(codes: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding in Hamming space (D^2 sampling), restricted to distinct codes."""
-    uniq = np.unique(codes, axis=0)
-    if len(uniq) < k:
-        raise ValueError(
-            f"n_buckets={k} but the initial content codes hold only {len(uniq)} distinct values; "
-            "lower n_buckets or raise content_bits"
-        )
-    first = int(rng.integers(len(uniq)))
-    chosen = [first]
-    dist = hamming_to_centres(uniq, uniq[[first]])[:, 0].astype(np.float64)
-    for _ in range(1, k):
-        w = dist**2
-        nxt = int(rng.choice(len(uniq), p=w / w.sum()))
-        chosen.append(nxt)
-        dist = np.minimum(dist, hamming_to_centres(uniq, uniq[[nxt]])[:, 0])
-    return uniq[chosen].astype(np.int8)
 
 
 # -- cluster-guided affinity (eq. 8), blockwise ------------------------------------------------------
@@ -314,22 +199,6 @@ def _build_net(in_dim: int, hidden: int, content_bits: int, specific_bits: int, 
             return z, nc, ns, rec
 
     return ModalityNet()
-
-
-def _cca_projections(x1: np.ndarray, x2: np.ndarray, reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Regularised linear CCA of centred inputs; returns unit-variance canonical variates (n, r)."""
-    n = len(x1)
-
-    def inv_sqrt(c: np.ndarray) -> np.ndarray:
-        c = c + reg * (np.trace(c) / len(c) + 1e-12) * np.eye(len(c))
-        w, v = np.linalg.eigh(c)
-        return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-
-    a, b = x1.astype(np.float64), x2.astype(np.float64)
-    w1, w2 = inv_sqrt(a.T @ a / n), inv_sqrt(b.T @ b / n)
-    u, _, vt = np.linalg.svd(w1 @ (a.T @ b / n) @ w2, full_matrices=False)
-    r = min(u.shape[1], vt.shape[0], n - 1)
-    return a @ (w1 @ u[:, :r]), b @ (w2 @ vt.T[:, :r])
 
 
 def _random_rotation(r: int, l: int, rng: np.random.Generator) -> np.ndarray:
@@ -624,16 +493,19 @@ class UDDHHasher(Hasher):
         dims = {"image": x_img.shape[1], "text": x_txt.shape[1]}
 
         # Initial codes (unspecified by the paper): sign of random rotations of the CCA variates.
-        z1, z2 = _cca_projections(xs["image"] - xs["image"].mean(0), xs["text"] - xs["text"].mean(0))
-        r = z1.shape[1]
+        # Only the signs of linear maps of z1, z2 are used, so the variates' overall scale is moot.
+        x1, x2 = xs["image"] - xs["image"].mean(0), xs["text"] - xs["text"].mean(0)
+        r = min(x1.shape[1], x2.shape[1], n - 1)
+        a, b, _ = fit_cca(x1, x2, r)
+        z1, z2 = x1 @ a, x2 @ b
         b_c = _sign(((z1 + z2) / 2.0) @ _random_rotation(r, self.content_bits, rng))
         b_s: dict[str, np.ndarray] = {}
         if self.specific_bits:
             rot = _random_rotation(r, self.specific_bits, rng)
             b_s = {"image": _sign(z1 @ rot), "text": _sign(z2 @ rot)}
-        centres = _kmeanspp_centres(b_c, k, rng)
-        assign = nearest_centres(b_c, centres, self.config.train_top_e)
-        centres, assign = binary_kmeans(b_c, centres, assign, self.config.train_top_e)
+        centres = kmeanspp_centres(b_c, k, rng, name="n_buckets",
+                                   hint=" or raise content_bits (the initial content codes are too coarse)")
+        centres, assign = binary_kmeans(b_c, centres, None, self.config.train_top_e, _KMEANS_INIT_ROUNDS)
 
         torch_gen = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
@@ -679,10 +551,7 @@ class UDDHHasher(Hasher):
                     ch += centres[col]
                 b_c = _sign(ch + out["image"][1] + out["text"][1])
                 # 3-4. centres (eq. 16, a majority vote for one-hot H) and semantic index (eq. 19)
-                centres = majority_vote_centres(b_c, assign, centres)
-                assign = nearest_centres(b_c, centres, self.config.train_top_e)
-                centres = _reseed_empty(b_c, assign, centres)
-                assign = nearest_centres(b_c, centres, self.config.train_top_e)
+                centres, assign = lloyd_round(b_c, centres, assign, self.config.train_top_e)
                 # 5. modality-specific codes with the cluster-guided affinity (eqs. 8, 22)
                 graph = 0.0
                 if self.specific_bits:

@@ -17,12 +17,13 @@ from hashing.index import (
     HNSWIndex,
     Rescorer,
     assign_buckets,
-    binary_kmeans,
     create_index,
     hamming_knn_torch,
     load_index,
     rescore,
 )
+from hashing.base import pack_signs
+from hashing.binary_kmeans import binary_kmeans, kmeanspp_centres
 from hashing.index import io as index_io
 
 BITS = 64
@@ -328,7 +329,9 @@ def test_bucket_search_scans_only_query_buckets():
 def test_bucket_index_files_items_and_queries_by_its_own_centres():
     db, q = clustered_codes(3000), clustered_codes(40, seed=1)
     index = create_index("buckets", BITS, nbuckets=16, e=2, kmeans_iters=3, seed=1).train(db)
-    np.testing.assert_array_equal(index.centres, binary_kmeans(db, 16, iters=3, seed=1))
+    signs = np.unpackbits(db, axis=1).astype(np.int8) * 2 - 1  # the one binary k-means, seeded by `seed`
+    centres, _ = binary_kmeans(signs, kmeanspp_centres(signs, 16, np.random.default_rng(1)), max_rounds=3)
+    np.testing.assert_array_equal(index.centres, pack_signs(centres))
     index.add(db)
     res = index.search(q, 30)  # the same call as every index
     explicit = index.search(q, 30, buckets=assign_buckets(q, index.centres, 2))
@@ -380,15 +383,41 @@ def test_assign_buckets_picks_the_nearest_centres():
     check_ref_knn_with_draws(*brute_force(db, centers, 3), got_d, got)
 
 
-def test_binary_kmeans_centres_are_member_majorities():
+def test_bucket_index_centres_are_member_majorities():
     db = clustered_codes(1000, seed=5)
-    first = binary_kmeans(db, 8, iters=1, seed=0)
-    second = binary_kmeans(db, 8, iters=2, seed=0)  # one more step from `first`
-    assert first.shape == (8, 8) and first.dtype == np.uint8
-    assign = assign_buckets(db, first)[:, 0]
-    for c in np.unique(assign):
-        members = np.unpackbits(db[assign == c], axis=1)
-        np.testing.assert_array_equal(second[c], np.packbits(2 * members.sum(0) >= len(members)))
+    index = BucketIndex(BITS, nbuckets=8, kmeans_iters=100).train(db)  # converges well before 100
+    assert index.centres.shape == (8, 8) and index.centres.dtype == np.uint8
+    assign = index.assign(db)[:, 0]
+    assert len(np.unique(assign)) == 8  # no bucket left empty
+    centres = np.unpackbits(index.centres, axis=1).astype(np.int64) * 2 - 1
+    for c in range(8):
+        votes = (np.unpackbits(db[assign == c], axis=1).astype(np.int64) * 2 - 1).sum(0)
+        decided = votes != 0  # a tied bit keeps the centre's previous value
+        np.testing.assert_array_equal(centres[c][decided], np.sign(votes[decided]))
+    again = BucketIndex(BITS, nbuckets=8, kmeans_iters=100).train(db)
+    np.testing.assert_array_equal(again.centres, index.centres)  # seeded: deterministic
+
+
+def test_bucket_index_trains_on_the_prefix_bits_only():
+    codes = clustered_codes(600)
+    index = BucketIndex(BITS, nbuckets=6, prefix_bits=20, seed=2).train(codes)
+    np.testing.assert_array_equal(np.unpackbits(index.centres, axis=1)[:, 20:], 0)
+    mask = np.packbits(np.arange(BITS) < 20)
+    noise = np.random.default_rng(4).integers(0, 256, codes.shape, dtype=np.uint8) & ~mask
+    other = BucketIndex(BITS, nbuckets=6, prefix_bits=20, seed=2).train(codes ^ noise)
+    np.testing.assert_array_equal(other.centres, index.centres)  # the rest of each code is ignored
+
+
+def test_bucket_index_training_needs_enough_distinct_codes():
+    with pytest.raises(ValueError, match=r"nbuckets=16 but the codes hold only 10 distinct values \(of 10\)"):
+        BucketIndex(BITS, nbuckets=16).train(clustered_codes(10))
+    three = np.repeat(np.packbits(np.eye(3, BITS, dtype=bool), axis=1), 50, axis=0)
+    with pytest.raises(ValueError, match=r"nbuckets=4 but the codes hold only 3 distinct values \(of 150\)"):
+        BucketIndex(BITS, nbuckets=4).train(three)
+    same_prefix = clustered_codes(200)
+    same_prefix[:, 0] &= 1  # the first 8 bits take two values
+    with pytest.raises(ValueError, match="nbuckets=3 but the codes hold only 2 distinct"):
+        BucketIndex(BITS, nbuckets=3, prefix_bits=8).train(same_prefix)
 
 
 # -- persistence -------------------------------------------------------------------------------

@@ -1,19 +1,24 @@
-"""UDDH (hashing/uddh.py): semantic index, content codes, bucket search, persistence, errors."""
+"""UDDH (hashing/uddh.py): semantic index (hashing/binary_kmeans.py), CCA start (hashing/cca.py),
+content codes, bucket search, persistence, errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import hashing.binary_kmeans as bkm
 from hashing.base import Hasher, hasher_class, unpack_codes
-from hashing.uddh import (
-    UDDHHasher,
-    bucket_hamming_rank,
-    cluster_affinity_product,
+from hashing.binary_kmeans import (
+    binary_kmeans,
     hamming_to_centres,
+    kmeanspp_centres,
+    lloyd_round,
     majority_vote_centres,
     nearest_centres,
+    reseed_empty,
 )
+from hashing.cca import fit_cca
+from hashing.uddh import UDDHHasher, bucket_hamming_rank, cluster_affinity_product
 
 K = 4
 
@@ -58,6 +63,89 @@ def test_majority_vote_with_ties_keeping_previous_bit() -> None:
     np.testing.assert_array_equal(c[2], prev[2])  # empty cluster keeps its centre
     tie = majority_vote_centres(codes[:2], assign[:2], prev)
     np.testing.assert_array_equal(tie[0], [1, 1, -1])  # bit 1 is a 1-1 tie: keeps previous +1
+
+
+def random_signs(n: int, l: int, seed: int) -> np.ndarray:
+    return np.where(np.random.default_rng(seed).standard_normal((n, l)) >= 0, 1, -1).astype(np.int8)
+
+
+def test_reseed_empty_takes_the_farthest_code_that_is_not_yet_a_centre() -> None:
+    codes = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [-1, -1, 1, 1], [-1, -1, -1, -1], [1, -1, -1, -1]], np.int8)
+    centres = np.array([[1, 1, 1, 1], [-1, -1, -1, -1], [1, -1, -1, -1], [-1, 1, -1, 1]], np.int8)
+    assign = np.array([[0], [0], [0], [1], [0]])  # clusters 2 and 3 are empty
+    new = reseed_empty(codes, assign, centres)
+    np.testing.assert_array_equal(new[:2], centres[:2])  # clusters with members keep their centres
+    # own distances 0, 1, 2, 0, 3: code 4 is farthest but already centre 2, so 2 gets code 2, 3 code 1
+    np.testing.assert_array_equal(new[2], codes[2])
+    np.testing.assert_array_equal(new[3], codes[1])
+    assert reseed_empty(codes, np.array([[0], [1], [2], [3], [0]]), centres) is centres  # none empty
+
+
+@pytest.mark.parametrize("top_e", [1, 3])
+def test_nearest_centres_blockwise_is_the_stable_argsort(monkeypatch, top_e) -> None:
+    codes, centres = random_signs(300, 10, 0), random_signs(7, 10, 1)  # 10 bits: ties everywhere
+    full = np.argsort(hamming_to_centres(codes, centres), axis=1, kind="stable")[:, :top_e]
+    monkeypatch.setattr(bkm, "_BLOCK_PAIRS", 50)  # 7 codes per block
+    np.testing.assert_array_equal(nearest_centres(codes, centres, top_e), full)
+    with pytest.raises(ValueError, match="top_e"):
+        nearest_centres(codes, centres, 8)
+
+
+def test_binary_kmeans_stops_at_a_fixed_point_of_member_majorities() -> None:
+    codes = np.repeat(random_signs(12, 16, 2), 5, axis=0)
+    codes[::7] *= -1  # some noise
+    seeds = kmeanspp_centres(codes, 5, np.random.default_rng(0))
+    assert len(np.unique(seeds, axis=0)) == 5 and all((codes == c).all(1).any() for c in seeds)
+    centres, assign = binary_kmeans(codes, seeds, max_rounds=100)
+    again, same = lloyd_round(codes, centres, assign)
+    np.testing.assert_array_equal(same, assign)  # converged: one more round changes nothing
+    np.testing.assert_array_equal(again, centres)
+    for r in range(5):
+        votes = codes[assign[:, 0] == r].astype(np.int64).sum(0)
+        assert (np.sign(votes)[votes != 0] == centres[r][votes != 0]).all()
+    np.testing.assert_array_equal(assign, nearest_centres(codes, centres))
+    one, _ = binary_kmeans(codes, seeds, max_rounds=1)
+    np.testing.assert_array_equal(one, lloyd_round(codes, seeds, nearest_centres(codes, seeds))[0])
+
+
+def test_binary_kmeans_errors_name_the_argument() -> None:
+    codes = np.repeat(random_signs(3, 8, 3), 10, axis=0)  # 30 rows, 3 distinct
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"n_buckets=4 but the codes hold only 3 distinct values \(of 30\)"):
+        kmeanspp_centres(codes, 4, rng, name="n_buckets")
+    with pytest.raises(ValueError, match="k=40 but"):
+        kmeanspp_centres(codes, 40, rng)
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        kmeanspp_centres(codes, 0, rng)
+    with pytest.raises(ValueError, match="codes must be int8 -1/\\+1 signs"):
+        kmeanspp_centres((codes > 0).astype(np.int8), 2, rng)
+    with pytest.raises(ValueError, match="centres has 4 bits per row, expected 8"):
+        binary_kmeans(codes, codes[:2, :4])
+    with pytest.raises(ValueError, match="max_rounds"):
+        binary_kmeans(codes, codes[:2], max_rounds=0)
+
+
+def test_too_few_distinct_initial_content_codes_name_n_buckets() -> None:
+    img, txt, _ = clustered_pairs(n=60)
+    with pytest.raises(ValueError, match="n_buckets=3 but the codes hold only 2 distinct.*content_bits"):
+        small(bits=8, content_bits=1, n_buckets=3).fit(img, txt)
+
+
+def test_cca_start_is_scale_free_canonical_variates() -> None:
+    """UDDH starts from fit_cca's variates: unit variance (over n - 1), decorrelated across
+    directions, paired columns correlated by the returned correlations."""
+    img, txt, _ = clustered_pairs(n=200)
+    x, y = img - img.mean(0), txt - txt.mean(0)
+    a, b, corr = fit_cca(x, y, 12, reg=0.0)
+    zx, zy = x @ a, y @ b
+    np.testing.assert_allclose(zx.T @ zx / 199, np.eye(12), atol=1e-8)
+    np.testing.assert_allclose(zy.T @ zy / 199, np.eye(12), atol=1e-8)
+    np.testing.assert_allclose(zx.T @ zy / 199, np.diag(corr), atol=1e-8)
+    assert np.all(np.diff(corr) <= 1e-12) and corr[0] > 0.9
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, min\(dx, dy\)=12\]"):
+        fit_cca(x, y, 13)
+    with pytest.raises(ValueError, match="paired"):
+        fit_cca(x, y[:-1], 2)
 
 
 def test_fitted_centres_are_majority_vote_of_members(fitted) -> None:

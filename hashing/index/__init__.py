@@ -5,8 +5,9 @@
 * ``flat``: exact, faiss IndexBinaryFlat (the reference)
 * ``hnsw``: faiss IndexBinaryHNSW graph (removal by tombstones)
 * ``ivf``: faiss IndexBinaryIVF, ``nlist`` cells trained on codes, ``nprobe`` scanned
-* ``buckets``: UDDH-style bucketed search: ``nbuckets`` Hamming k-means centres trained on codes (or a
-  UDDH hasher's, ``UDDHHasher.bucket_index``), each query scans its ``e`` nearest buckets
+* ``buckets``: UDDH-style bucketed search: ``nbuckets`` Hamming k-means centres trained on codes
+  (:mod:`hashing.binary_kmeans`) or a UDDH hasher's (``UDDHHasher.bucket_index``), each query
+  scans its ``e`` nearest buckets
 * ``gpu_flat``: exact search on a GPU (faiss-gpu, else torch on CUDA)
 
 ``load_index(path)`` restores any of them from :meth:`BinaryIndex.save`. Candidates can then be
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import PAD_DISTANCE, PAD_ID, BinaryIndex, SearchResult, available_indexes, index_class
-from .buckets import BucketIndex, assign_buckets, binary_kmeans
+from .buckets import BucketIndex, assign_buckets
 from .flat import FlatIndex
 from .gpu import GpuFlatIndex, hamming_knn_torch
 from .hnsw import HNSWIndex
@@ -35,5 +36,5 @@ def create_index(kind: str, bits: int, **params: Any) -> BinaryIndex:
 __all__ = [
     "PAD_DISTANCE", "PAD_ID", "BinaryIndex", "BucketIndex", "FlatIndex", "GpuFlatIndex", "HNSWIndex",
     "IVFIndex", "RescoreResult", "Rescorer", "SearchResult", "assign_buckets", "available_indexes",
-    "binary_kmeans", "create_index", "hamming_knn_torch", "load_index", "rescore",
+    "create_index", "hamming_knn_torch", "load_index", "rescore",
 ]

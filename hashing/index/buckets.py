@@ -10,9 +10,10 @@ so a whole batch is one multi-threaded faiss call whatever the bucket sizes. An 
 bucket; a query may name several (UDDH's top-e for multi-label queries).
 
 The buckets are centres in Hamming space that the index holds itself (see :class:`BucketIndex`):
-fitted by :func:`binary_kmeans`, Hamming k-means whose centre update is the bitwise majority of
-the members (UDDH eqs 15-16 with one-hot H, ../shared/papers/NOTES.md §1.7), or handed over by a
-fitted UDDH hasher; items and queries go to their nearest centres (eq. 19, :func:`assign_buckets`).
+fitted by :func:`hashing.binary_kmeans.binary_kmeans`, the Hamming k-means UDDH's semantic index
+uses (centre update = bitwise majority of the members, UDDH eqs 15-16 with one-hot H,
+../shared/papers/NOTES.md §1.7), or handed over by a fitted UDDH hasher; items and queries go to
+their nearest centres (eq. 19, :func:`assign_buckets`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..base import pack_signs
+from ..binary_kmeans import binary_kmeans, kmeanspp_centres
 from .base import SearchResult, check_codes, register_index
 from .ivf import IVFIndex, _positive_int
 
@@ -39,41 +42,17 @@ def assign_buckets(codes: np.ndarray, centers: np.ndarray, e: int = 1) -> np.nda
     return quantizer.search(codes, e)[1]
 
 
-def binary_kmeans(codes: np.ndarray, n_centers: int, iters: int = 10, seed: int = 0) -> np.ndarray:
-    """Hamming k-means: assign to the nearest centre, then each centre bit = majority of its members.
-
-    A bit tied within a cluster becomes 1 (sign(0) = +1, as :func:`hashing.base.pack_signs`);
-    empty clusters are re-seeded with random codes. Returns (n_centers, bytes) packed centres.
-    """
-    codes = np.asarray(codes)
-    if codes.ndim != 2:
-        raise ValueError(f"codes must be packed codes (n, bytes), got shape {codes.shape}")
-    codes = check_codes(codes, codes.shape[1] * 8)
-    n_centers = _positive_int("n_centers", n_centers)
-    if len(codes) < n_centers:
-        raise ValueError(f"binary_kmeans needs at least n_centers={n_centers} codes, got {len(codes)}")
-    rng = np.random.default_rng(seed)
-    centers = codes[rng.choice(len(codes), n_centers, replace=False)].copy()
-    unpacked = np.unpackbits(codes, axis=1)
-    for _ in range(iters):
-        assign = assign_buckets(codes, centers)[:, 0]
-        order = np.argsort(assign, kind="stable")
-        members, starts, counts = np.unique(assign[order], return_index=True, return_counts=True)
-        ones = np.add.reduceat(unpacked[order].astype(np.int32), starts, axis=0)
-        centers = np.empty_like(centers)
-        centers[members] = np.packbits(2 * ones >= counts[:, None], axis=1)
-        empty = np.setdiff1d(np.arange(n_centers), members)
-        centers[empty] = codes[rng.choice(len(codes), len(empty), replace=False)]
-    return centers
-
-
 @register_index
 class BucketIndex(IVFIndex):
     """``nbuckets`` buckets, each a centre in Hamming space; a query scans its ``e`` nearest buckets.
 
     The index owns its assigner, so it is built and searched like every other index:
-    :meth:`train` fits the centres by :func:`binary_kmeans` (``kmeans_iters``, ``seed``),
-    :meth:`add` files each item under its nearest centre and ``search(codes, k)`` scans the
+    :meth:`train` fits the centres by binary k-means (:mod:`hashing.binary_kmeans`, the one UDDH's
+    semantic index uses) on the codes' first ``prefix_bits`` bits: k-means++ seeding from ``seed``
+    over the distinct codes (fewer distinct codes than ``nbuckets`` is an error), then Lloyd rounds
+    until the assignment stops changing, at most ``kmeans_iters``. A centre bit tied among its
+    members keeps its previous value; an empty bucket is re-seeded with the code farthest from its
+    own centre. :meth:`add` files each item under its nearest centre and ``search(codes, k)`` scans the
     ``e`` nearest. Distances to the centres use the codes' first ``prefix_bits`` bits (all of
     them by default): UDDH files items by their content code, the prefix of its tail code, so
     :meth:`hashing.uddh.UDDHHasher.bucket_index` hands over its centres with
@@ -134,7 +113,12 @@ class BucketIndex(IVFIndex):
     def _train(self, codes: np.ndarray) -> None:
         if self.ntotal:
             raise RuntimeError("cannot retrain an index that holds items: reset() it first")
-        self.set_centres(binary_kmeans(codes & self._mask, self.nbuckets, iters=self.kmeans_iters, seed=self.seed))
+        signs = np.unpackbits(codes, axis=1, count=self.prefix_bits).astype(np.int8) * 2 - 1
+        seeds = kmeanspp_centres(signs, self.nbuckets, np.random.default_rng(self.seed), name="nbuckets",
+                                 hint=" or train on more varied codes")
+        centres, _ = binary_kmeans(signs, seeds, max_rounds=self.kmeans_iters)
+        rest = -np.ones((self.nbuckets, self.bits - self.prefix_bits), np.int8)  # beyond the prefix: bit 0
+        self.set_centres(pack_signs(np.concatenate([centres, rest], axis=1)))
 
     def assign(self, codes: np.ndarray, e: int = 1) -> np.ndarray:
         """(n, e) int64: the ``e`` nearest buckets of each code, nearest first."""
