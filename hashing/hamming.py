@@ -1,9 +1,9 @@
 """Hamming distances between packed binary codes, the one implementation the package uses.
 
-Hash learners' k-means (UDDH's semantic index), the bucketed index's assigner, the evaluation
-metrics and the reference rankings all call :func:`hamming_distances` or
-:class:`HammingDistances`; faiss' own indexes (and the torch kernel of ``gpu_flat``) compute them
-inside their search. Codes are packed uint8 ``(n, bits // 8)``, ``numpy.packbits`` order.
+The binary k-means of UDDH's semantic index and of ``BucketIndex.train``
+(:mod:`hashing.binary_kmeans`), the evaluation metrics and the reference rankings all call
+:func:`hamming_distances` or :class:`HammingDistances`; faiss' own indexes (among them the
+bucketed index's assigner, and the torch kernel of ``gpu_flat``) compute them inside their search. Codes are packed uint8 ``(n, bits // 8)``, ``numpy.packbits`` order.
 """
 
 from __future__ import annotations

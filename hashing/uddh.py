@@ -24,7 +24,6 @@ import numpy as np
 from .base import Hasher, as_features, check_bits, check_modality, pack_signs, register_hasher
 from .binary_kmeans import binary_kmeans, kmeanspp_centres, lloyd_round, nearest_centres
 from .cca import fit_cca
-from .hamming import hamming_distances
 
 GraphMode = Literal["aligned", "paper"]
 GRAPH_MODES: tuple[str, ...] = ("aligned", "paper")
@@ -97,59 +96,6 @@ def cluster_affinity_product(
             prod[idx[start:stop]] = s @ block_codes
             degree[idx[start:stop]] = s.sum(axis=1)
     return prod, degree
-
-
-# -- reference bucket-restricted search (evaluation only; search through UDDHHasher.bucket_index) ---
-def bucket_hamming_rank(
-    query_codes: np.ndarray,
-    query_buckets: np.ndarray,
-    item_codes: np.ndarray,
-    item_buckets: np.ndarray,
-    topk: int,
-    outside: Literal["exclude", "after"] = "exclude",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks items by Hamming distance of packed codes, scanning only the query's buckets.
-
-    ``query_buckets`` (nq, e) are the query's top-e buckets, ``item_buckets`` (n,) or (n, e') the
-    items'. An item is scanned when any of its buckets is among the query's. ``outside="exclude"``
-    drops unscanned items (the paper's hierarchical matching: lists may be shorter than topk and
-    are padded with -1); ``"after"`` ranks them after every scanned item. Ties go to the lower index.
-    Returns (ranked ids (nq, topk) int64, fraction of the items scanned per query (nq,)).
-    A brute-force reference: O(128 n) memory per chunk of queries, for evaluation-sized databases.
-    """
-    if outside not in ("exclude", "after"):
-        raise ValueError(f"outside must be 'exclude' or 'after', got {outside!r}")
-    query_codes, item_codes = np.asarray(query_codes), np.asarray(item_codes)
-    if query_codes.dtype != np.uint8 or item_codes.dtype != np.uint8:
-        raise TypeError("query_codes and item_codes must be packed uint8 codes")
-    if query_codes.shape[1] != item_codes.shape[1]:
-        raise ValueError(
-            f"query_codes have {query_codes.shape[1]} bytes per code, item_codes {item_codes.shape[1]}"
-        )
-    qb = np.asarray(query_buckets, dtype=np.int64).reshape(len(query_codes), -1)
-    ib = np.asarray(item_buckets, dtype=np.int64).reshape(len(item_codes), -1)
-    n = len(item_codes)
-    topk = int(min(topk, n))
-    if (qb < 0).any() or (ib < 0).any():
-        raise ValueError("bucket ids must be >= 0")
-    n_ids = int(max(qb.max(initial=0), ib.max(initial=0))) + 1
-    ranks = np.full((len(query_codes), topk), -1, dtype=np.int64)
-    scanned = np.zeros(len(query_codes), dtype=np.float64)
-    chunk = 128
-    for s in range(0, len(query_codes), chunk):
-        qs = query_codes[s : s + chunk]
-        dist = hamming_distances(qs, item_codes).astype(np.int64)
-        wanted = np.zeros((len(qs), n_ids), dtype=bool)  # the query's buckets, one-hot
-        np.put_along_axis(wanted, qb[s : s + chunk], True, axis=1)
-        inside = wanted[:, ib].any(axis=2)  # (chunk, n): does any item bucket match?
-        scanned[s : s + chunk] = inside.mean(axis=1)
-        key = dist.astype(np.int64) + np.where(inside, 0, dist.max(initial=0) + 1)
-        order = np.argsort(key, axis=1, kind="stable")[:, :topk]
-        if outside == "exclude":
-            keep = np.take_along_axis(inside, order, axis=1)
-            order = np.where(keep, order, -1)
-        ranks[s : s + chunk] = order
-    return ranks, scanned
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ from hashing.binary_kmeans import (
     reseed_empty,
 )
 from hashing.cca import fit_cca
-from hashing.uddh import UDDHHasher, bucket_hamming_rank, cluster_affinity_product
+from eval.wiki_quick import bucket_hamming_rank
+from hashing.uddh import UDDHHasher, cluster_affinity_product
 
 K = 4
 
