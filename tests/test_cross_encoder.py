@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FLICKR8K, load_script
+from conftest import FLICKR8K
 from hub_cache import add_to_hub_cache
 from rerank import Candidates, Query, create_reranker, reranker_from_config
 from rerank.cross_encoder import (
@@ -17,6 +17,10 @@ from rerank.cross_encoder import (
     cat_states,
 )
 from common.hub import ModelNotAvailableError
+from eval.cross_encoder_training import (
+    TrainOptions, ensemble_heads, hard_fraction_at, prepare, recall_from, rerank_scores, sample_groups, save_model,
+    subset, train, training_record, validation_images,
+)
 
 TINY = {"image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
 
@@ -114,13 +118,12 @@ def test_attention_direction_is_checked():
 
 @pytest.mark.parametrize("hard_fraction", [0.0, 0.5, 1.0])
 def test_training_groups_put_the_positive_first_and_draw_the_hard_share_from_stage1(hard_fraction):
-    train = load_script("train_cross_encoder")
     rng = np.random.default_rng(0)
     n_items, group, negatives_from = 200, 9, 12
     positives = [np.array([q, (q + 1) % n_items]) for q in range(n_items)]
     ranked = np.stack([rng.permutation(n_items) for _ in range(n_items)])
     queries = np.arange(0, n_items, 7)
-    groups = train.sample_groups(rng, queries, positives, ranked, group, negatives_from, n_items, hard_fraction)
+    groups = sample_groups(rng, queries, positives, ranked, group, negatives_from, n_items, hard_fraction)
     n_hard = round((group - 1) * hard_fraction)
     for row, q in zip(groups, queries):
         assert row[0] in positives[q] and not np.isin(row[1:], positives[q]).any()
@@ -130,7 +133,6 @@ def test_training_groups_put_the_positive_first_and_draw_the_hard_share_from_sta
 @torch.no_grad()
 def test_validation_scores_fuse_like_the_head_and_recall_follows_the_fused_ranking():
     """Heads and ensembles are chosen on these numbers, so they must be what the reranker would score."""
-    train = load_script("train_cross_encoder")
     head = tiny_head(2, "i2t")
     n_img, caps_per_img, k = 6, 2, 3
     owner = np.repeat(np.arange(n_img), caps_per_img)
@@ -142,23 +144,64 @@ def test_validation_scores_fuse_like_the_head_and_recall_follows_the_fused_ranki
     rng = np.random.default_rng(0)
     t2i = np.stack([rng.permutation(n_img)[:k] for _ in owner])
     i2t = np.stack([rng.permutation(len(owner))[:k] for _ in range(n_img)])
-    parts = train.rerank_scores(head, feats, np.arange(n_img), np.arange(len(owner)), t2i, i2t)
-    images, texts = train.prepare(head, feats, np.arange(n_img), np.arange(len(owner)))
+    parts = rerank_scores(head, feats, np.arange(n_img), np.arange(len(owner)), t2i, i2t)
+    images, texts = prepare(head, feats, np.arange(n_img), np.arange(len(owner)))
     head.itc_scale.fill_(4.0)
     match, cosine = parts["t2i"]
     for q in (0, 5):
         expected = head.pair_scores(texts[[q] * k], images[t2i[q]]).numpy()
         np.testing.assert_allclose(match[q] + 4.0 * cosine[q], expected, atol=1e-4)
     # R@1 is the share of captions whose best fused candidate is their own image
-    recall = train.recall_from(parts, t2i, i2t, len(owner), n_img, owner, 4.0)
+    recall = recall_from(parts, t2i, i2t, len(owner), n_img, owner, 4.0)
     top = t2i[np.arange(len(owner)), np.argmax(match + 4.0 * cosine, axis=1)]
     assert 0 < recall["image_retrieval_recall@1"] == pytest.approx(np.mean(top == owner))
 
 
 def test_hard_fraction_ramps_linearly_to_its_end_value():
-    ramp = load_script("train_cross_encoder").hard_fraction_at
+    ramp = hard_fraction_at
     assert [ramp(s, 100, 0.5, None) for s in (1, 100)] == [0.5, 0.5]
     assert ramp(50, 100, 0.5, 0.9) == pytest.approx(0.7) and ramp(100, 100, 0.5, 0.9) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("bad, match", [({"warmup_steps": 0}, "warmup_steps"), ({"group": 1}, "group"),
+                                        ({"hard_fraction_end": 1.5}, "hard_fraction_end"),
+                                        ({"attention": "both"}, "attention"), ({"features": "raw"}, "features")])
+def test_training_options_name_a_bad_setting(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainOptions(**bad)
+
+
+def test_training_keeps_the_best_validation_checkpoint_and_an_ensemble_of_saved_heads_reloads(tmp_path):
+    """The whole loop on random features: a few steps, two evaluations, the saved head and ensemble load back."""
+    from rerank.cross_encoder import load_head
+
+    torch.manual_seed(0)
+    n_img, caps_per_img = 24, 2
+    owner = np.repeat(np.arange(n_img), caps_per_img)
+    feats = {"image_tokens": torch.randn(n_img, 49, 320), "image_embedding": torch.randn(n_img, 256),
+             "text_tokens": torch.randn(len(owner), 5, 384), "text_mask": torch.ones(len(owner), 5, dtype=torch.long),
+             "text_embedding": torch.randn(len(owner), 256)}
+    options = TrainOptions(val_images=8, bits=8, candidates=6, negatives_from=4, group=4, batch_size=4, steps=3,
+                           warmup_steps=1, eval_every=2, dim=16, heads=2, dropout=0.0, progress=False)
+    val_images, fit_images = validation_images(n_img, options.val_images)
+    assert len(val_images) == 8 and not np.isin(val_images, fit_images).any()
+    val = subset(feats, owner, val_images, options, float_sorted=False)
+    fit = subset(feats, owner, fit_images, options, float_sorted=True)
+    assert (owner[val.captions] == val.images[val.owner]).all() and fit.t2i.shape == (len(fit.captions), 6)
+    head = CrossEncoderHead(**{**TINY, "dim": 16, "heads": 2})
+    result = train(head, feats, fit, val, options)
+    assert [h["step"] for h in result.history] == [2, 3]
+    best = max(result.history, key=lambda h: h["image_retrieval_recall@1"] + h["text_retrieval_recall@1"])
+    assert result.best == best and float(result.state["itc_scale"]) == best["itc_scale"]
+    record = training_record(options, result)
+    assert record["steps"] == 3 and record["best"] == best
+    for name in ("a", "b"):
+        save_model(tmp_path / name, result.state, {**head.config, "init_itc_scale": best["itc_scale"]}, record, {})
+    loaded, config = load_head(tmp_path / "a")
+    assert float(loaded.itc_scale.detach()) == best["itc_scale"] and config["training"]["history"] == result.history
+    ensemble = ensemble_heads([tmp_path / "a", tmp_path / "b"], feats, val)
+    assert len(ensemble.ensemble.members) == 2 and len(ensemble.training["members"]) == 2
+    assert float(ensemble.ensemble.itc_scale) == ensemble.itc_scale
 
 
 @pytest.fixture(scope="module")
