@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,15 +33,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from common.atomic import atomic_write_dir
+from common.lite_model import WEIGHTS_DIR as LITE_DIR
 from eval.lite_training import embed_cached, image_trunk_features, text_trunk_features
 from eval.recall import retrieval_recall
 from hashing import create_hasher
 from hashing.index import create_index
 from rerank.cross_encoder import (
-    ATTENTION_DIRECTIONS, CONFIG_NAME, DEFAULT_HEAD_CONFIG, FEATURE_SETS, FORMAT_VERSION, WEIGHTS_NAME,
-    CrossEncoderHead, HeadEnsemble, LiteTokenFeatures, States, load_head,
+    CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME,
+    CrossEncoderHead, HeadConfig, HeadEnsemble, LiteTokenFeatures, States, load_head,
 )
-from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR
 
 #: ``scripts/train_lite.py``'s ``--seed``: its validation draw is ``rng(seed).permutation[:500]``,
 #: and the heads are chosen on the same images, which neither model trained on.
@@ -75,18 +75,18 @@ class TrainOptions:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     eval_every: int = 250
-    features: str = "frozen"  # "tuned": the lite towers' tuned tops; "frozen": the activations entering them
-    attention: str = "t2i"
+    features: str = HeadConfig.features  # "tuned": the lite towers' tuned tops; "frozen": the activations entering them
+    attention: str = HeadConfig.attention
     itc_in_loss: float = 0.0  # ITC scale inside the loss (0: the head learns to match on its own)
-    dim: int = DEFAULT_HEAD_CONFIG["dim"]
-    heads: int = DEFAULT_HEAD_CONFIG["heads"]
-    dropout: float = DEFAULT_HEAD_CONFIG["dropout"]
+    dim: int = HeadConfig.dim
+    heads: int = HeadConfig.heads
+    dropout: float = HeadConfig.dropout
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         positive = ("val_images", "bits", "candidates", "negatives_from", "batch_size", "steps", "warmup_steps",
-                    "eval_every", "dim", "heads")
+                    "eval_every")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -97,10 +97,9 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
-        if self.features not in FEATURE_SETS:
-            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {self.features!r}")
-        if self.attention not in ATTENTION_DIRECTIONS:
-            raise ValueError(f"attention must be one of {ATTENTION_DIRECTIONS}, got {self.attention!r}")
+        # the head's own settings are checked where they are declared
+        HeadConfig(features=self.features, attention=self.attention, dim=self.dim, heads=self.heads,
+                   dropout=self.dropout, init_itc_scale=self.itc_in_loss)
 
 
 # -- features -----------------------------------------------------------------------------------
@@ -305,9 +304,9 @@ def head_config(lite: Any, feats: Features, options: TrainOptions) -> dict[str, 
     model's, the rest the options'."""
     o = options
     image_dim = LiteTokenFeatures(lite, torch.device("cpu"), o.features).image_dim  # of this lite model's tower
-    return {**DEFAULT_HEAD_CONFIG, **FEATURE_SETS[o.features], "image_dim": image_dim,
-            "image_tokens": feats["image_tokens"].shape[1], "features": o.features, "attention": o.attention,
-            "dim": o.dim, "heads": o.heads, "dropout": o.dropout, "init_itc_scale": o.itc_in_loss}
+    return asdict(HeadConfig(features=o.features, attention=o.attention, image_dim=image_dim,
+                             image_tokens=feats["image_tokens"].shape[1], dim=o.dim, heads=o.heads,
+                             dropout=o.dropout, init_itc_scale=o.itc_in_loss))
 
 
 @dataclass

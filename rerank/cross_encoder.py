@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
@@ -53,24 +53,54 @@ WEIGHTS_NAME = "model.safetensors"
 #: they look the same on the lite encoder's training images as on new ones.
 FEATURE_SETS = {"tuned": {"image_dim": 320, "text_dim": 384}, "frozen": {"image_dim": 192, "text_dim": 384}}
 
-DEFAULT_HEAD_CONFIG: dict[str, Any] = {
-    "features": "tuned",
-    "attention": "t2i",
-    "image_dim": 320,
-    "text_dim": 384,
-    "image_tokens": 49,
-    "dim": 192,
-    "heads": 4,
-    "mlp_ratio": 2,
-    "dropout": 0.1,
-    "init_itc_scale": 15.8,  # the lite encoder's learned logit scale, so training starts at ITC
-}
-
-
 #: Which side's tokens attend over the other's. ``t2i``: every caption token attends over the
 #: image's 7x7 regions and the tokens are pooled (SCAN t-i); ``i2t``: every region attends over
 #: the caption's tokens and the regions are pooled (SCAN i-t). SCAN found the two complementary.
 ATTENTION_DIRECTIONS = ("t2i", "i2t")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """One head's settings, declared and checked once and saved with ``asdict`` in its config.json.
+
+    Saved heads name every field. The defaults are what ``eval/cross_encoder_training.py`` builds
+    unless told otherwise, and the architecture of every shipped member: frozen features, whose
+    widths (``image_dim`` / ``text_dim``, None) follow from :data:`FEATURE_SETS` for the shipped
+    lite model; another lite image tower has other widths, so the trainer always records them.
+    ``init_itc_scale`` only starts the head's ITC weight (the trainer's ``itc_in_loss``).
+    """
+
+    features: str = "frozen"
+    attention: str = "t2i"
+    image_dim: int | None = None
+    text_dim: int | None = None
+    image_tokens: int = 49
+    dim: int = 192
+    heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    init_itc_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {self.features!r}")
+        if self.attention not in ATTENTION_DIRECTIONS:
+            raise ValueError(f"attention must be one of {ATTENTION_DIRECTIONS}, got {self.attention!r}")
+        for name in ("image_dim", "text_dim"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, FEATURE_SETS[self.features][name])
+        for name in ("image_dim", "text_dim", "image_tokens", "dim", "heads", "mlp_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "init_itc_scale", float(self.init_itc_scale))
+
+
 
 
 @dataclass
@@ -159,18 +189,13 @@ class CrossEncoderHead(nn.Module):
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
-        unknown = set(config) - set(DEFAULT_HEAD_CONFIG)
+        unknown = set(config) - {f.name for f in fields(HeadConfig)}
         if unknown:
             raise ValueError(f"unknown cross-encoder settings: {sorted(unknown)}")
-        self.config = {**DEFAULT_HEAD_CONFIG, **config}
+        #: the :class:`HeadConfig` as a dict, as saved (the ensemble and the reranker read it by key)
+        self.config = asdict(HeadConfig(**config))
         c = self.config
-        if c["features"] not in FEATURE_SETS:
-            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {c['features']!r}")
-        if c["attention"] not in ATTENTION_DIRECTIONS:
-            raise ValueError(f"attention must be one of {ATTENTION_DIRECTIONS}, got {c['attention']!r}")
         d, self.heads = c["dim"], c["heads"]
-        if d % self.heads:
-            raise ValueError(f"dim {d} must be divisible by heads {self.heads}")
         self.text_attends = c["attention"] == "t2i"
         self.image_proj = nn.Sequential(nn.Linear(c["image_dim"], d), nn.LayerNorm(d))
         self.image_pos = nn.Parameter(torch.zeros(1, c["image_tokens"], d))

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import torch
 
+from common.lite_model import WEIGHTS_DIR as LITE_DIR, load_lite_model
 from eval.cross_encoder_training import (
     TrainOptions, ensemble_heads, head_config, save_model, subset, train, train_features, training_record,
     validation_images,
 )
 from eval.karpathy import load_karpathy
 from rerank.cross_encoder import ATTENTION_DIRECTIONS, CrossEncoderHead, lite_feature_source
-from retrieval.encoders.lite import WEIGHTS_DIR as LITE_DIR, load_lite_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

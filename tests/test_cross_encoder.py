@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from common.hub import ModelNotAvailableError
 from conftest import FLICKR8K
 from hub_cache import add_to_hub_cache
 from rerank import Candidates, Query, create_reranker, reranker_from_config
 from rerank.cross_encoder import (
-    CONFIG_NAME, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, CrossEncoderReranker, HeadEnsemble,
-    cat_states,
+    CONFIG_NAME, FORMAT_VERSION, WEIGHTS_DIR, WEIGHTS_NAME, CrossEncoderHead, CrossEncoderReranker, HeadConfig,
+    HeadEnsemble, cat_states,
 )
-from common.hub import ModelNotAvailableError
 from eval.cross_encoder_training import (
     TrainOptions, ensemble_heads, hard_fraction_at, prepare, recall_from, rerank_scores, sample_groups, save_model,
     subset, train, training_record, validation_images,
 )
 
-TINY = {"image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
+TINY = {"features": "tuned", "image_dim": 320, "text_dim": 384, "dim": 16, "heads": 2, "mlp_ratio": 2, "dropout": 0.0}
 
 
 def on_shipped_lite(config: dict) -> dict:
     """A tiny head config whose image tokens fit the shipped lite model (tuned-feature channels, token count)."""
-    from retrieval.encoders.lite import load_lite_model
+    from common.lite_model import load_lite_model
     from rerank.cross_encoder import LiteTokenFeatures
 
     lite = load_lite_model()
@@ -171,6 +172,21 @@ def test_training_options_name_a_bad_setting(bad, match):
         TrainOptions(**bad)
 
 
+def test_head_config_defaults_are_the_shipped_members_architecture_and_bad_values_are_named():
+    shipped = json.loads((WEIGHTS_DIR / CONFIG_NAME).read_text())["head"]["members"]
+    default = asdict(HeadConfig())
+    for member in shipped:  # everything but what training chose (direction, ITC start) is the default
+        assert {k: v for k, v in member.items() if k not in ("attention", "init_itc_scale")} == \
+            {k: v for k, v in default.items() if k not in ("attention", "init_itc_scale")}
+    assert HeadConfig(features="tuned").image_dim == 320
+    for bad, match in [({"dim": 10, "heads": 4}, "divisible"), ({"dropout": 1.0}, "dropout"),
+                       ({"image_tokens": 0}, "image_tokens"), ({"features": "raw"}, "features")]:
+        with pytest.raises(ValueError, match=match):
+            HeadConfig(**bad)
+    with pytest.raises(ValueError, match="unknown cross-encoder settings"):
+        CrossEncoderHead(width=3)
+
+
 def test_training_keeps_the_best_validation_checkpoint_and_an_ensemble_of_saved_heads_reloads(tmp_path):
     """The whole loop on random features: a few steps, two evaluations, the saved head and ensemble load back."""
     from rerank.cross_encoder import load_head
@@ -303,7 +319,7 @@ def test_shipped_cross_encoder_prefers_the_true_caption():
 
 def test_a_head_refuses_lite_features_it_was_not_trained_on(tmp_path):
     """A frozen-feature head reads one tower's trunk at one split; another lite model must be an error, not noise."""
-    from retrieval.encoders.lite import load_lite_model
+    from common.lite_model import load_lite_model
     from rerank.cross_encoder import LEGACY_FEATURE_SOURCE, lite_feature_source
 
     lite = load_lite_model()
