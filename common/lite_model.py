@@ -217,6 +217,14 @@ class LiteModel(nn.Module):
         tower = self.image_tower
         return tower.blocks[: self.image_split if stages is None else stages](tower.bn1(tower.conv_stem(pixels)))
 
+    def image_stages(self, x: torch.Tensor, start: int, stop: int = IMAGE_STAGES) -> torch.Tensor:
+        """Block stages ``start`` to ``stop`` (exclusive) on the activations entering stage ``start``."""
+        return self.image_tower.blocks[start:stop](x)
+
+    def image_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv head (and its batch norm) on the last block stage's output: the final feature map."""
+        return self.image_tower.bn2(self.image_tower.conv_head(x))
+
     def image_top(self, x: torch.Tensor, from_stage: int | None = None) -> torch.Tensor:
         """Block stages ``from_stage``.. (default ``image_split``), conv head and image head.
 
@@ -227,21 +235,28 @@ class LiteModel(nn.Module):
         if start > IMAGE_STAGES:
             return self.image_head(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config["image_trainable_stages"] > 0):
-            x = self.image_tower.blocks[start:](x)
+            x = self.image_stages(x, start)
         return self.image_embedding_from_stages(x)
 
     def image_embedding_from_stages(self, x: torch.Tensor) -> torch.Tensor:
         """Conv head and image head on the last block stage's output (what the cross-encoder's ``tuned`` tokens are)."""
-        tower = self.image_tower
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config["image_trainable_stages"] > 0):
-            x = tower.bn2(tower.conv_head(x.float()))
+            x = self.image_feature_map(x.float())
         return self.image_head(x)
+
+    @staticmethod
+    def _out_channels(stage: nn.Module) -> int:
+        return [m for m in stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
     @property
     def image_trunk_channels(self) -> int:
         """Channels of the frozen trunk's output (the cross-encoder's ``frozen`` image tokens)."""
-        last_stage = self.image_tower.blocks[self.image_split - 1]
-        return [m for m in last_stage.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        return self._out_channels(self.image_tower.blocks[self.image_split - 1])
+
+    @property
+    def image_stage_channels(self) -> int:
+        """Channels of the last block stage's output (the cross-encoder's ``tuned`` image tokens)."""
+        return self._out_channels(self.image_tower.blocks[-1])
 
     def text_layers(self, hidden: torch.Tensor, mask: torch.Tensor, layers: range) -> torch.Tensor:
         """BERT layers ``layers`` on hidden states (transformers 4.x returns tuples, 5.x tensors)."""

@@ -143,18 +143,17 @@ def advance_frozen(model: LiteModel, trunk: torch.Tensor, image_from: int, hidde
     Returns the image activations and the stage they enter (``IMAGE_STAGES + 1``: the pooled final
     feature map, when no image stage trains) and the hidden states at ``model.text_split``.
     """
-    tower = model.image_tower
     pooled_already = image_from == IMAGE_STAGES + 1 and model.config["image_trainable_stages"] == 0
     if (image_from > model.image_split and not pooled_already) or text_from > model.text_split:
         raise ValueError(f"caches at image stage {image_from} / text layer {text_from} are above the model's split "
                          f"({model.image_split} / {model.text_split})")
     flat = trunk.flatten(0, 1)
     if model.config["image_trainable_stages"] == 0 and not pooled_already:
-        pooled = torch.cat([tower.bn2(tower.conv_head(tower.blocks[image_from:](flat[s:s + 256].float()))).mean((2, 3))
+        pooled = torch.cat([model.image_feature_map(model.image_stages(flat[s:s + 256].float(), image_from)).mean((2, 3))
                             for s in range(0, len(flat), 256)])
         trunk, image_from = pooled.half().reshape(*trunk.shape[:2], -1, 1, 1), IMAGE_STAGES + 1
     elif image_from < model.image_split:
-        x = torch.cat([tower.blocks[image_from:model.image_split](flat[s:s + 256].float()).half()
+        x = torch.cat([model.image_stages(flat[s:s + 256].float(), image_from, model.image_split).half()
                        for s in range(0, len(flat), 256)])
         trunk, image_from = x.reshape(*trunk.shape[:2], *x.shape[1:]), model.image_split
     if text_from < model.text_split:

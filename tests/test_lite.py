@@ -55,6 +55,33 @@ def test_training_fast_path_equals_full_forward(lite):
             torch.testing.assert_close(fast, full_text, atol=1e-4, rtol=1e-4)
         # the trunk ends where the top begins: its channels are what the cross-encoder reads
         assert model.image_trunk(pixels).shape[1] == model.image_trunk_channels
+        last = model.image_stages(model.image_trunk(pixels), model.image_split)
+        assert last.shape[1] == model.image_stage_channels
+        torch.testing.assert_close(model.image_embedding_from_stages(last), full_image, atol=1e-4, rtol=1e-4)
+
+
+def test_caches_below_the_split_are_advanced_to_the_same_embeddings(lite):
+    """advance_frozen runs cached activations through the frozen stages once; the embedding must not change."""
+    from common.lite_model import IMAGE_STAGES
+    from eval.lite_training import advance_frozen
+
+    model = lite.model
+    pixels = torch.stack([lite.preprocess_image(Image.new("RGB", (224, 224), c)) for c in [(10, 200, 90), (250, 250, 0)]])
+    hidden, mask = torch.zeros(2, 3, 384).half(), torch.ones(2, 3, dtype=torch.long)
+    with torch.inference_mode():
+        expected = model.image_features(pixels)
+        trunk = model.image_trunk(pixels, 5)[None].half()  # one view, cached at stage 5 (below the split)
+        advanced, stage, _ = advance_frozen(model, trunk, 5, hidden, mask, model.text_split)
+        assert stage == model.image_split and advanced.shape[2] == model.image_trunk_channels
+        torch.testing.assert_close(model.image_top(advanced[0], stage), expected, atol=2e-2, rtol=2e-2)
+        saved = model.config["image_trainable_stages"]
+        model.config["image_trainable_stages"] = 0  # nothing of the image tower trains: pooled once
+        try:
+            pooled, stage, _ = advance_frozen(model, trunk, 5, hidden, mask, model.text_split)
+            assert stage == IMAGE_STAGES + 1 and pooled.shape[-2:] == (1, 1)
+            torch.testing.assert_close(model.image_top(pooled[0], stage), expected, atol=2e-2, rtol=2e-2)
+        finally:
+            model.config["image_trainable_stages"] = saved
 
 
 def test_split_follows_the_config_and_selects_what_ships(lite):
