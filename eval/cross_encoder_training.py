@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from common.atomic import atomic_write_dir
+from common.checks import check_int
 from common.lite_model import WEIGHTS_DIR as LITE_DIR
 from eval.lite_training import embed_cached, image_trunk_features, text_trunk_features
 from eval.recall import retrieval_recall
@@ -88,11 +89,8 @@ class TrainOptions:
         positive = ("val_images", "bits", "candidates", "negatives_from", "batch_size", "steps", "warmup_steps",
                     "eval_every")
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.group, bool) or not isinstance(self.group, (int, np.integer)) or self.group < 2:
-            raise ValueError(f"group must be an integer >= 2 (a positive and a negative at least), got {self.group!r}")
+            check_int(name, getattr(self, name))
+        check_int("group", self.group, low=2, note="(a positive and a negative at least)")
         for name in ("hard_fraction", "hard_fraction_end"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:

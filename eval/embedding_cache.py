@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common.atomic import atomic_write_file, write_json
+from common.checks import check_int
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -120,8 +121,7 @@ class EmbeddingCache:
                  identities: Sequence[str], chunk_size: int) -> None:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        chunk_size = check_int("chunk_size", chunk_size)
         self.fingerprint, self.modality, self.chunk_size = fingerprint, modality, chunk_size
         self.identities = list(identities)
         self.n = len(self.identities)

@@ -51,6 +51,7 @@ import numpy as np
 from scipy.stats import hypergeom
 from tqdm.auto import tqdm
 
+from common.checks import check_optional_int
 from hashing.hamming import HammingDistances, hamming_distances  # noqa: F401  (part of this module's API)
 
 Ties = Literal["random", "index"]
@@ -364,11 +365,7 @@ def _mean_precision(precision: np.ndarray, empty: str) -> np.ndarray:
 # Public API
 # --------------------------------------------------------------------------------------------
 def _check_k(k: int | None, name: str) -> int | None:
-    if k is None:
-        return None
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"{name} must be a positive integer or None (all items), got {k!r}")
-    return int(k)
+    return check_optional_int(name, k, note="(all items)")
 
 
 def _per_query(distances: Any, relevance: Any, compute: Any, chunk_size: int | None, progress: bool) -> np.ndarray:

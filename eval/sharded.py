@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.checks import check_int
+
 from .embedding_cache import cached_encode
 from .extras import require
 
@@ -66,8 +68,7 @@ def encode_sharded(encoder: Any, items: Sequence[Any], modality: str, batch_size
     from accelerate.utils import gather
 
     state = state or get_state()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)
     encode = _encode(encoder, modality, batch_size, progress if state.is_local_main_process else False)
     if state.num_processes == 1:
         return encode(list(items))

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from common.checks import check_int
+
 from .hamming import HammingDistances, hamming_distances, hamming_distances_at
 
 #: Lloyd rounds :func:`binary_kmeans` runs at most, unless told otherwise.
@@ -69,9 +71,8 @@ def nearest_centres(codes: np.ndarray, centres: np.ndarray, top_e: int = 1) -> n
     if codes.ndim != 2 or centres.ndim != 2 or codes.shape[1] != centres.shape[1]:
         raise ValueError(f"codes (n, l) and centres (k, l) must share l, got shapes {codes.shape} and {centres.shape}")
     k = len(centres)
-    if isinstance(top_e, bool) or not isinstance(top_e, (int, np.integer)) or not 1 <= top_e <= k:
-        raise ValueError(f"top_e must be an int in [1, {k}] (the number of centres), got {top_e!r}")
-    out = np.empty((len(codes), int(top_e)), dtype=np.int64)
+    top_e = check_int("top_e", top_e, 1, k, note="(the number of centres)")
+    out = np.empty((len(codes), top_e), dtype=np.int64)
     if len(codes) == 0:
         return out
     source = HammingDistances(_pack(codes), _pack(centres))
@@ -173,8 +174,7 @@ def binary_kmeans(
     """
     codes = check_signs(codes, "codes")
     centres = check_signs(centres, "centres", codes.shape[1])
-    if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) or max_rounds < 1:
-        raise ValueError(f"max_rounds must be an int >= 1, got {max_rounds!r}")
+    max_rounds = check_int("max_rounds", max_rounds)
     if assignments is None:
         assignments = nearest_centres(codes, centres, top_e)
     for _ in range(max_rounds):
@@ -193,8 +193,7 @@ def kmeanspp_centres(codes: np.ndarray, k: int, rng: np.random.Generator, *, nam
     than k distinct values; ``hint`` is appended to it (what else the caller can change).
     """
     codes = check_signs(codes, "codes")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {k!r}")
+    k = check_int(name, k)
     uniq = np.unique(codes, axis=0)
     if len(uniq) < k:
         raise ValueError(

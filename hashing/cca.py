@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.checks import check_int
+
 
 def fit_cca(
     x: np.ndarray, y: np.ndarray, k: int, reg: float = 1e-3
@@ -28,8 +30,7 @@ def fit_cca(
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"CCA needs at least 2 paired rows, got {n}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= min(x.shape[1], y.shape[1]):
-        raise ValueError(f"k must be an int in [1, min(dx, dy)={min(x.shape[1], y.shape[1])}], got {k!r}")
+    k = check_int("k", k, 1, min(x.shape[1], y.shape[1]), high_name="min(dx, dy)")
 
     def inv_sqrt(c: np.ndarray) -> np.ndarray:
         c = c + reg * max(np.trace(c) / len(c), 1e-12) * np.eye(len(c))

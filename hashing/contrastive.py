@@ -25,18 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from common.checks import check_int
+
 from .base import Hasher, check_modality, register_hasher
 from .lsh import TRANSFORMS, apply_transform, check_choice, check_pairs, resolve_transform
 
 MODALITIES = ("image", "text")
 
 
-def _check_positive(value: Any, name: str, integer: bool = False, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
-    if not ok or isinstance(value, bool) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "integer" if integer else "number"
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {value!r}")
-    return int(value) if integer else float(value)
+def _check_positive(value: Any, name: str, allow_zero: bool = False) -> float:
+    """A finite number > 0 (>= 0 with ``allow_zero``), as a float; integer settings use ``check_int``."""
+    if (not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not allow_zero)):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
 
 
 def _build_head(in_dim: int, hidden_dim: int, num_layers: int, bits: int, dropout: float):
@@ -112,14 +114,14 @@ class ContrastiveConfig:
 
     def __post_init__(self) -> None:
         checked = {
-            "hidden_dim": _check_positive(self.hidden_dim, "hidden_dim", integer=True),
-            "num_layers": _check_positive(self.num_layers, "num_layers", integer=True),
+            "hidden_dim": check_int("hidden_dim", self.hidden_dim),
+            "num_layers": check_int("num_layers", self.num_layers),
             "dropout": _check_positive(self.dropout, "dropout", allow_zero=True),
-            "epochs": _check_positive(self.epochs, "epochs", integer=True),
-            "batch_size": _check_positive(self.batch_size, "batch_size", integer=True),
+            "epochs": check_int("epochs", self.epochs),
+            "batch_size": check_int("batch_size", self.batch_size),
             "lr": _check_positive(self.lr, "lr"),
             "temperature": _check_positive(self.temperature, "temperature"),
-            "neighbor_k": _check_positive(self.neighbor_k, "neighbor_k", integer=True, allow_zero=True),
+            "neighbor_k": check_int("neighbor_k", self.neighbor_k, low=0),
             "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
             "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
         }

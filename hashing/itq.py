@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from common.checks import check_int
+
 from .base import register_hasher
 from .lsh import LinearConfig, LinearHasher, fit_shared_space
 
@@ -66,9 +68,7 @@ class ITQConfig(LinearConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 1:
-            raise ValueError(f"n_iter must be a positive integer, got {self.n_iter!r}")
-        object.__setattr__(self, "n_iter", int(self.n_iter))
+        object.__setattr__(self, "n_iter", check_int("n_iter", self.n_iter))
 
 
 @register_hasher

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from common.checks import check_int, check_optional_int
+
 from .base import Hasher, as_features, check_bits, check_modality, pack_signs, register_hasher
 from .binary_kmeans import binary_kmeans, kmeanspp_centres, lloyd_round, nearest_centres
 from .cca import fit_cca
@@ -188,13 +190,10 @@ class UDDHConfig:
     def __post_init__(self) -> None:
         bits = check_bits(self.bits)
         lc = bits // 2 if self.content_bits is None else self.content_bits
-        if isinstance(lc, bool) or not isinstance(lc, (int, np.integer)) or not 1 <= lc <= bits:
-            raise ValueError(f"content_bits must be an int in [1, bits={bits}], got {self.content_bits!r}")
-        for name, low in (("n_buckets", 1), ("n_iter", 1), ("epochs_per_iter", 0), ("batch_size", 1),
-                          ("lr_decay_epochs", 1), ("hidden_dim", 1), ("train_top_e", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        lc = check_int("content_bits", lc, 1, bits, high_name="bits")
+        ints = {name: check_int(name, getattr(self, name), low)
+                for name, low in (("n_buckets", 1), ("n_iter", 1), ("epochs_per_iter", 0), ("batch_size", 1),
+                                  ("lr_decay_epochs", 1), ("hidden_dim", 1), ("train_top_e", 1))}
         if self.train_top_e > self.n_buckets:
             raise ValueError(f"train_top_e={self.train_top_e} exceeds n_buckets={self.n_buckets}")
         for name in ("lr_image", "lr_text"):
@@ -208,13 +207,10 @@ class UDDHConfig:
             raise ValueError(f"sigma must be None (automatic) or a positive float, got {self.sigma!r}")
         if self.graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {self.graph_mode!r}")
-        coerced = {"bits": bits, "content_bits": int(lc), "lr_image": float(self.lr_image),
+        coerced = {**ints, "bits": bits, "content_bits": lc, "lr_image": float(self.lr_image),
                    "lr_text": float(self.lr_text), "weight_decay": float(self.weight_decay),
                    "graph_weight": float(self.graph_weight), "standardize": bool(self.standardize),
                    "sigma": None if self.sigma is None else float(self.sigma)}
-        for name in ("n_buckets", "n_iter", "epochs_per_iter", "batch_size", "lr_decay_epochs", "hidden_dim",
-                     "train_top_e"):
-            coerced[name] = int(getattr(self, name))
         for name, value in coerced.items():
             object.__setattr__(self, name, value)
 
@@ -239,11 +235,8 @@ class UDDHHasher(Hasher):
         OpenMP spin-waiting made them ~20x slower with 2 threads than with 1."""
         super().__init__(bits=bits, seed=seed)
         self.config = UDDHConfig(bits=self.bits, **settings)
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                        or num_threads < 1):
-            raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
+        self.num_threads = check_optional_int("num_threads", num_threads)
         self.progress = bool(progress)
-        self.num_threads = num_threads
         self.centres: np.ndarray | None = None  # (k, content_bits) int8 {-1, +1}
         self._nets: dict[str, Any] = {}
         self._norm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -375,10 +368,9 @@ class UDDHHasher(Hasher):
         The paper does not say how a new sample gets its head code; we use eq. 19 on
         B^c = sign(N^c(x)), with the top-e centres for multi-label (§III-B). Ties: lower bucket id.
         """
-        if isinstance(top_e, bool) or not isinstance(top_e, (int, np.integer)) or not 1 <= top_e <= self.n_buckets:
-            raise ValueError(f"top_e must be an int in [1, n_buckets={self.n_buckets}], got {top_e!r}")
+        top_e = check_int("top_e", top_e, 1, self.n_buckets, high_name="n_buckets")
         codes = self.content_codes(features, modality)
-        return nearest_centres(codes, self.centres, int(top_e))
+        return nearest_centres(codes, self.centres, top_e)
 
     def bucket_index(self, e: int = 1) -> Any:
         """An empty :class:`hashing.index.BucketIndex` over this hasher's semantic index.
@@ -391,11 +383,10 @@ class UDDHHasher(Hasher):
         from .index import BucketIndex
 
         self._check_fitted("bucket_index")
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= e <= self.n_buckets:
-            raise ValueError(f"e must be an int in [1, n_buckets={self.n_buckets}], got {e!r}")
+        e = check_int("e", e, 1, self.n_buckets, high_name="n_buckets")
         rest = np.ones((self.n_buckets, self.specific_bits), np.float32)  # ignored: beyond prefix_bits
         centres = pack_signs(np.concatenate([self.centres.astype(np.float32), rest], axis=1))
-        index = BucketIndex(self.bits, nbuckets=self.n_buckets, e=int(e), prefix_bits=self.content_bits)
+        index = BucketIndex(self.bits, nbuckets=self.n_buckets, e=e, prefix_bits=self.content_bits)
         return index.set_centres(centres)
 
     # -- learning ---------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from common.checks import check_int
 from common.images import load_image
 
 from .base import Candidates, Query, Reranker, register_reranker
@@ -127,11 +128,8 @@ class Blip2Config:
             raise ValueError(f"itm must be one of {ITM_MODES}, got {self.itm!r}")
         if self.text_preprocess not in TEXT_PREPROCESS:
             raise ValueError(f"text_preprocess must be one of {TEXT_PREPROCESS}, got {self.text_preprocess!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        if isinstance(self.max_text_length, bool) or not isinstance(self.max_text_length, int) \
-                or self.max_text_length < 2:
-            raise ValueError(f"max_text_length must be an int >= 2, got {self.max_text_length!r}")
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        object.__setattr__(self, "max_text_length", check_int("max_text_length", self.max_text_length, low=2))
         if self.revision is not None and not isinstance(self.revision, str):
             raise ValueError(f"revision must be a string or None, got {self.revision!r}")
         object.__setattr__(self, "model_id", os.fspath(self.model_id))
@@ -170,8 +168,7 @@ class Blip2Reranker(Reranker):
         from common.hub import resolve_pretrained_dir
 
         self.settings = Blip2Config(**({} if model_id is None else {"model_id": model_id}), **settings)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        num_workers = check_int("num_workers", num_workers)
         self.device = torch.device(device) if device is not None else default_device()
         precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
         if precision not in PRECISIONS:

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checks import check_int
+
 from .base import Candidates, Query, Reranker, other_modality, register_reranker
 from .lru import FeatureCache
 
@@ -90,9 +92,7 @@ class HeadConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, FEATURE_SETS[self.features][name])
         for name in ("image_dim", "text_dim", "image_tokens", "dim", "heads", "mlp_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:

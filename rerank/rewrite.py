@@ -49,6 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.checks import check_int
 from common.hub import ModelNotAvailableError, resolve_pretrained_dir
 
 from . import prompts
@@ -242,15 +243,9 @@ class RewriterConfig:
     cache_file: str | None = None
 
     def __post_init__(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
         for name in ("n_variants", "max_new_tokens", "batch_size"):
-            positive_int(name)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, low=None))
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:

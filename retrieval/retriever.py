@@ -55,6 +55,7 @@ from rerank.base import Candidates, Query, Reranker, create_reranker, reranker_f
 from rerank.fusion import fuse
 
 from common.atomic import atomic_write_dir
+from common.checks import check_optional_int
 from .encoders import Encoder, load_encoder
 from .gallery import Gallery
 from .store import LOCK_NAME, Store, check_vector_dtype
@@ -154,11 +155,7 @@ def check_hamming_candidates(value: int | dict[str, int | None] | None) -> dict[
         value = {"image": value, "text": value}
     if not isinstance(value, dict) or set(value) - {"image", "text"}:
         raise ValueError(f"hamming_candidates must be an int, None or a dict with keys 'image'/'text', got {value!r}")
-    out = {m: value.get(m) for m in ("image", "text")}
-    for m, n in out.items():
-        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
-            raise ValueError(f"hamming_candidates[{m!r}] must be a positive integer or None, got {n!r}")
-    return {m: (int(n) if n is not None else None) for m, n in out.items()}
+    return {m: check_optional_int(f"hamming_candidates[{m!r}]", value.get(m)) for m in ("image", "text")}
 
 
 def shipped_hasher(encoder: Encoder, method: str, bits: int) -> Hasher | None:

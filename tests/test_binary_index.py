@@ -356,7 +356,7 @@ def test_bucket_index_centres_see_only_the_prefix_bits():
     codes = clustered_codes(200)
     expected = assign_buckets(codes[:, :2], prefix)[:, 0]
     np.testing.assert_array_equal(index.assign(codes)[:, 0], expected)
-    with pytest.raises(ValueError, match="prefix_bits must be in"):
+    with pytest.raises(ValueError, match=r"prefix_bits must be an int in \[1, bits=64\]"):
         BucketIndex(BITS, prefix_bits=72)
     with pytest.raises(ValueError, match="centres has 3 rows, expected nbuckets=4"):
         BucketIndex(BITS, nbuckets=4).set_centres(centres[:3])

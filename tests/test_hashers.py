@@ -303,7 +303,7 @@ def test_linear_hasher_options_are_checked(kwargs, message):
     "kwargs, message",
     [
         ({"temperature": 0}, "temperature must be a positive number"),
-        ({"epochs": 2.5}, "epochs must be a positive integer"),
+        ({"epochs": 2.5}, "epochs must be an int >= 1"),
         ({"batch_size": 1}, "batch_size must be at least 2"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"neighbor_image_weight": 2.0}, r"neighbor_image_weight must be in \[0, 1\]"),
@@ -428,7 +428,7 @@ def test_shipped_itq_hasher_loads_into_its_config_and_saves_the_same_keys(tmp_pa
     assert resaved == on_disk
     with pytest.raises(TypeError, match="n_iters"):
         create_hasher("itq", 64, n_iters=3)  # a misspelt setting is not silently ignored
-    with pytest.raises(ValueError, match="n_iter must be a positive integer"):
+    with pytest.raises(ValueError, match="n_iter must be an int >= 1"):
         create_hasher("itq", 64, n_iter=0)
     with pytest.raises(TypeError, match="n_iter"):
         create_hasher("lsh", 64, n_iter=3)  # ITQ's own setting is not a linear hasher's

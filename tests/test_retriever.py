@@ -325,5 +325,5 @@ def test_the_cascade_hands_the_reranker_the_float_best_of_the_hamming_top_n(path
     r.vector_dtype = "fp32"
     stored = Retriever.from_pretrained(r.save_pretrained(tmp_path / "saved"), encoder=ToyEncoder())
     assert hits_of(stored.search_embeddings(query, "image", k=20, candidates=20, rerank=False)[0]) == hits_of(hits)
-    with pytest.raises(ValueError, match=r"hamming_candidates\['text'\] must be a positive integer"):
+    with pytest.raises(ValueError, match=r"hamming_candidates\['text'\] must be an int >= 1 or None"):
         Retriever(ToyEncoder(), "itq", hamming_candidates={"text": 0})

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from common.checks import check_int
+
 from ..base import check_bits
 
 PAD_ID = -1
@@ -106,9 +108,7 @@ def check_ids(ids: Any, n: int | None = None, name: str = "ids") -> np.ndarray:
 
 
 def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    return int(k)
+    return check_int("k", k)
 
 
 def pad_result(distances: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,10 +23,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.checks import check_int
+
 from ..base import pack_signs
 from ..binary_kmeans import binary_kmeans, kmeanspp_centres
 from .base import SearchResult, check_codes, register_index
-from .ivf import IVFIndex, _positive_int
+from .ivf import IVFIndex
 
 
 def assign_buckets(codes: np.ndarray, centers: np.ndarray, e: int = 1) -> np.ndarray:
@@ -36,7 +38,7 @@ def assign_buckets(codes: np.ndarray, centers: np.ndarray, e: int = 1) -> np.nda
         raise ValueError(f"centers must be packed codes (n_centers, bytes), got shape {centers.shape}")
     bits = centers.shape[1] * 8
     codes = check_codes(codes, bits)
-    e = min(_positive_int("e", e), len(centers))
+    e = min(check_int("e", e), len(centers))
     quantizer = faiss.IndexBinaryFlat(bits)
     quantizer.add(check_codes(centers, bits, "centers"))
     return quantizer.search(codes, e)[1]
@@ -68,14 +70,11 @@ class BucketIndex(IVFIndex):
     def __init__(self, bits: int, nbuckets: int = 1024, e: int = 1, prefix_bits: int | None = None,
                  kmeans_iters: int = 10, seed: int = 0) -> None:
         super().__init__(bits, nlist=nbuckets, nprobe=1)
-        self.e = _positive_int("e", e)
-        self.prefix_bits = self.bits if prefix_bits is None else _positive_int("prefix_bits", prefix_bits)
-        if self.prefix_bits > self.bits:
-            raise ValueError(f"prefix_bits must be in [1, bits={self.bits}], got {prefix_bits!r}")
-        self.kmeans_iters = _positive_int("kmeans_iters", kmeans_iters)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.seed = int(seed)
+        self.e = check_int("e", e)
+        self.prefix_bits = (self.bits if prefix_bits is None
+                            else check_int("prefix_bits", prefix_bits, 1, self.bits, high_name="bits"))
+        self.kmeans_iters = check_int("kmeans_iters", kmeans_iters)
+        self.seed = check_int("seed", seed, low=None)
         self._ivf.is_trained = True  # the lists are addressed directly; faiss' quantizer stays empty
         self._mask = np.packbits(np.arange(self.bits) < self.prefix_bits)  # (bytes,) the prefix bits
         self._centres: np.ndarray | None = None  # (nbuckets, bytes) packed, zero beyond the prefix

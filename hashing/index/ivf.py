@@ -13,13 +13,9 @@ import faiss
 import numpy as np
 from faiss.contrib.inspect_tools import get_invlist
 
+from common.checks import check_int
+
 from .base import BinaryIndex, SearchResult, register_index
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 @register_index
@@ -30,8 +26,8 @@ class IVFIndex(BinaryIndex):
 
     def __init__(self, bits: int, nlist: int = 1024, nprobe: int = 32) -> None:
         super().__init__(bits)
-        self.nlist = _positive_int("nlist", nlist)
-        self.nprobe = _positive_int("nprobe", nprobe)
+        self.nlist = check_int("nlist", nlist)
+        self.nprobe = check_int("nprobe", nprobe)
         self._ivf = self._new_ivf(faiss.IndexBinaryFlat(self.bits))
 
     def _new_ivf(self, quantizer: Any) -> Any:
