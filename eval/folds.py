@@ -19,6 +19,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from common.checks import check_int
+
 from .karpathy import CaptionDataset
 from .recall import DEFAULT_KS, retrieval_recall
 
@@ -30,8 +32,7 @@ def fold_indices(dataset: CaptionDataset, n_folds: int = N_FOLDS) -> list[tuple[
     """For each fold, ``(image_indices, caption_indices)`` into ``dataset``: consecutive images,
     all their captions. Slice precomputed embeddings with these to evaluate folds without
     re-encoding."""
-    if not isinstance(n_folds, (int, np.integer)) or n_folds < 1:
-        raise ValueError(f"n_folds must be a positive integer, got {n_folds!r}")
+    n_folds = check_int("n_folds", n_folds)
     if dataset.n_images % n_folds:
         raise ValueError(
             f"{dataset.name} {dataset.split} has {dataset.n_images} images, not divisible into {n_folds} equal folds "

@@ -289,7 +289,7 @@ class HeadEnsemble(nn.Module):
 def image_stage_outputs(lite_model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The lite image tower's activations leaving its frozen trunk and leaving its last block stage."""
     frozen = lite_model.image_trunk(pixels.contiguous(memory_format=torch.channels_last))
-    return frozen, lite_model.image_tower.blocks[lite_model.image_split:](frozen)
+    return frozen, lite_model.image_stages(frozen, lite_model.image_split)
 
 
 class LiteTokenFeatures:
@@ -303,10 +303,8 @@ class LiteTokenFeatures:
         self.device = device
         lite_model.image_tower.to(memory_format=torch.channels_last)  # oneDNN's depthwise convs want NHWC on CPU
         self.transform = image_transform(lite_model.config)
-        last = lite_model.image_tower.blocks[-1]
         #: channels of the image tokens this yields (the head's ``image_dim`` must match)
-        self.image_dim = lite_model.image_trunk_channels if self.frozen else \
-            [m for m in last.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        self.image_dim = lite_model.image_trunk_channels if self.frozen else lite_model.image_stage_channels
 
     @torch.inference_mode()
     def images(self, items: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,14 +6,14 @@ import threading
 from collections import OrderedDict
 from typing import Any, Hashable
 
+from common.checks import check_int
+
 
 class FeatureCache:
     """A bounded LRU map shared by threads; ``capacity`` 0 disables it."""
 
     def __init__(self, capacity: int) -> None:
-        if not isinstance(capacity, int) or capacity < 0:
-            raise ValueError(f"cache_size must be an int >= 0, got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = check_int("cache_size", capacity, low=0)
         self.hits = 0
         self.misses = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()

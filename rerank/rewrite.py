@@ -338,9 +338,7 @@ class QueryRewriter:
 
     def rewrite(self, queries: Sequence[str], n_variants: int | None = None) -> list[list[str]]:
         """For each query, its ``n_variants`` rewrites (variant 0 greedy); an empty one becomes the query."""
-        n = self.n_variants if n_variants is None else n_variants
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n_variants must be an int >= 1, got {n!r}")
+        n = self.n_variants if n_variants is None else check_int("n_variants", n_variants)
         if isinstance(queries, str):
             raise TypeError("queries must be a sequence of strings, not a single string; wrap it in a list")
         for i, q in enumerate(queries):

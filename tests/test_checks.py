@@ -75,3 +75,14 @@ def test_importing_the_checker_loads_no_torch():
     code = "import sys, common.checks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"], out.stdout + out.stderr
+
+
+def test_settings_that_once_took_a_bool_for_an_int_reject_it():
+    from hashing.index import create_index
+    from rerank.lru import FeatureCache
+
+    for build, name in [(lambda: create_index("hnsw", 64, M=True), "M"), (lambda: FeatureCache(True), "cache_size"),
+                        (lambda: create_index("hnsw", 64, ef_search=0), "ef_search")]:
+        with pytest.raises(ValueError, match=name):
+            build()
+    assert FeatureCache(np.int64(3)).capacity == 3 and type(FeatureCache(np.int64(3)).capacity) is int

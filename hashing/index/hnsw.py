@@ -14,6 +14,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.checks import check_int
+
 from .base import BinaryIndex, SearchResult, register_index
 from .flat import idmap_ids
 
@@ -26,10 +28,9 @@ class HNSWIndex(BinaryIndex):
 
     def __init__(self, bits: int, M: int = 16, ef_construction: int = 64, ef_search: int = 128) -> None:
         super().__init__(bits)
-        for name, value in (("M", M), ("ef_construction", ef_construction), ("ef_search", ef_search)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.M, self.ef_construction, self.ef_search = int(M), int(ef_construction), int(ef_search)
+        self.M = check_int("M", M)
+        self.ef_construction = check_int("ef_construction", ef_construction)
+        self.ef_search = check_int("ef_search", ef_search)
         self._idmap = self._new_idmap()
         self._deleted = np.empty(0, dtype=np.int64)  # sorted tombstoned ids
 
