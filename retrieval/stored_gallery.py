@@ -11,6 +11,7 @@ candidates of each query only.
 from __future__ import annotations
 
 import ctypes
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -62,14 +63,29 @@ class Locations:
 
 
 class StoredGallery:
+    """A store's items of one modality behind the configured binary index.
+
+    An index that must be trained (IVF, buckets) is trained on every live code once the collection
+    holds its :attr:`~hashing.index.BinaryIndex.train_size` (39 codes per list); until then the
+    collection is searched exactly by a flat index. So a folder indexed a chunk at a time never
+    trains cells on its first chunk alone, and a store smaller than ``nlist`` still opens.
+    """
+
     def __init__(self, store: Store, modality: str, bits: int, index: str = "flat",
                  index_params: dict | None = None) -> None:
         self.store = store
         self.modality = modality
         self.dim = store.dim
         self.store_vectors = store.codecs[modality].dtype != "none"
-        self.index: BinaryIndex = create_index(index, bits, **(index_params or {}))
+        self.bits, self.kind, self.params = bits, index, dict(index_params or {})
+        self._train_at = create_index(index, bits, **self.params).train_size
+        self.index: BinaryIndex = create_index("flat", bits)
         self._fill_index()
+
+    @property
+    def is_standing_in(self) -> bool:
+        """True while a flat index serves in place of the configured one (too few codes to train it)."""
+        return self.index.kind != self.kind
 
     def _fill_index(self) -> None:
         ids, codes, chunks, rows = [], [], [], []
@@ -79,15 +95,30 @@ class StoredGallery:
             chunks.append(np.full(len(chunk_rows), chunk, dtype=np.int32))
             rows.append(chunk_rows.astype(np.int32))
         self._locate = Locations()
+        all_codes = np.concatenate(codes) if codes else np.empty((0, self.bits // 8), np.uint8)
+        self.index = self._index_for(all_codes if len(all_codes) >= self._train_at > 0 else None)
         if not ids:
             return
-        all_codes = np.concatenate(codes)
-        if not self.index.is_trained:
-            self.index.train(all_codes)
         self.index.add(all_codes, np.concatenate(ids))
         self._locate.add(np.concatenate(ids), np.concatenate(chunks), np.concatenate(rows))
         del ids, codes, chunks, rows, all_codes
         return_free_heap()
+
+    def _index_for(self, training_codes: np.ndarray | None) -> BinaryIndex:
+        """The configured index (trained on ``training_codes`` when it needs training), or the flat
+        stand-in while there are too few codes, or when training fails (then retried at twice the size)."""
+        index = create_index(self.kind, self.bits, **self.params)
+        if index.is_trained:
+            return index
+        if training_codes is None:
+            return create_index("flat", self.bits)
+        try:
+            return index.train(training_codes)
+        except ValueError as e:  # e.g. fewer distinct codes than buckets: keep serving, exactly
+            self._train_at = 2 * len(training_codes)
+            warnings.warn(f"{self.modality} {self.kind} index not trained on {len(training_codes)} codes ({e}); "
+                          f"searching exactly until the collection holds {self._train_at}", stacklevel=3)
+            return create_index("flat", self.bits)
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -99,9 +130,9 @@ class StoredGallery:
         codes = np.ascontiguousarray(codes)
         with self.store.transaction() as tx:
             new_ids = tx.append(self.modality, codes, vectors, [storable_item(i) for i in items], payloads, ids)
-        if len(new_ids):
-            if not self.index.is_trained:
-                self.index.train(codes)
+        if len(new_ids) and self.is_standing_in and len(self) + len(new_ids) >= self._train_at > 0:
+            self._fill_index()  # enough codes now: the configured index, trained on every live code
+        elif len(new_ids):
             self.index.add(codes, new_ids)
             chunk = self.store.chunks(self.modality)[-1][0]
             self._locate.add(new_ids, np.full(len(new_ids), chunk, dtype=np.int32),

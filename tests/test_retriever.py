@@ -274,6 +274,45 @@ def test_fp16_storage_keeps_rankings_and_a_retriever_on_disk_commits_each_add(pa
         Retriever.create(tmp_path / "other", encoder=ToyEncoder())
 
 
+def unit_vectors(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_store_searches_exactly_until_it_holds_enough_codes_to_train_its_ivf_index(paths, tmp_path):
+    """A store is filled a chunk at a time: IVF cells trained on the first chunk alone would be few
+    codes per cell, and a store smaller than nlist could not even be opened again."""
+    rng = np.random.default_rng(0)
+    live = Retriever.create(tmp_path / "ivf", encoder=ToyEncoder(), hasher=build(paths).hasher, index="ivf",
+                            index_params={"nlist": 2, "nprobe": 1})  # trains at 39 x 2 = 78 codes
+    first = unit_vectors(rng, 10)
+    live.add_vectors("image", first, [f"first{i}" for i in range(10)])
+    gallery = live.galleries["image"]
+    assert gallery.is_standing_in and gallery.index.kind == "flat" and len(gallery) == 10
+    live.close()
+    reopened = Retriever.open(tmp_path / "ivf", encoder=ToyEncoder(), writable=True)
+    assert reopened.galleries["image"].is_standing_in and len(reopened.galleries["image"]) == 10
+    reopened.add_vectors("image", unit_vectors(rng, 70), [f"more{i}" for i in range(70)])
+    gallery = reopened.galleries["image"]
+    assert gallery.index.kind == "ivf" and not gallery.is_standing_in and len(gallery) == 80
+    found = gallery.index.search(reopened.hasher.encode(first, "image"), 1)
+    assert (found.distances[:, 0] == 0).all()  # every item still found by its own code
+    assert reopened.get_item("image", 3)[0] == "first3"
+    reopened.close()
+    assert Retriever.open(tmp_path / "ivf", encoder=ToyEncoder()).galleries["image"].index.kind == "ivf"
+
+
+def test_a_bucket_index_that_cannot_be_trained_yet_keeps_serving_exactly(paths, tmp_path):
+    live = Retriever.create(tmp_path / "buckets", encoder=ToyEncoder(), hasher=build(paths).hasher, index="buckets",
+                            index_params={"nbuckets": 2})
+    same = np.repeat(unit_vectors(np.random.default_rng(1), 1), 80, axis=0)  # one distinct code: no 2 centres
+    with pytest.warns(UserWarning, match="buckets index not trained on 80 codes"):
+        live.add_vectors("image", same, [f"x{i}" for i in range(80)])
+    gallery = live.galleries["image"]
+    assert gallery.is_standing_in and len(gallery) == 80
+    assert live.search_embeddings(same[:1], "image", k=3, rerank=False, target="image")[0][0].hamming == 0
+
+
 def test_opening_a_store_hands_the_index_builds_temporaries_back(paths, tmp_path, monkeypatch):
     import platform
 

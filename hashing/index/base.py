@@ -148,6 +148,12 @@ class BinaryIndex(ABC):
     def is_trained(self) -> bool:
         return True
 
+    @property
+    def train_size(self) -> int:
+        """Codes an untrained index wants for :meth:`train` (0: it needs none). A collection that is
+        still smaller is better served exactly (``retrieval.stored_gallery`` does so)."""
+        return 0
+
     def _train(self, codes: np.ndarray) -> None:
         pass
 

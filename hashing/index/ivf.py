@@ -17,6 +17,9 @@ from common.checks import check_int
 
 from .base import BinaryIndex, SearchResult, register_index
 
+#: Training codes per list that faiss' k-means asks for ("please provide at least 39*k training points").
+CODES_PER_LIST = 39
+
 
 @register_index
 class IVFIndex(BinaryIndex):
@@ -40,6 +43,10 @@ class IVFIndex(BinaryIndex):
     @property
     def is_trained(self) -> bool:
         return bool(self._ivf.is_trained)
+
+    @property
+    def train_size(self) -> int:
+        return 0 if self.is_trained else CODES_PER_LIST * self.nlist
 
     def _train(self, codes: np.ndarray) -> None:
         if len(codes) < self.nlist:
