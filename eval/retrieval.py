@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from common.atomic import write_json
+from common.settings_args import by_name, named_setting
 
 from .karpathy import CaptionDataset
 from .machine import machine
 from .recall import DEFAULT_KS, retrieval_recall
-from .settings_args import by_name, named_setting
 
 
 @dataclass

@@ -35,12 +35,12 @@ from hashing import available_methods, create_hasher
 from hashing.base import unpack_codes
 from hashing.index import create_index
 from common.atomic import write_json
+from common.settings_args import by_name, named_setting
 
 from .datasets_hashing import flickr8k_embeddings, load_flickr8k
 from .hash_metrics import hamming_distances
 from .machine import machine
 from .recall import DEFAULT_KS, expected_hits
-from .settings_args import by_name, named_setting
 
 
 def float_topk(scores: np.ndarray, k: int) -> np.ndarray:

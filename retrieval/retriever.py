@@ -51,11 +51,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from hashing import Hasher, create_hasher
+from hashing.index import create_index
 from rerank.base import Candidates, Query, Reranker, create_reranker, reranker_from_config
 from rerank.fusion import fuse
 
 from common.atomic import atomic_write_dir
 from common.checks import check_optional_int
+
 from .encoders import Encoder, load_encoder
 from .gallery import Gallery
 from .store import LOCK_NAME, Store, check_vector_dtype
@@ -203,6 +205,7 @@ class Retriever:
         self.encoder = load_encoder(encoder, device=device) if isinstance(encoder, str) else encoder
         self.hasher = create_hasher(hasher, bits) if isinstance(hasher, str) else hasher
         self.index_kind, self.index_params = index, dict(index_params or {})
+        create_index(index, self.hasher.bits, **self.index_params)  # a bad kind or setting fails here, before any save
         self.store_vectors = store_vectors
         #: how saved vectors are stored (fp16, int8, fp32); in memory they are float32
         self.vector_dtype = check_vector_dtype(vector_dtype) if store_vectors else "none"

@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from eval.settings_args import key_setting
+from common.settings_args import key_setting
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.settings_args import by_name, named_setting
+from common.settings_args import by_name, named_setting
 from eval.wiki_quick import UDDH_TABLE_III, WIKI, hamming_map_at_k, load_wiki
 from hashing import create_hasher
 

@@ -177,6 +177,24 @@ def test_rerun_with_nothing_changed_encodes_nothing(photos, clean_index, tmp_pat
     assert stored(out) == stored(clean_index)
 
 
+def test_index_takes_an_ivf_index_and_a_bad_setting_leaves_nothing_behind(photos, flickr, tmp_path):
+    out = tmp_path / "ivf"
+    bad = crossmodal("index", str(photos), "--out", str(out), "--index", "ivf", "--index-param", "nlists=1", "-q",
+                     check=False)
+    assert bad.returncode == 2 and "index 'ivf' has no setting 'nlists'; it takes nlist, nprobe" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (out.exists() and any(out.iterdir()))
+    crossmodal("index", str(photos), "--out", str(out), "--index", "ivf", "--index-param", "nlist=1",
+               "--index-param", "nprobe=1", "-q")  # 48 photos >= 39 per list: the cells are trained
+    info = json.loads(crossmodal("info", str(out), "--json").stdout)
+    assert (info["index_kind"], info["images"]) == ("ivf", N_PHOTOS)
+    config = json.loads((out / "retriever.json").read_text())["index"]
+    assert config == {"kind": "ivf", "params": {"nlist": 1, "nprobe": 1}}
+    image = next(photos.rglob(sorted(flickr)[5]))
+    hits = json.loads(crossmodal("search", str(out), "--image", str(image), "--target", "image", "-k", "1",
+                                 "--json").stdout)["hits"]
+    assert Path(hits[0]["item"]).name == image.name
+
+
 def test_bits_is_any_whole_number_of_bytes_and_nothing_else(capsys):
     from retrieval.cli import build_parser
 

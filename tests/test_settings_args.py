@@ -1,4 +1,4 @@
-"""eval/settings_args.py: the one NAME.KEY=VALUE parser of the command lines."""
+"""common/settings_args.py: the one NAME.KEY=VALUE parser of the command lines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from eval.settings_args import by_name, key_setting, named_setting
+from common.settings_args import by_name, key_setting, named_setting
 
 
 @pytest.mark.parametrize("text, value", [

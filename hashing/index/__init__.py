@@ -16,6 +16,7 @@ rescored with float vectors by :func:`rescore` / :class:`Rescorer`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .base import PAD_DISTANCE, PAD_ID, BinaryIndex, SearchResult, available_indexes, index_class
@@ -29,8 +30,18 @@ from .rescore import RescoreResult, Rescorer, rescore
 
 
 def create_index(kind: str, bits: int, **params: Any) -> BinaryIndex:
-    """``create_index("ivf", 64, nlist=1024, nprobe=128)``: an empty index of a registered kind."""
-    return index_class(kind)(bits, **params)
+    """``create_index("ivf", 64, nlist=1024, nprobe=128)``: an empty index of a registered kind.
+
+    A setting the kind does not take is a ValueError naming the ones it does (settings come from
+    saved configs and command lines, where a TypeError traceback would help nobody).
+    """
+    cls = index_class(kind)
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "bits")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"index {kind!r} has no setting {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(accepted) or 'none'}")
+    return cls(bits, **params)
 
 
 __all__ = [
