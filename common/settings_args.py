@@ -1,8 +1,9 @@
 """Command-line settings for a named component: ``--reranker-arg cross.batch_size=64``.
 
-Every command that passes constructor arguments through to a hasher or a reranker parses them
-here, so the values mean the same everywhere: a value that is JSON is decoded (``64``, ``0.5``,
-``true``, ``null``, ``[1, 2]``, ``"text"``), anything else stays the string it is (``adapter=rewriter-lora``).
+Every command that passes constructor arguments through to a hasher, a reranker or an index
+parses them here, so the values mean the same everywhere: a value that is JSON is decoded (``64``,
+``0.5``, ``true``, ``null``, ``[1, 2]``, ``"text"``), anything else stays the string it is
+(``adapter=rewriter-lora``).
 """
 
 from __future__ import annotations
