@@ -26,7 +26,7 @@ import numpy as np
 
 from common.checks import check_int
 
-from .hamming import HammingDistances, hamming_distances, hamming_distances_at
+from .hamming import HammingDistances, hamming_distances_at
 
 #: Lloyd rounds :func:`binary_kmeans` runs at most, unless told otherwise.
 MAX_ROUNDS = 50
@@ -50,19 +50,10 @@ def _pack(signs: np.ndarray) -> np.ndarray:
     return np.packbits(signs > 0, axis=1)
 
 
-def hamming_to_centres(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(n, k) int64 Hamming distances between {-1,+1} codes (n, l) and centres (k, l).
-
-    UDDH's eq. 19 prints ``l^c - b^T c``, twice the distance (the argmin is the same).
-    """
-    codes, centres = np.asarray(codes), np.asarray(centres)
-    if codes.ndim != 2 or centres.ndim != 2 or codes.shape[1] != centres.shape[1]:
-        raise ValueError(f"codes (n, l) and centres (k, l) must share l, got shapes {codes.shape} and {centres.shape}")
-    return hamming_distances(_pack(codes), _pack(centres)).astype(np.int64)
-
-
 def nearest_centres(codes: np.ndarray, centres: np.ndarray, top_e: int = 1) -> np.ndarray:
     """(n, top_e) int64 ids of the nearest centres by Hamming distance; ties go to the lower id.
+
+    UDDH's eq. 19 prints ``l^c - b^T c``, twice the distance (the argmin is the same).
 
     Computed a block of codes at a time, so a large training set never holds its full (n, k)
     distance matrix.

@@ -79,7 +79,7 @@ class StoredGallery:
         self.store_vectors = store.codecs[modality].dtype != "none"
         self.bits, self.kind, self.params = bits, index, dict(index_params or {})
         self._train_at = create_index(index, bits, **self.params).train_size
-        self.index: BinaryIndex = create_index("flat", bits)
+        self.index: BinaryIndex
         self._fill_index()
 
     @property
@@ -96,7 +96,7 @@ class StoredGallery:
             rows.append(chunk_rows.astype(np.int32))
         self._locate = Locations()
         all_codes = np.concatenate(codes) if codes else np.empty((0, self.bits // 8), np.uint8)
-        self.index = self._index_for(all_codes if len(all_codes) >= self._train_at > 0 else None)
+        self.index = self._index_for(all_codes)
         if not ids:
             return
         self.index.add(all_codes, np.concatenate(ids))
@@ -104,13 +104,13 @@ class StoredGallery:
         del ids, codes, chunks, rows, all_codes
         return_free_heap()
 
-    def _index_for(self, training_codes: np.ndarray | None) -> BinaryIndex:
+    def _index_for(self, training_codes: np.ndarray) -> BinaryIndex:
         """The configured index (trained on ``training_codes`` when it needs training), or the flat
         stand-in while there are too few codes, or when training fails (then retried at twice the size)."""
         index = create_index(self.kind, self.bits, **self.params)
         if index.is_trained:
             return index
-        if training_codes is None:
+        if len(training_codes) < self._train_at:
             return create_index("flat", self.bits)
         try:
             return index.train(training_codes)
@@ -130,7 +130,7 @@ class StoredGallery:
         codes = np.ascontiguousarray(codes)
         with self.store.transaction() as tx:
             new_ids = tx.append(self.modality, codes, vectors, [storable_item(i) for i in items], payloads, ids)
-        if len(new_ids) and self.is_standing_in and len(self) + len(new_ids) >= self._train_at > 0:
+        if len(new_ids) and self.is_standing_in and len(self) + len(new_ids) >= self._train_at:
             self._fill_index()  # enough codes now: the configured index, trained on every live code
         elif len(new_ids):
             self.index.add(codes, new_ids)

@@ -10,7 +10,6 @@ import hashing.binary_kmeans as bkm
 from hashing.base import Hasher, hasher_class, unpack_codes
 from hashing.binary_kmeans import (
     binary_kmeans,
-    hamming_to_centres,
     kmeanspp_centres,
     lloyd_round,
     majority_vote_centres,
@@ -22,6 +21,11 @@ from eval.wiki_quick import bucket_hamming_rank
 from hashing.uddh import UDDHHasher, cluster_affinity_product
 
 K = 4
+
+
+def sign_hamming(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(n, k) Hamming distances of {-1, +1} rows by their dot product, (l - b.c) / 2: the reference."""
+    return (codes.shape[1] - codes.astype(np.int64) @ centres.astype(np.int64).T) // 2
 
 
 def clustered_pairs(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,7 +89,7 @@ def test_reseed_empty_takes_the_farthest_code_that_is_not_yet_a_centre() -> None
 @pytest.mark.parametrize("top_e", [1, 3])
 def test_nearest_centres_blockwise_is_the_stable_argsort(monkeypatch, top_e) -> None:
     codes, centres = random_signs(300, 10, 0), random_signs(7, 10, 1)  # 10 bits: ties everywhere
-    full = np.argsort(hamming_to_centres(codes, centres), axis=1, kind="stable")[:, :top_e]
+    full = np.argsort(sign_hamming(codes, centres), axis=1, kind="stable")[:, :top_e]
     monkeypatch.setattr(bkm, "_BLOCK_PAIRS", 50)  # 7 codes per block
     np.testing.assert_array_equal(nearest_centres(codes, centres, top_e), full)
     with pytest.raises(ValueError, match="top_e"):
@@ -159,7 +163,7 @@ def test_fitted_centres_are_majority_vote_of_members(fitted) -> None:
         decided = votes != 0
         np.testing.assert_array_equal(h.centres[r][decided], np.sign(votes[decided]))
     # and every training code sits in its nearest bucket
-    dist = hamming_to_centres(codes, h.centres)
+    dist = sign_hamming(codes, h.centres)
     np.testing.assert_array_equal(dist[np.arange(len(codes)), assign], dist.min(axis=1))
 
 
