@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from common.settings_args import by_name, named_setting
+
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .collection import SKIPPED_REPORT, FolderIndexer
@@ -57,7 +59,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     retriever = Retriever.open(args.index)
     query = args.query if args.query is not None else Path(args.image)
     timings: dict[str, float] = {}
-    rerank = False if args.rerank == "none" else args.rerank
+    rerank: Any = False if args.rerank == "none" else args.rerank
+    settings = by_name(args.reranker_arg)
+    if set(settings) - {args.rerank}:
+        raise UsageError(f"--reranker-arg names {', '.join(sorted(set(settings) - {args.rerank}))}, "
+                         f"but --rerank is {args.rerank}")
+    if settings:
+        from rerank import create_reranker
+
+        rerank = create_reranker(args.rerank, **settings[args.rerank])
     hits = retriever.search(query, k=args.k, rerank=rerank, target=args.target, timings=timings)
     if args.json:
         print(json.dumps({"query": args.query if args.query is not None else {"image": str(args.image)},
@@ -181,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, metavar="FILE", help="search with this image instead")
     p.add_argument("-k", type=int, default=10, help="results to show")
     p.add_argument("--rerank", default="float",
-                   help="none, float (exact cosine of the stored vectors), cross, blip2, rewrite")
+                   help="none, float (exact cosine of the stored vectors), cross, blip2, rewrite, vlm")
+    p.add_argument("--reranker-arg", action="append", default=[], type=named_setting, metavar="NAME.KEY=VALUE",
+                   help="a setting of the --rerank reranker, e.g. vlm.model=DIR or vlm.vlm_k=16 (JSON value or "
+                        "string; repeatable)")
     p.add_argument("--target", choices=["image", "text"], default=None,
                    help="what to return (default: images for text; captions for images if the index has any)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

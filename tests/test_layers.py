@@ -56,10 +56,11 @@ def test_light_modules_do_not_load_torch(module):
 
 def test_model_rerankers_are_created_by_name_without_being_imported_first():
     code = ("import sys; from rerank import available_rerankers, reranker_class;"
-            "assert 'rerank.cross_encoder' not in sys.modules;"
-            "print(available_rerankers(), reranker_class('cross').__module__)")
+            "assert 'rerank.cross_encoder' not in sys.modules and 'rerank.vlm' not in sys.modules;"
+            "print(available_rerankers(), reranker_class('cross').__module__, reranker_class('vlm').__module__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['blip2', 'cross', 'float', 'rewrite'] rerank.cross_encoder", out.stderr
+    assert out.stdout.strip() == "['blip2', 'cross', 'float', 'rewrite', 'vlm'] rerank.cross_encoder rerank.vlm", \
+        out.stderr
 
 
 #: The old homes of common/'s modules (removed): nothing may import them again.

@@ -140,8 +140,9 @@ def tiny_vlm_tokenizer(special: list[str]):
     return tokenizer
 
 
-def _redraw(model, seed: int) -> None:
-    """Every weight redrawn at a scale that makes the tiny model tell inputs apart (init is near zero)."""
+def _redraw(model, seed: int, boost: str = "") -> None:
+    """Every weight redrawn at a scale that makes the tiny model tell inputs apart (init is near zero);
+    parameters whose name contains ``boost`` 4x larger (a connector, so one image token moves the score)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -151,6 +152,7 @@ def _redraw(model, seed: int) -> None:
                 parameter.fill_(1.0)
             else:
                 std = 0.02 if parameter.ndim == 1 else 0.5 / parameter.shape[-1] ** 0.5 * 4
+                std *= 4.0 if boost and boost in name else 1.0
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
 
 
@@ -185,25 +187,25 @@ def save_tiny_qwen3_vl(directory: Path, seed: int = 0) -> Path:
 
 
 def save_tiny_idefics3(directory: Path, seed: int = 0) -> Path:
-    """An Idefics3ForConditionalGeneration (SmolVLM's architecture; 1 Llama layer, 1 SigLIP layer on 32-px
-    images, pixel shuffle 2 -> 1 image token) with its Idefics3Processor, image splitting off."""
+    """An Idefics3ForConditionalGeneration (SmolVLM's architecture; 1 Llama layer, 1 SigLIP layer on 64-px
+    images, pixel shuffle 2 -> 4 image tokens) with its Idefics3Processor, image splitting off."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
 
     tokenizer = tiny_vlm_tokenizer(IDEFICS3_SPECIAL)
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                 pad_token_id=tokenizer.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
                   patch_size=16)
     config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=2,
                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     model = Idefics3ForConditionalGeneration(config).eval()
-    _redraw(model, seed)
+    _redraw(model, seed, boost="connector")
     model.save_pretrained(directory)
-    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
-                                             max_image_size={"longest_edge": 32},
+    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 64},
+                                             max_image_size={"longest_edge": 64},
                                              image_mean=TINY_PREPROCESS["mean"], image_std=TINY_PREPROCESS["std"])
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=1,
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
                                   chat_template=IDEFICS3_CHAT_TEMPLATE)
     processor.save_pretrained(directory)
     return directory
