@@ -72,9 +72,10 @@ QWEN3_VL_RERANKER_SYSTEM = ('Judge whether the Document meets the requirements b
 QWEN3_VL_RERANKER_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 QWEN3_VL_RERANKER_PROMPT = f"<Instruct>: {QWEN3_VL_RERANKER_INSTRUCTION}<Query>:{{query}}\n<Document>:{{document}}"
 #: ``create_reranker("vlm", **MONOQWEN2_VL)``: lightonai/MonoQwen2-VL-v0.1's prompt (image document
-#: first) and answer words. It is a LoRA adapter, so ``model`` is Qwen2-VL-2B-Instruct merged with it
-#: beforehand (``PeftModel.from_pretrained(...).merge_and_unload().save_pretrained(dir)``).
+#: first), answer words and base model; the checkpoint is a LoRA adapter on that base, merged at load.
 MONOQWEN2_VL: dict[str, Any] = {
+    "model": "Qwen/Qwen2-VL-2B-Instruct",
+    "adapter": "lightonai/MonoQwen2-VL-v0.1",
     "system": "",
     "prompt_t2i": "{document}Assert the relevance of the previous image document to the following query, "
                   "answer True or False. The query is: {query}",
@@ -111,7 +112,8 @@ class VlmConfig:
     ``yes_token`` / ``no_token``: the answer words, each one token; ``vlm_k``: how many of the previous
     stage's best candidates the VLM rescores; ``fusion_weight``: of the previous stage's z-score among
     them; ``batch_size``: pairs per forward pass; ``max_pixels``: images larger than this are scaled
-    down first (None: the checkpoint's processor alone decides).
+    down first (None: the checkpoint's processor alone decides); ``adapter``: a PEFT LoRA directory or
+    Hub id merged into the model after loading (MonoQwen2-VL is published as one).
     """
 
     model: str = DEFAULT_MODEL
@@ -125,6 +127,7 @@ class VlmConfig:
     fusion_weight: float = 0.0
     batch_size: int = 8
     max_pixels: int | None = None
+    adapter: str | None = None
     revision: str | None = None
 
     def __post_init__(self) -> None:
@@ -150,6 +153,8 @@ class VlmConfig:
                 math.isfinite(self.fusion_weight) and self.fusion_weight >= 0):
             raise ValueError(f"fusion_weight must be a finite number >= 0, got {self.fusion_weight!r}")
         object.__setattr__(self, "fusion_weight", float(self.fusion_weight))
+        if self.adapter is not None:
+            object.__setattr__(self, "adapter", os.fspath(self.adapter))
         if self.revision is not None and not isinstance(self.revision, str):
             raise ValueError(f"revision must be a string or None, got {self.revision!r}")
 
@@ -230,6 +235,10 @@ class VlmReranker(Reranker):
             missing = sorted(info["missing_keys"])
             raise ValueError(f"{self.settings.model!r} has no weights for {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''}; scoring would use random ones")
+        if self.settings.adapter is not None:
+            from .rewrite import apply_adapter
+
+            loaded = apply_adapter(loaded, self.settings.adapter)
         self.model = loaded.to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(directory)
         tokenizer = getattr(self.processor, "tokenizer", None)

@@ -152,7 +152,9 @@ def test_config_round_trip_rebuilds_the_same_scorer(tiny_dir, reranker):
 
 
 def test_true_false_checkpoints_are_a_configuration(tiny_dir):
-    vlm = VlmReranker(tiny_dir, first=None, device="cpu", **MONOQWEN2_VL)
+    prompt = {k: v for k, v in MONOQWEN2_VL.items() if k not in ("model", "adapter")}  # the tiny model instead
+    assert MONOQWEN2_VL["adapter"] == "lightonai/MonoQwen2-VL-v0.1"
+    vlm = VlmReranker(tiny_dir, first=None, device="cpu", **prompt)
     tokenizer = vlm.processor.tokenizer
     assert (vlm.yes_id, vlm.no_id) == (tokenizer.convert_tokens_to_ids("True"), tokenizer.convert_tokens_to_ids("False"))
     chat, images = vlm.messages(Query("text", "a dog"), "a dog", "IMAGE", document_is_text=False)
@@ -300,3 +302,23 @@ def test_a_retriever_that_never_uses_it_never_imports_it(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+
+def test_a_lora_adapter_is_merged_at_load(tiny_dir, reranker, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_dir)
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    adapted = VlmReranker(tiny_dir, first=None, device="cpu", adapter=str(tmp_path / "adapter"))
+    assert adapted.config()["adapter"] == str(tmp_path / "adapter")
+    query, cands = text_query(CAPTIONS[0], IMAGES[:3])
+    assert not np.allclose(adapted.score(query, cands), reranker.score(query, cands), atol=1e-3)
+    merged = lora.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    for f in tiny_dir.iterdir():
+        if f.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            (tmp_path / "merged" / f.name).write_bytes(f.read_bytes())
+    np.testing.assert_allclose(adapted.score(query, cands),
+                               VlmReranker(tmp_path / "merged", first=None, device="cpu").score(query, cands), atol=1e-4)
