@@ -23,15 +23,16 @@ Why not sentence-transformers' multimodal CrossEncoder (>= 5.4; 6.2 is installed
 ``Transformer(transformer_task="any-to-any") + LogitScore`` computes the same number, but it turns a
 (query, document) pair into two chat messages with roles ``"query"`` and ``"document"``, which only a
 chat template written for those roles (the ST-converted reranker repos ship one) renders as the
-published prompt; a stock Qwen2-VL/SmolVLM template prints unknown roles as ChatML headers or drops
-them, and the direction-specific templates above have no place in it. Loading a plain VLM directory
-with ``CrossEncoder(path)`` takes the sequence-classification branch for any architecture not named
-``*ForCausalLM`` (every ``*ForConditionalGeneration`` VLM): older sentence-transformers put a freshly
-initialised classification head on it and scored with it, silently. Here the scoring is 20 lines of
-transformers, and the load refuses anything that would score with random weights: every weight the
-generation head needs must come from the checkpoint (``missing_keys`` empty), a sequence-classification
-conversion is refused by name, and each answer word must be a single token of the checkpoint's
-vocabulary.
+published prompt; stock templates print them as turns of unknown speakers (``<|im_start|>query`` in
+Qwen's ChatML, ``Query:`` in SmolVLM's), and the per-direction templates above have no place in it.
+And ``CrossEncoder(path)`` on a plain VLM directory takes its sequence-classification branch for any
+architecture not named ``*ForCausalLM`` (every ``*ForConditionalGeneration`` VLM): with 6.2 a Qwen3-VL
+directory fails there (no such class), and where a class exists the score comes from a newly
+initialised head that transformers only logs a warning about; older releases had no ``LogitScore``
+path at all. Here the scoring is a few lines of transformers, and the load refuses anything that would
+score with random weights: every weight of the generation head must come from the checkpoint
+(``missing_keys`` empty), a sequence-classification conversion is refused by name, and each answer
+word must be a single known token of the checkpoint's vocabulary.
 
 Batches. Pairs are left-padded, so the last position of every row is the real last prompt token and
 ``logits_to_keep=1`` computes only it; RoPE positions are relative, and the Qwen-VL models compute
@@ -157,6 +158,18 @@ class VlmConfig:
             object.__setattr__(self, "adapter", os.fspath(self.adapter))
         if self.revision is not None and not isinstance(self.revision, str):
             raise ValueError(f"revision must be a string or None, got {self.revision!r}")
+
+
+class PendingImage:
+    """An image of a pair, decoded only when its batch runs; ``index`` names it in errors."""
+
+    __slots__ = ("item", "index")
+
+    def __init__(self, item: Any, index: int | None) -> None:
+        self.item, self.index = item, index
+
+    def decoded(self) -> Any:
+        return load_image(self.item, self.index)
 
 
 def answer_token_id(tokenizer: Any, word: str, name: str, model: str) -> int:
@@ -297,8 +310,10 @@ class VlmReranker(Reranker):
         system = [{"role": "system", "content": [{"type": "text", "text": self.settings.system}]}]
         return (system if self.settings.system else []) + [{"role": "user", "content": content}], images
 
-    def _image(self, item: Any, index: int | None) -> Any:
-        image = load_image(item, index)
+    def _image(self, item: Any) -> Any:
+        """A decoded RGB image (``item`` a :class:`PendingImage` or anything :func:`load_image` takes),
+        scaled down to ``max_pixels`` if that is set."""
+        image = item.decoded() if isinstance(item, PendingImage) else load_image(item)
         limit = self.settings.max_pixels
         if limit is not None and image.width * image.height > limit:
             scale = math.sqrt(limit / (image.width * image.height))
@@ -314,9 +329,9 @@ class VlmReranker(Reranker):
         previous = (self.first.score_batch(queries, candidates) if self.first is not None
                     else [np.asarray(c.stage1_scores, dtype=np.float32) for c in candidates])
         heads = [np.argsort(-np.asarray(p, dtype=np.float64), kind="stable")[:self.vlm_k] for p in previous]
-        pairs = []  # (query, position, chat, images)
+        pairs = []  # (query, position, chat, images); images stay paths/arrays until their batch runs
         for q, (query, cands, head) in enumerate(zip(queries, candidates, heads)):
-            query_item = self._image(query.content, None) if query.modality == "image" else query.content
+            query_item = PendingImage(query.content, None) if query.modality == "image" else query.content
             for j in head.tolist():
                 item = cands.items[j]
                 if cands.modality == "text":
@@ -324,7 +339,7 @@ class VlmReranker(Reranker):
                         raise ValueError(f"candidates of query {q}: Candidates.items[{j}] must be a non-empty "
                                          f"caption string, got {type(item).__name__} {item!r:.60}")
                 else:
-                    item = self._image(item, j)
+                    item = PendingImage(item, j)
                 pairs.append((q, j, *self.messages(query, query_item, item, cands.modality == "text")))
         vlm = self.score_pairs([p[2] for p in pairs], [p[3] for p in pairs], many_queries=len(queries) > 1)
         got: list[dict[int, float]] = [{} for _ in queries]
@@ -344,7 +359,11 @@ class VlmReranker(Reranker):
 
     def score_pairs(self, chats: Sequence[list[dict[str, Any]]], images: Sequence[list[Any]],
                     many_queries: bool = False) -> np.ndarray:
-        """``logit(yes) - logit(no)`` at the last position of each rendered chat, as float32."""
+        """``logit(yes) - logit(no)`` at the last position of each rendered chat, as float32.
+
+        Images are decoded per batch (a query image once per batch), so a call over many queries holds
+        one batch of pixels at a time.
+        """
         texts = [self.processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
                  for chat in chats]
         scores = np.empty(len(texts), dtype=np.float32)
@@ -352,8 +371,10 @@ class VlmReranker(Reranker):
         with torch.inference_mode(), tqdm(total=len(texts), desc="vlm rerank", unit="pair", disable=not show) as bar:
             for start in range(0, len(texts), self.batch_size):
                 stop = start + self.batch_size
-                inputs = self.processor(text=texts[start:stop], images=[list(i) for i in images[start:stop]],
-                                        padding=True, return_tensors="pt")
+                decoded: dict[int, Any] = {}
+                batch_images = [[decoded[id(i)] if id(i) in decoded else decoded.setdefault(id(i), self._image(i))
+                                 for i in row] for row in images[start:stop]]
+                inputs = self.processor(text=texts[start:stop], images=batch_images, padding=True, return_tensors="pt")
                 if not bool(inputs["attention_mask"][:, -1].all()):
                     raise RuntimeError("the processor padded on the right; the score needs the last prompt token last")
                 inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}

@@ -322,3 +322,19 @@ def test_a_lora_adapter_is_merged_at_load(tiny_dir, reranker, tmp_path):
             (tmp_path / "merged" / f.name).write_bytes(f.read_bytes())
     np.testing.assert_allclose(adapted.score(query, cands),
                                VlmReranker(tmp_path / "merged", first=None, device="cpu").score(query, cands), atol=1e-4)
+
+
+@pytest.mark.data
+def test_the_cost_benchmark_times_single_queries_in_both_directions(tmp_path):
+    from conftest import FLICKR8K
+    from eval.vlm_cost import main
+
+    directory = save_tiny_idefics3(tmp_path / "tiny", seed=2)
+    result = main(["--model", str(directory), "--dataset", str(FLICKR8K / "dataset_flickr8k.json"),
+                   "--images", str(FLICKR8K / "images"), "--queries", "2", "--candidates", "6", "--vlm-k", "2", "4",
+                   "--output", str(tmp_path / "cost.json")])
+    rows = {(r["direction"], r["vlm_k"]): r for r in result["rows"]}
+    assert sorted(rows) == [("image->text", 2), ("image->text", 4), ("text->image", 2), ("text->image", 4)]
+    assert all(r["queries"] == 2 and r["median_ms_per_query"] > 0 for r in rows.values())
+    assert rows[("text->image", 4)]["pairs_per_query"] == 4
+    assert json.loads((tmp_path / "cost.json").read_text())["model_type"] == "idefics3"
