@@ -12,7 +12,8 @@ stage-1 scores choose the ``vlm_k``, so the previous stage costs nothing here): 
 with the checkpoint's chat template, the processor, and ``ceil(vlm_k / batch_size)`` forward passes.
 The candidates of query ``i`` are its own image or captions plus a seeded random draw from the split;
 their stage-1 scores are a seeded random permutation (the cost does not depend on which are chosen).
-One warm-up call per direction and ``vlm_k`` comes first. With a tiny random checkpoint the numbers
+The configurations take turns query by query (one untimed warm-up call each first), so load on a
+shared machine hits them alike. With a tiny random checkpoint the numbers
 are the reranker's fixed costs around the model (image decoding, templating, processing, a 1-layer
 forward), not what a 2B model costs; run it with the real checkpoint on its device for that.
 """
@@ -33,17 +34,29 @@ from common.atomic import write_json
 from .machine import machine
 
 
-def direction_cost(reranker: Any, queries: list[Any], candidates: list[Any]) -> dict[str, float]:
-    """Median and mean wall ms of single ``score`` calls (the first pair is a warm-up, not timed)."""
-    reranker.score(queries[0], candidates[0])
-    times = []
-    for query, cands in zip(queries, candidates):
-        start = time.perf_counter()
-        reranker.score(query, cands)
-        times.append(1e3 * (time.perf_counter() - start))
-    pairs = min(reranker.vlm_k, len(candidates[0]))
-    return {"median_ms_per_query": statistics.median(times), "mean_ms_per_query": statistics.fmean(times),
-            "median_ms_per_pair": statistics.median(times) / pairs, "queries": len(times), "pairs_per_query": pairs}
+def interleaved_costs(reranker: Any, configs: list[tuple[str, int]], queries: dict[str, list[Any]],
+                      candidates: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Median and mean wall ms of single ``score`` calls per (direction, vlm_k).
+
+    The configurations take turns query by query, so a burst of load on a shared machine slows all of
+    them alike and their ratios stay comparable; one untimed warm-up call per configuration comes first.
+    """
+    times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
+    for i in range(-1, len(next(iter(queries.values())))):
+        for direction, k in configs:
+            reranker.settings = replace(reranker.settings, vlm_k=k)
+            query, cands = queries[direction][max(i, 0)], candidates[direction][max(i, 0)]
+            start = time.perf_counter()
+            reranker.score(query, cands)
+            if i >= 0:
+                times[(direction, k)].append(1e3 * (time.perf_counter() - start))
+    rows = []
+    for (direction, k), t in times.items():
+        pairs = min(k, len(candidates[direction][0]))
+        rows.append({"direction": direction, "vlm_k": k, "median_ms_per_query": statistics.median(t),
+                     "mean_ms_per_query": statistics.fmean(t), "median_ms_per_pair": statistics.median(t) / pairs,
+                     "queries": len(t), "pairs_per_query": pairs})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -97,15 +110,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reranker = VlmReranker(args.model, first=None, device=args.device, precision=args.precision,
                            batch_size=args.batch_size, progress=False)
     load_seconds = time.perf_counter() - start
-    rows = []
-    for k in args.vlm_k:
-        reranker.settings = replace(reranker.settings, vlm_k=k)
-        for direction, queries, cands in (("text->image", t2i_queries, t2i_cands),
-                                          ("image->text", i2t_queries, i2t_cands)):
-            row = {"direction": direction, "vlm_k": k, **direction_cost(reranker, queries, cands)}
-            rows.append(row)
-            print(f"{direction} vlm_k={k}: {row['median_ms_per_query']:.1f} ms/query median "
-                  f"({row['median_ms_per_pair']:.2f} ms/pair)", flush=True)
+    configs = [(direction, k) for k in args.vlm_k for direction in ("text->image", "image->text")]
+    rows = interleaved_costs(reranker, configs, {"text->image": t2i_queries, "image->text": i2t_queries},
+                             {"text->image": t2i_cands, "image->text": i2t_cands})
+    for row in rows:
+        print(f"{row['direction']} vlm_k={row['vlm_k']}: {row['median_ms_per_query']:.1f} ms/query median "
+              f"({row['median_ms_per_pair']:.2f} ms/pair)", flush=True)
     result = {"model": args.model, "model_type": reranker.model.config.model_type,
               "parameters": sum(t.numel() for t in reranker.model.parameters()), "device": str(reranker.device),
               "precision": reranker.precision, "batch_size": args.batch_size, "candidates": args.candidates,
