@@ -3,7 +3,7 @@
 
     python tests/tiny_models.py qwen3_vl /tmp/tiny-qwen3-vl     # or any image-text-to-text checkpoint
     python -m eval.vlm_cost --model /tmp/tiny-qwen3-vl --dataset ../shared/data/flickr8k/dataset_flickr8k.json \\
-        --images ../shared/data/flickr8k/images --split test --queries 20 --vlm-k 8 32 \\
+        --images ../shared/data/flickr8k/images --split test --queries 30 --vlm-k 8 32 \\
         --output runs/vlm_cost_tiny_qwen3_vl.json
 
 Each timed call is what a search pays in stage 2 for one query (``first=None``: the candidates' own
