@@ -191,14 +191,16 @@ class FolderIndexer:
     """Brings the index at ``directory`` up to date with the image files under ``roots``.
 
     ``encoder`` is an id or an Encoder; for an existing index it must be the one it was built with
-    (None reuses it). ``hasher``, ``bits``, ``vector_dtype``, ``index`` and ``index_params`` shape
-    a new index only (an existing one keeps its own). ``progress``: a tqdm bar with images/s and ETA.
+    (None reuses it). ``hasher``, ``bits``, ``vector_dtype``, ``index``, ``index_params`` and
+    ``store``/``milvus_uri``/``collection`` (see :meth:`Retriever.create`) shape a new index only
+    (an existing one keeps its own). ``progress``: a tqdm bar with images/s and ETA.
     """
 
     def __init__(self, directory: str | os.PathLike, encoder: Any = None, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  batch_size: int = 64, progress: bool | None = None, hasher: str = "itq", bits: int = 64,
                  vector_dtype: str = "fp16", index: str = "flat", index_params: dict[str, Any] | None = None,
-                 fit_chunk_size: int = FIT_CHUNK_SIZE, on_chunk: Callable[[int], None] | None = None) -> None:
+                 fit_chunk_size: int = FIT_CHUNK_SIZE, on_chunk: Callable[[int], None] | None = None,
+                 store: str = "local", milvus_uri: str | None = None, collection: str | None = None) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.directory = Path(directory)
@@ -210,6 +212,8 @@ class FolderIndexer:
         self.index_kind, self.index_params = index, dict(index_params or {})
         self.fit_chunk_size = max(int(fit_chunk_size), self.chunk_size)
         self.on_chunk = on_chunk  # called after each committed chunk (tests interrupt there)
+        # where a new index keeps its items (Retriever.create); an existing one keeps its own
+        self.store_settings = {"store": store, "milvus_uri": milvus_uri, "collection": collection}
         self.retriever: Any = None
         self.load_seconds = 0.0
 
@@ -251,7 +255,7 @@ class FolderIndexer:
             hasher = fit_on_images(create_hasher(self.hasher_method, self.bits), first_vectors)
         self.retriever = Retriever.create(self.directory, encoder=encoder, hasher=hasher,
                                           vector_dtype=self.vector_dtype, index=self.index_kind,
-                                          index_params=self.index_params)
+                                          index_params=self.index_params, **self.store_settings)
         self._ensure_schema()
 
     def _encoder(self) -> Any:
