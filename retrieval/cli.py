@@ -26,7 +26,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     indexer = FolderIndexer(args.out, encoder=args.encoder, chunk_size=args.chunk_size, batch_size=args.batch_size,
                             progress=False if args.quiet else None, hasher=args.hasher, bits=args.bits,
                             vector_dtype=args.vectors, index=args.index, index_params=dict(args.index_param),
-                            **store_settings(args))
+                            **store_settings(args), engine=args.engine, ray_address=args.ray_address)
     report = indexer.run(args.paths, captions=args.captions)
     print(report.summary())
     if report.encoded and report.seconds > report.load_seconds:
@@ -46,6 +46,8 @@ def store_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--store milvus needs --milvus-uri (a Milvus Lite file ending in .db, or http://host:19530)")
     if args.store == "local" and (args.milvus_uri or args.collection):
         raise UsageError("--milvus-uri and --collection need --store milvus")
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
     return {"store": args.store, "milvus_uri": args.milvus_uri, "collection": args.collection}
 
 
@@ -191,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --store milvus: a Milvus Lite file (PATH.db) or a server, http://host:19530")
     p.add_argument("--collection", default=None, metavar="NAME",
                    help="with --store milvus: the collection name (default crossmodal; NAME_image, NAME_text)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="who embeds the images: local (this process, default) or ray (an actor pool of Ray "
+                        "Data, one shard per chunk; needs the [ray] extra)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: a running Ray cluster (e.g. ray://head:10001); without it a local "
+                        "Ray starts and stops with the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
