@@ -108,7 +108,8 @@ def connect(uri: str, timeout: float = 10.0) -> Any:
         return MilvusClient(uri=uri, timeout=timeout)
     except Exception as e:  # pymilvus raises MilvusException, grpc errors or a bare Exception
         release(uri)
-        raise StoreError(f"cannot reach Milvus at {uri}: {type(e).__name__}: {e}") from None
+        hint = " (Milvus Lite serves one process at a time: is another process using this file?)" if is_lite(uri) else ""
+        raise StoreError(f"cannot reach Milvus at {uri}: {type(e).__name__}: {e}{hint}") from None
 
 
 def release(uri: str) -> None:
