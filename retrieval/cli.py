@@ -27,7 +27,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     indexer = FolderIndexer(args.out, encoder=args.encoder, chunk_size=args.chunk_size, batch_size=args.batch_size,
                             progress=False if args.quiet else None, hasher=args.hasher, bits=args.bits,
-                            vector_dtype=args.vectors, index=args.index, index_params=dict(args.index_param))
+                            vector_dtype=args.vectors, index=args.index, index_params=dict(args.index_param),
+                            **store_settings(args), engine=args.engine, ray_address=args.ray_address)
     report = indexer.run(args.paths, captions=args.captions)
     print(report.summary())
     if report.encoded and report.seconds > report.load_seconds:
@@ -39,6 +40,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     if report.skipped:
         print(f"  the full list: {Path(args.out) / SKIPPED_REPORT}")
     return 0
+
+
+def store_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--store``/``--milvus-uri``/``--collection`` as Retriever.create's keywords, checked together."""
+    if args.store == "milvus" and not args.milvus_uri:
+        raise UsageError("--store milvus needs --milvus-uri (a Milvus Lite file ending in .db, or http://host:19530)")
+    if args.store == "local" and (args.milvus_uri or args.collection):
+        raise UsageError("--milvus-uri and --collection need --store milvus")
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
+    return {"store": args.store, "milvus_uri": args.milvus_uri, "collection": args.collection}
 
 
 def hit_label(hit: Any) -> str:
@@ -111,12 +123,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             files = store.db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
             skipped = store.db.execute("SELECT COUNT(*) FROM files WHERE error IS NOT NULL").fetchone()[0]
         disk = store.disk_bytes()
+        where = store.describe()
     info = {
         "index": str(directory), "images": counts["image"], "texts": counts["text"], "files": files,
         "skipped_files": skipped, "encoder": config["encoder"]["id"], "dim": config["encoder"]["dim"],
         "hasher": config["hasher"]["method"], "bits": config["hasher"]["bits"], "index_kind": config["index"]["kind"],
         "vectors": config.get("vector_dtype"), "reranker": (config.get("reranker") or {}).get("method"),
-        "disk_bytes": disk,
+        "disk_bytes": disk, **{k: v for k, v in where.items() if k != "backend"}, "store": where["backend"],
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -127,6 +140,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"encoder   {info['encoder']} ({info['dim']}-d)")
     print(f"hasher    {info['hasher']}, {info['bits']} bits; index {info['index_kind']}; vectors {info['vectors']}")
     print(f"on disk   {human_bytes(disk)}")
+    if where["backend"] == "milvus":
+        print(f"items in  Milvus at {where['milvus_uri']}, collection {where['collection']}")
     return 0
 
 
@@ -182,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "hnsw or buckets")
     p.add_argument("--index-param", type=key_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of --index, e.g. nlist=4096 or nprobe=64 (repeatable)")
+    p.add_argument("--store", default="local", choices=["local", "milvus"],
+                   help="where a new index keeps its items: local (this folder, default) or milvus")
+    p.add_argument("--milvus-uri", default=None, metavar="URI",
+                   help="with --store milvus: a Milvus Lite file (PATH.db) or a server, http://host:19530")
+    p.add_argument("--collection", default=None, metavar="NAME",
+                   help="with --store milvus: the collection name (default crossmodal; NAME_image, NAME_text)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="who embeds the images: local (this process, default) or ray (an actor pool of Ray "
+                        "Data, one shard per chunk; needs the [ray] extra)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: a running Ray cluster (e.g. ray://head:10001); without it a local "
+                        "Ray starts and stops with the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 

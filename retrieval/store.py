@@ -127,6 +127,19 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_file(path, lambda fh: np.save(fh, np.ascontiguousarray(array), allow_pickle=False))
 
 
+def store_backend(directory: Path) -> str:
+    """Where a store keeps its items: "local" (chunk files here) or "milvus" (its meta says so)."""
+    try:
+        db = sqlite3.connect(f"file:{directory / DB_NAME}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'backend'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:  # unreadable: Store() names the problem
+        return "local"
+    return row[0] if row else "local"
+
+
 class Store:
     """See the module docstring. Open with :meth:`create` or :meth:`open`; :meth:`close` when done."""
 
@@ -176,6 +189,10 @@ class Store:
         directory = Path(directory)
         if not (directory / DB_NAME).is_file():
             raise StoreError(f"{directory} holds no store ({DB_NAME} is missing)")
+        if cls is Store and store_backend(directory) == "milvus":  # items in Milvus: retrieval/milvus_store.py
+            from .milvus_store import MilvusStore
+
+            return MilvusStore.open(directory, writable)
         store = cls(directory, writable)
         if writable:
             store._take_lock()
@@ -341,6 +358,16 @@ class Store:
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
+
+    def describe(self) -> dict[str, Any]:
+        """Where the items live (``crossmodal info`` shows it)."""
+        return {"backend": "local"}
+
+    def gallery(self, modality: str, bits: int, index: str = "flat", index_params: dict | None = None) -> Any:
+        """The searchable gallery of one modality over this store (the Retriever asks the store)."""
+        from .stored_gallery import StoredGallery
+
+        return StoredGallery(self, modality, bits, index, index_params)
 
     # -- writing ----------------------------------------------------------------------------------
     @contextmanager
