@@ -14,11 +14,11 @@ five captions). Edge weights are ``exp(-d^2 / sigma^2)`` of the Euclidean distan
 mean squared k-th-neighbour distance); the GCN layer sees ``D^-1/2 (A + I) D^-1/2 X``. Because
 the graph and the inputs are fixed, that propagation is computed once, and training is
 mini-batch SGD over rows. A new item (a query, a later addition) joins the training graph alone:
-its neighbours are the training nodes ``j`` of its modality with ``j`` among its k nearest and it
-within ``j``'s k-th-neighbour radius (the mutual rule, seen from a node that was not there), with
-the training degrees left as they were; new items never see each other, so an item encoded alone
-gets the code it gets in any batch. A row identical to a training row *is* that node and gets
-exactly its training-time propagation, hence its trained code.
+its neighbours are its k nearest training nodes of its modality (``new_item_neighbors="knn"``; or,
+``"mutual"``, only those that would also hold it within their own k-th-neighbour radius), with the
+training degrees left as they were; new items never see each other, so an item encoded alone gets
+the code it gets in any batch. A row identical to a training row *is* that node and gets exactly
+its training-time propagation, hence its trained code.
 
 The hasher keeps the training nodes (their features, raw-row digests and edges): new items need
 them to find their neighbours. The graph is built in row blocks and stored as edge lists
@@ -41,6 +41,7 @@ from .base import Hasher, as_features, check_modality, register_hasher
 from .lsh import TRANSFORMS, apply_transform, check_choice, resolve_transform
 
 MODALITIES = ("image", "text")
+NEW_ITEM_RULES = ("knn", "mutual")  # how a new item picks its training neighbours (MGSGH.md)
 _BLOCK = 2048  # rows of one distance block while building the graph or encoding
 
 
@@ -158,13 +159,15 @@ class Graph:
         x = np.asarray(x, np.float64)
         return (a @ x + x * (inv * inv)[:, None]).astype(np.float32)
 
-    def propagate_new(self, queries: np.ndarray, nodes: np.ndarray, k: int) -> np.ndarray:
-        """The same aggregation for items that are not training nodes (module docstring's rule)."""
+    def propagate_new(self, queries: np.ndarray, nodes: np.ndarray, k: int, mutual: bool = False) -> np.ndarray:
+        """The same aggregation for items that are not training nodes (module docstring's rule):
+        their k nearest training nodes, or with ``mutual`` only those that would hold the item
+        within their own k-th-neighbour radius."""
         k = min(k, len(nodes))
         if k < 1:
             return queries.copy()
         idx, d2 = knn_euclidean(queries, nodes, k)
-        keep = d2 <= self.radius2[idx]
+        keep = d2 <= self.radius2[idx] if mutual else np.ones(d2.shape, bool)
         w = np.where(keep, np.exp(-d2 / self.sigma2), 0.0).astype(np.float32)
         deg = 1.0 + w.sum(1)
         coef = w / np.sqrt(deg[:, None] * self.degree[idx])
@@ -235,23 +238,25 @@ class MGSGHConfig:
 
     k: int = 10
     graph: bool = True
-    hidden_dim: int = 1024
+    hidden_dim: int = 512
     dropout: float = 0.0
     epochs: int = 50
     batch_size: int = 32
-    lr: float = 0.005
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     margin: float = 1.0
     triplet_weight: float = 1.0
     reconstruction_weight: float = 1.0
-    quantization_weight: float = 1.0
-    balance_weight: float = 0.1
+    quantization_weight: float = 0.1
+    balance_weight: float = 1.0
+    new_item_neighbors: str = "knn"
     image_transform: str = "auto"
     text_transform: str = "auto"
 
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {
+            "new_item_neighbors": check_choice(self.new_item_neighbors, "new_item_neighbors", NEW_ITEM_RULES),
             "k": check_int("k", self.k, 0),
             "hidden_dim": check_int("hidden_dim", self.hidden_dim),
             "epochs": check_int("epochs", self.epochs, 0),
@@ -415,7 +420,8 @@ class MGSGHHasher(Hasher):
         out = np.empty_like(z)
         new = known < 0
         if new.any():
-            out[new] = graph.propagate_new(z[new], nodes, self.config.k if self.config.graph else 0)
+            out[new] = graph.propagate_new(z[new], nodes, self.config.k if self.config.graph else 0,
+                                           mutual=self.config.new_item_neighbors == "mutual")
         if (~new).any():
             out[~new] = self._train_rows(modality, known[~new])
         return out
