@@ -199,7 +199,7 @@ def positive_groups(labels: Any, n: int, fallback: np.ndarray) -> tuple[np.ndarr
 
 
 # -- networks ------------------------------------------------------------------------------------
-def _build_branch(in_dim: int, hidden: int, bits: int, dropout: float):
+def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float):
     """One modality: GCN layer on the propagated input, fusion layer (eq. 4), tanh-relaxed hash
     layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation."""
     import torch
@@ -210,10 +210,10 @@ def _build_branch(in_dim: int, hidden: int, bits: int, dropout: float):
             super().__init__()
             self.register_buffer("mean", torch.zeros(in_dim))
             self.register_buffer("std", torch.ones(in_dim))
-            self.gcn = nn.Linear(in_dim, hidden)  # W of sigma(A_hat X W): A_hat X is the input
+            self.gcn = nn.Linear(in_dim, hidden)  # W of sigma(A_hat X W): A_hat X (or [X | A_hat X]) is the input
             self.fusion = nn.Linear(hidden, hidden)  # M_f, beta of eq. 4 (global branch only)
             self.hash = nn.Linear(hidden, bits)
-            self.decoder = nn.Linear(hidden, in_dim)
+            self.decoder = nn.Linear(hidden, out_dim)  # back to the item's own features
             self.drop = nn.Dropout(dropout)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,6 +238,7 @@ class MGSGHConfig:
 
     k: int = 10
     graph: bool = True
+    self_features: bool = True
     hidden_dim: int = 512
     dropout: float = 0.0
     epochs: int = 50
@@ -265,8 +266,9 @@ class MGSGHConfig:
             "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
             "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
         }
-        if not isinstance(self.graph, bool):
-            raise TypeError(f"graph must be a bool, got {self.graph!r}")
+        for name in ("graph", "self_features"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("dropout", "momentum", "weight_decay", "margin", "triplet_weight", "reconstruction_weight",
                      "quantization_weight", "balance_weight"):
             checked[name] = _check_number(getattr(self, name), name)
@@ -325,7 +327,7 @@ class MGSGHHasher(Hasher):
             self.nodes[m] = apply_transform(raw[m][first], self.transforms[m], f"{m}_features")
             self.digests[m] = row_digests(raw[m][first])
             self.graphs[m] = Graph.build(self.nodes[m], self.config.k if self.config.graph else 0)
-            inputs[m] = self.graphs[m].propagate(self.nodes[m])
+            inputs[m] = self._with_self(self.nodes[m], self.graphs[m].propagate(self.nodes[m]))
         ids, multi_hot = positive_groups(labels, n, row_node["image"])
         self._index_digests()
 
@@ -334,7 +336,8 @@ class MGSGHHasher(Hasher):
             data = {m: torch.from_numpy(inputs[m]) for m in MODALITIES}
             target = {m: torch.from_numpy(self.nodes[m]) for m in MODALITIES}
             rows = {m: torch.from_numpy(row_node[m]) for m in MODALITIES}
-            branches = {m: _build_branch(data[m].shape[1], self.config.hidden_dim, self.bits, self.config.dropout)
+            branches = {m: _build_branch(data[m].shape[1], target[m].shape[1], self.config.hidden_dim, self.bits,
+                                         self.config.dropout)
                         for m in MODALITIES}
             stats = {}
             for m in MODALITIES:
@@ -424,7 +427,18 @@ class MGSGHHasher(Hasher):
                                            mutual=self.config.new_item_neighbors == "mutual")
         if (~new).any():
             out[~new] = self._train_rows(modality, known[~new])
-        return out
+        return self._with_self(z, out)
+
+    def _with_self(self, own: np.ndarray, aggregated: np.ndarray) -> np.ndarray:
+        """``[X | A_hat X]`` with ``self_features`` and a graph (GraphSAGE-style: the network weighs an
+        item's own features against its neighbourhood's), else ``A_hat X`` (Kipf-Welling's layer)."""
+        if self.config.self_features and self.config.graph:
+            return np.concatenate([own, aggregated], axis=1)
+        return aggregated
+
+    def _net_in(self, modality: str) -> int:
+        d = self.input_dims[modality]
+        return 2 * d if self.config.self_features and self.config.graph else d
 
     def _train_rows(self, modality: str, node_ids: np.ndarray) -> np.ndarray:
         g, x = self.graphs[modality], self.nodes[modality]
@@ -472,7 +486,8 @@ class MGSGHHasher(Hasher):
             nodes = np.asarray(state[f"{m}.nodes"], np.float32)
             if nodes.ndim != 2 or nodes.shape[1] != self.input_dims[m]:
                 raise ValueError(f"{m}.nodes has shape {nodes.shape}, expected (n, {self.input_dims[m]})")
-            branch = _build_branch(self.input_dims[m], self.config.hidden_dim, self.bits, self.config.dropout)
+            branch = _build_branch(self._net_in(m), self.input_dims[m], self.config.hidden_dim, self.bits,
+                                   self.config.dropout)
             prefix = f"{m}.net."
             sub = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
             expected = branch.state_dict()

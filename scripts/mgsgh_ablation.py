@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
             table.setdefault(name, {})[str(bits)] = summary
             print(name, bits, "  ".join(f"{m} {v['mean']:.4f}±{v['sd']:.4f}" for m, v in summary.items()), flush=True)
     metric = "MAP@50 (tie-aware)" if args.dataset == "wiki" else "hash-only R@K (tie-aware)"
-    print(f"\n| variant | bits | " + " | ".join(table[next(iter(table))][str(args.bits[0])]) + " |")
+    columns = list(table[next(iter(table))][str(args.bits[0])])
+    print("\n| variant | bits | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (2 + len(columns)))
     for name, by_bits in table.items():
         for bits, summary in by_bits.items():
             print(f"| {name} | {bits} | " + " | ".join(f"{v['mean']:.3f} ± {v['sd']:.3f}" for v in summary.values()) + " |")

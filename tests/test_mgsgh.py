@@ -28,12 +28,12 @@ def clustered_pairs(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[MGSGHHasher, np.ndarray, np.ndarray, np.ndarray]:
-    img, txt, labels = clustered_pairs(160)
+    img, txt, labels = (a[:160] for a in clustered_pairs(240))
     return MGSGHHasher(bits=16, seed=0, k=5, **FAST).fit(img, txt, labels), img, txt, labels
 
 
 def held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows drawn with the fixture's clusters that it was not fitted on."""
+    """Rows of the fixture's draw (same clusters, same projections) that it was not fitted on."""
     img, txt, labels = clustered_pairs(240)
     return img[160:], txt[160:], labels[160:]
 
@@ -142,7 +142,8 @@ def test_a_training_row_gets_its_trained_code(fitted):
     h, img, txt, labels = fitted
     for x, m in ((img, "image"), (txt, "text")):
         first, node = unique_rows(x)
-        trained_input = h.graphs[m].propagate(h.nodes[m])[node]  # what the network saw in training
+        aggregated = h.graphs[m].propagate(h.nodes[m])[node]
+        trained_input = np.concatenate([h.nodes[m][node], aggregated], 1)  # what the network saw in training
         assert np.allclose(h.propagated(x, m), trained_input, atol=1e-5)
         with torch.no_grad():
             trained = h.branches[m](torch.from_numpy(trained_input))[0].numpy()
@@ -150,7 +151,7 @@ def test_a_training_row_gets_its_trained_code(fitted):
         # the new-item rule would not give it: the row would be its own neighbour
         g = h.graphs[m]
         new_rule = g.propagate_new(h.nodes[m][node], h.nodes[m], h.config.k)
-        assert not np.allclose(new_rule, trained_input, atol=1e-4)
+        assert not np.allclose(new_rule, aggregated, atol=1e-4)
     # in a batch with new rows, alone, or one at a time: the same
     mixed = np.concatenate([img[:3], held_out()[0][:4]])
     assert (h.encode(mixed, "image")[:3] == h.encode(img[:3], "image")).all()
@@ -187,7 +188,12 @@ def test_nothing_ablation_has_no_graph_and_is_an_mlp_of_the_same_width():
     assert len(h.graphs["image"].indices) == 0
     assert np.allclose(h.propagated(img[:5] + 1, "image"), h.propagated(img[:5] + 1, "image"))
     full = MGSGHHasher(bits=16, **FAST).fit(img, txt, labels)
-    assert [p.shape for p in h.branches["image"].parameters()] == [p.shape for p in full.branches["image"].parameters()]
+    widths = lambda b: [p.shape for name, p in b.named_parameters() if name != "gcn.weight"]  # noqa: E731
+    assert widths(h.branches["image"]) == widths(full.branches["image"])
+    # with the graph, the GCN layer sees [own | neighbourhood]; without, the own features alone
+    assert full.branches["image"].gcn.weight.shape[1] == 2 * h.branches["image"].gcn.weight.shape[1]
+    kipf = MGSGHHasher(bits=16, self_features=False, **FAST).fit(img, txt, labels)
+    assert kipf.branches["image"].gcn.weight.shape == h.branches["image"].gcn.weight.shape
 
 
 def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tmp_path):
@@ -210,6 +216,7 @@ def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tm
 @pytest.mark.parametrize("bad, match", [
     ({"k": True}, "k must be"), ({"batch_size": 1}, "batch_size"), ({"lr": 0}, "lr"),
     ({"momentum": 1.0}, "momentum"), ({"margin": -1}, "margin"), ({"graph": 1}, "graph must be a bool"),
+    ({"self_features": "yes"}, "self_features must be a bool"), ({"new_item_neighbors": "all"}, "new_item_neighbors"),
     ({"image_transform": "pca"}, "image_transform"), ({"kk": 3}, "kk"),
 ])
 def test_bad_settings_are_named(bad, match):
