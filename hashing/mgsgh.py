@@ -17,8 +17,8 @@ mini-batch SGD over rows. A new item (a query, a later addition) joins the train
 its neighbours are its k nearest training nodes of its modality (``new_item_neighbors="knn"``; or,
 ``"mutual"``, only those that would also hold it within their own k-th-neighbour radius), with the
 training degrees left as they were; new items never see each other, so an item encoded alone gets
-the code it gets in any batch. A row identical to a training row *is* that node and gets exactly
-its training-time propagation, hence its trained code.
+the code it gets in any batch. A row identical to a training row (same bytes, or within float
+noise) *is* that node and gets exactly its training-time propagation, hence its trained code.
 
 The hasher keeps the training nodes (their features, raw-row digests and edges): new items need
 them to find their neighbours. The graph is built in row blocks and stored as edge lists
@@ -42,7 +42,9 @@ from .lsh import TRANSFORMS, apply_transform, check_choice, resolve_transform
 
 MODALITIES = ("image", "text")
 NEW_ITEM_RULES = ("knn", "mutual")  # how a new item picks its training neighbours (MGSGH.md)
-_BLOCK = 2048  # rows of one distance block while building the graph or encoding
+_BLOCK = 2048
+#: squared distance (relative to the mean squared norm of the nodes) under which a row is a training node
+_SAME_NODE = 1e-8  # rows of one distance block while building the graph or encoding
 
 
 def _check_number(value: Any, name: str, allow_zero: bool = True) -> float:
@@ -159,14 +161,16 @@ class Graph:
         x = np.asarray(x, np.float64)
         return (a @ x + x * (inv * inv)[:, None]).astype(np.float32)
 
-    def propagate_new(self, queries: np.ndarray, nodes: np.ndarray, k: int, mutual: bool = False) -> np.ndarray:
+    def propagate_new(self, queries: np.ndarray, nodes: np.ndarray, k: int, mutual: bool = False,
+                      neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The same aggregation for items that are not training nodes (module docstring's rule):
         their k nearest training nodes, or with ``mutual`` only those that would hold the item
         within their own k-th-neighbour radius."""
         k = min(k, len(nodes))
         if k < 1:
             return queries.copy()
-        idx, d2 = knn_euclidean(queries, nodes, k)
+        idx, d2 = knn_euclidean(queries, nodes, k) if neighbours is None else neighbours
+        idx, d2 = idx[:, :k], d2[:, :k]
         keep = d2 <= self.radius2[idx] if mutual else np.ones(d2.shape, bool)
         w = np.where(keep, np.exp(-d2 / self.sigma2), 0.0).astype(np.float32)
         deg = 1.0 + w.sum(1)
@@ -412,6 +416,8 @@ class MGSGHHasher(Hasher):
     # -- encoding -------------------------------------------------------------------------------
     def _index_digests(self) -> None:
         self._lookup = {m: {bytes(d): i for i, d in enumerate(self.digests[m])} for m in self.digests}
+        self._scale = {m: float(np.mean(np.sum(self.nodes[m].astype(np.float64) ** 2, axis=1))) or 1.0
+                       for m in self.nodes}
 
     def propagated(self, features: np.ndarray, modality: str) -> np.ndarray:
         """The GCN layer's input for any rows: a training row's own aggregation, else the new-item rule."""
@@ -420,11 +426,20 @@ class MGSGHHasher(Hasher):
         z = apply_transform(x, self.transforms[modality], f"{modality} features")
         graph, nodes = self.graphs[modality], self.nodes[modality]
         known = np.array([self._lookup[modality].get(bytes(d), -1) for d in row_digests(x)], np.int64)
+        k = self.config.k if self.config.graph else 0
+        if (known < 0).any():
+            # a row within float noise of a training node is that node: an encoder run on one item
+            # or on a batch differs in the last bits, and the training row must keep its trained code
+            rows = np.flatnonzero(known < 0)
+            idx, d2 = knn_euclidean(z[rows], nodes, max(1, min(k, len(nodes))))
+            same = d2[:, 0] <= _SAME_NODE * self._scale[modality]
+            known[rows[same]] = idx[same, 0]
+            neighbours = (idx[~same], d2[~same])
         out = np.empty_like(z)
         new = known < 0
         if new.any():
-            out[new] = graph.propagate_new(z[new], nodes, self.config.k if self.config.graph else 0,
-                                           mutual=self.config.new_item_neighbors == "mutual")
+            out[new] = graph.propagate_new(z[new], nodes, k, mutual=self.config.new_item_neighbors == "mutual",
+                                           neighbours=neighbours)
         if (~new).any():
             out[~new] = self._train_rows(modality, known[~new])
         return self._with_self(z, out)
@@ -432,13 +447,17 @@ class MGSGHHasher(Hasher):
     def _with_self(self, own: np.ndarray, aggregated: np.ndarray) -> np.ndarray:
         """``[X | A_hat X]`` with ``self_features`` and a graph (GraphSAGE-style: the network weighs an
         item's own features against its neighbourhood's), else ``A_hat X`` (Kipf-Welling's layer)."""
-        if self.config.self_features and self.config.graph:
+        if self._concatenates():
             return np.concatenate([own, aggregated], axis=1)
         return aggregated
 
+    def _concatenates(self) -> bool:
+        """k = 0 or ``graph=False`` leave no neighbourhood to set beside the own features."""
+        return self.config.self_features and self.config.graph and self.config.k > 0
+
     def _net_in(self, modality: str) -> int:
         d = self.input_dims[modality]
-        return 2 * d if self.config.self_features and self.config.graph else d
+        return 2 * d if self._concatenates() else d
 
     def _train_rows(self, modality: str, node_ids: np.ndarray) -> np.ndarray:
         g, x = self.graphs[modality], self.nodes[modality]

@@ -152,6 +152,9 @@ def test_a_training_row_gets_its_trained_code(fitted):
         g = h.graphs[m]
         new_rule = g.propagate_new(h.nodes[m][node], h.nodes[m], h.config.k)
         assert not np.allclose(new_rule, aggregated, atol=1e-4)
+    # the same row out of another encoder run (last bits differ) is still that training row
+    nudged = np.nextafter(img, np.float32(np.inf))
+    assert not (nudged == img).all() and (h.encode(nudged, "image") == h.encode(img, "image")).all()
     # in a batch with new rows, alone, or one at a time: the same
     mixed = np.concatenate([img[:3], held_out()[0][:4]])
     assert (h.encode(mixed, "image")[:3] == h.encode(img[:3], "image")).all()
@@ -200,7 +203,7 @@ def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tm
     h, img, txt, _ = fitted
     new = held_out()[0]
     loaded = Hasher.from_pretrained(h.save_pretrained(tmp_path / "m"))
-    assert isinstance(loaded, MGSGHHasher) and loaded.config == h.config
+    assert isinstance(loaded, MGSGHHasher) and loaded.get_config() == h.get_config()
     for x, m in ((img, "image"), (new, "image"), (txt, "text")):
         assert (loaded.encode(x, m) == h.encode(x, m)).all()
     from safetensors.numpy import load_file, save_file
@@ -256,8 +259,27 @@ def test_retriever_builds_with_mgsgh_saves_reopens_adds_one_at_a_time_and_search
     live = Retriever.create(tmp_path / "live", encoder=ToyEncoder(), hasher=r.hasher)
     for i, p in enumerate(paths[:4]):  # one at a time: each new item's code is the one a batch gives it
         live.add_images([p], payloads=[{"n": i}])
-    assert (live.galleries["image"].codes == r.hasher.encode(r.encoder.encode_images(paths[:4]), "image")).all()
+    query = r.hasher.encode(r.encoder.encode_texts(["red"]), "text")
+    batch = r.hasher.encode(r.encoder.encode_images(paths[:4]), "image")
+    expected = (unpack_codes(query, 16) != unpack_codes(batch, 16)).sum(1)
+    for hit in live.search("red", k=4, rerank=False):
+        assert hit.hamming == expected[hit.id]
     live.close()
     again = Retriever.open(tmp_path / "live", encoder=ToyEncoder())
     assert len(again.galleries["image"]) == 4
     assert again.search(names[2], k=1)[0].payload == {"n": 2}
+
+
+def test_images_only_fit_of_the_index_command_works_and_each_image_is_its_own_positive():
+    """`crossmodal index --hasher mgsgh` without captions fits on the images as both modalities
+    (retrieval.retriever.fit_on_images): every row is then its own group."""
+    from retrieval.retriever import fit_on_images
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    h = fit_on_images(MGSGHHasher(bits=16, k=5, **FAST), x)
+    assert h.method == "mgsgh" and len(h.nodes["image"]) == 300
+    # an image's own code is nearest to its own "text" code more often than chance
+    ci, ct = unpack_codes(h.encode(x, "image"), 16), unpack_codes(h.encode(x, "text"), 16)
+    assert (np.argmax(ci @ ct.T, axis=1) == np.arange(300)).mean() > 0.2
