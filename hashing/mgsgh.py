@@ -425,8 +425,10 @@ class MGSGHHasher(Hasher):
         x = as_features(features, f"{modality} features", self.input_dims.get(modality))
         z = apply_transform(x, self.transforms[modality], f"{modality} features")
         graph, nodes = self.graphs[modality], self.nodes[modality]
-        known = np.array([self._lookup[modality].get(bytes(d), -1) for d in row_digests(x)], np.int64)
         k = self.config.k if self.config.graph else 0
+        if k == 0:
+            return self._with_self(z, z)  # no edges: training and new rows alike are their own aggregate
+        known = np.array([self._lookup[modality].get(bytes(d), -1) for d in row_digests(x)], np.int64)
         if (known < 0).any():
             # a row within float noise of a training node is that node: an encoder run on one item
             # or on a batch differs in the last bits, and the training row must keep its trained code
