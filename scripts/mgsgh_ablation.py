@@ -1,11 +1,11 @@
 """MGSGH's ablation (its Table 5) in kind: Nothing / Only graph / Full, mean ± sd over seeds.
 
     HF_HUB_OFFLINE=1 python scripts/mgsgh_ablation.py --dataset wiki --data ../shared/data/wiki/wikiData.mat \\
-        --supervised --bits 16 32 64 --seeds 0 1 2 --output runs/mgsgh_ablation_wiki.json
+        --supervised --bits 64 --seeds 0 1 2 --set k=5 --output runs/mgsgh_ablation_wiki.json
 
     HF_HUB_OFFLINE=1 python scripts/mgsgh_ablation.py --dataset flickr8k \\
         --data ../shared/data/flickr8k/dataset_flickr8k.json --embeddings cache/flickr8k-lite.npz --model lite \\
-        --bits 64 --seeds 0 1 2 --set epochs=10 --output runs/mgsgh_ablation_flickr8k.json
+        --bits 64 --seeds 0 1 2 --set k=5 --set epochs=5 --output runs/mgsgh_ablation_flickr8k.json
 
 Variants (the paper's §IV-E definitions): **Nothing** = an MLP of the same width mapped to codes,
 no graph and no hash loss (eq. 9); **Only graph** = the graphs, no hash loss; **Full** = graphs and

@@ -1,11 +1,11 @@
 """Chooses MGSGH's settings (k of the mutual-kNN graphs first) on held-out training rows, never on test.
 
     HF_HUB_OFFLINE=1 python scripts/mgsgh_choose.py --dataset wiki --data ../shared/data/wiki/wikiData.mat \\
-        --bits 64 --supervised --grid k=0,5,10,20,40 --output runs/mgsgh_choose_wiki.json
+        --bits 64 --supervised --grid k=0,5,10 --output runs/mgsgh_choose_wiki.json
 
     HF_HUB_OFFLINE=1 python scripts/mgsgh_choose.py --dataset flickr8k \\
         --data ../shared/data/flickr8k/dataset_flickr8k.json --embeddings cache/flickr8k-lite.npz --model lite \\
-        --bits 64 --grid k=0,5,10,20 --set epochs=10 --output runs/mgsgh_choose_flickr8k.json
+        --bits 64 --grid k=0,5 --set epochs=5 --output runs/mgsgh_choose_flickr8k.json
 
 Held-out split: a seeded fifth of the training *groups* (Wiki: training pairs; Flickr8K: train
 images with all their captions) becomes validation queries; the hasher fits on the other four
