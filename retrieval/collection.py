@@ -266,6 +266,12 @@ class FolderIndexer:
             self.load_seconds += time.perf_counter() - start
         return self._loaded_encoder
 
+    def _load(self, encoder: Any, modality: str) -> None:
+        """Loads the tower ``modality`` needs (a lazy encoder's load counts as loading, not indexing)."""
+        start = time.perf_counter()
+        encoder.load((modality,))
+        self.load_seconds += time.perf_counter() - start
+
     def _needs_fit(self) -> bool:
         from .retriever import shipped_hasher
 
@@ -381,6 +387,7 @@ class FolderIndexer:
                 new_content.setdefault(digest, []).append(pos)
         firsts = [positions[0] for positions in new_content.values()]
         encoder = self._encoder()
+        self._load(encoder, "image")
         vectors, kept, failed = encoder.encode_images_skipping([chunk[p][0] for p in firsts], self.batch_size)
         if self.retriever is None:
             self._create(vectors)
@@ -432,6 +439,7 @@ class FolderIndexer:
         step = 4 * self.chunk_size
         for start in range(0, len(new), step):
             part = new[start:start + step]
+            self._load(self.retriever.encoder, "text")
             vectors = self.retriever.encoder.encode_texts([c for _, c in part], progress=False)
             codes = self.retriever.hasher.encode(vectors, "text")
             with self.retriever.store.transaction() as tx:

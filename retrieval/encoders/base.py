@@ -74,6 +74,14 @@ class Encoder(ABC):
         """
         return {}
 
+    def load(self, modalities: Sequence[str] = ("image", "text")) -> None:
+        """Loads what encoding ``modalities`` needs now rather than at first use.
+
+        Encoders that load in their constructor have nothing left to do; a lazy one (the lite
+        encoder loads each tower on first use) loads here, so a caller can time loading apart from
+        encoding (the folder indexer reports both).
+        """
+
     # -- shared machinery ----------------------------------------------------------------------
     def autocast(self) -> Any:
         import torch

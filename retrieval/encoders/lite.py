@@ -298,6 +298,17 @@ class LiteEncoder(Encoder):
                 self._model = model
             return self._model
 
+    def load(self, modalities: Sequence[str] = ("image", "text")) -> None:
+        for modality in modalities:
+            if modality not in ("image", "text"):
+                raise ValueError(f"modalities must be 'image' and/or 'text', got {modality!r}")
+            if self.onnx is not None:
+                self.onnx.session(modality)
+            else:
+                self.model  # noqa: B018 - loads both towers
+            if modality == "text":
+                self.tokenizer  # noqa: B018
+
     @property
     def is_loaded(self) -> dict[str, bool]:
         """Which parts are loaded so far: the torch ``model`` and each ONNX session."""
