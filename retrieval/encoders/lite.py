@@ -308,6 +308,8 @@ class LiteEncoder(Encoder):
                 self.model  # noqa: B018 - loads both towers
             if modality == "text":
                 self.tokenizer  # noqa: B018
+            else:
+                self.transform  # noqa: B018 - torchvision's preprocessing (and torch) load here, not mid-encoding
 
     @property
     def is_loaded(self) -> dict[str, bool]:
