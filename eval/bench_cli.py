@@ -60,7 +60,8 @@ def run(cmd: list[str], tree: Path | None = None) -> tuple[float, subprocess.Com
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     t0 = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # in the tree's own folder: ``python -m`` puts the working directory first on sys.path
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
     seconds = time.perf_counter() - t0
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr}")
