@@ -7,7 +7,12 @@
 
 One entry point with subcommands (clip-retrieval's habit); each subcommand lives in one function.
 Errors a user can fix (a missing folder, a bad captions file, another indexer running) print one
-line and exit with status 2, never a traceback.
+line and exit with status 2, never a traceback. Libraries stay quiet (no model-loading progress
+bars, no warnings of theirs) unless ``-v``; a search prints nothing on stderr when it succeeds.
+
+Start-up is part of every command's cost, so this module and what a search imports load lazily:
+a text search imports neither torch nor transformers (the lite encoder's ONNX path), and an
+unchanged ``index`` rerun loads no model at all.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -145,6 +151,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Our own packages: their warnings (e.g. a hasher fitted on too few images) are meant for the user.
+OWN_PACKAGES = ("retrieval", "hashing", "rerank", "common", "eval")
+
+
+def quiet_libraries() -> None:
+    """Keeps the libraries' progress bars and warnings off stderr (``-v`` lets them through).
+
+    Environment variables, because the libraries read them at import, which comes later: Hugging
+    Face's progress bars (transformers' "Loading weights" uses them) and transformers' logging.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore")
+    for package in OWN_PACKAGES:
+        warnings.filterwarnings("default", module=rf"{package}(\.|$)")
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="let libraries print their progress bars and warnings on stderr")
+
+
 class UsageError(Exception):
     """A mistake in the command line or its inputs: one line, exit status 2."""
 
@@ -210,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: a running Ray cluster (e.g. ray://head:10001); without it a local "
                         "Ray starts and stops with the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_verbose(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search an index by text or by image")
@@ -225,11 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["image", "text"], default=None,
                    help="what to return (default: images for text; captions for images if the index has any)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_verbose(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="what an index holds")
     p.add_argument("index", metavar="INDEX")
     p.add_argument("--json", action="store_true")
+    add_verbose(p)
     p.set_defaults(func=cmd_info)
 
     from .server.cli import add_parser as add_serve_parser  # `serve`: retrieval/server/cli.py
@@ -240,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", True):
+        quiet_libraries()
     from .store import StoreError, StoreLockedError
 
     try:

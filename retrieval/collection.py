@@ -278,6 +278,12 @@ class FolderIndexer:
             self.load_seconds += time.perf_counter() - start
         return self._loaded_encoder
 
+    def _load(self, encoder: Any, modality: str) -> None:
+        """Loads the tower ``modality`` needs (a lazy encoder's load counts as loading, not indexing)."""
+        start = time.perf_counter()
+        encoder.load((modality,))
+        self.load_seconds += time.perf_counter() - start
+
     def _needs_fit(self) -> bool:
         from .retriever import shipped_hasher
 
@@ -388,7 +394,9 @@ class FolderIndexer:
         """(vectors, kept, failed) of the chunk's new content at ``firsts``: encoded here, or picked
         from the Ray engine's shard of the whole chunk (same order, same skip reasons)."""
         if encoded is None:
-            return self._encoder().encode_images_skipping([chunk[p][0] for p in firsts], self.batch_size)
+            encoder = self._encoder()
+            self._load(encoder, "image")
+            return encoder.encode_images_skipping([chunk[p][0] for p in firsts], self.batch_size)
         paths, vectors, kept, failed = encoded
         if paths != [p for p, _ in chunk]:
             raise RuntimeError("a Ray shard does not hold its chunk's files (files changed during the run?)")
@@ -470,6 +478,7 @@ class FolderIndexer:
         step = 4 * self.chunk_size
         for start in range(0, len(new), step):
             part = new[start:start + step]
+            self._load(self.retriever.encoder, "text")
             vectors = self.retriever.encoder.encode_texts([c for _, c in part], progress=False)
             codes = self.retriever.hasher.encode(vectors, "text")
             with self.retriever.store.transaction() as tx:
