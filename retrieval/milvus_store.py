@@ -328,6 +328,9 @@ class MilvusStore(Store):
         if rows:
             self.client.upsert(self.collection_of(modality), rows)
 
+    def check_files(self) -> None:
+        """Nothing to stat: Milvus keeps the rows, and the ledger's pending file covers a cut commit."""
+
     # -- reading ----------------------------------------------------------------------------------
     def chunks(self, modality: str) -> list[tuple[int, int]]:
         """One logical chunk holding every live item: Milvus, not chunk files, keeps the rows."""
