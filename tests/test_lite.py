@@ -45,7 +45,7 @@ def test_training_fast_path_equals_full_forward(lite):
     tokens = lite.tokenize(["a dog runs on the beach", "two people"])
     mask = tokens["attention_mask"]
     with torch.inference_mode():
-        full_image = model.image_features(pixels)
+        full_image = model.image_head_features(pixels)  # the trained part; concepts are added on top (issue 23)
         full_text = model.text_features(tokens["input_ids"], mask)
         for stage in (model.image_split, 5):
             fast = model.image_top(model.image_trunk(pixels, stage), stage)
@@ -69,7 +69,7 @@ def test_caches_below_the_split_are_advanced_to_the_same_embeddings(lite):
     pixels = torch.stack([lite.preprocess_image(Image.new("RGB", (224, 224), c)) for c in [(10, 200, 90), (250, 250, 0)]])
     hidden, mask = torch.zeros(2, 3, 384).half(), torch.ones(2, 3, dtype=torch.long)
     with torch.inference_mode():
-        expected = model.image_features(pixels)
+        expected = model.image_head_features(pixels)
         trunk = model.image_trunk(pixels, 5)[None].half()  # one view, cached at stage 5 (below the split)
         advanced, stage, _ = advance_frozen(model, trunk, 5, hidden, mask, model.text_split)
         assert stage == model.image_split and advanced.shape[2] == model.image_trunk_channels
