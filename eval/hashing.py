@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from hashing import available_methods, create_hasher
 from hashing.base import check_bits
 from common.atomic import write_json
+from common.settings_args import by_name, named_setting
 
 from . import hash_metrics as hm
 from .extras import require
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="JSON results file")
     p.add_argument("--plots", type=Path, help="folder for PR-curve and precision-topK PNGs")
     p.add_argument("--supervised", action="store_true", help="pass class labels to fit()")
+    p.add_argument("--hasher-arg", action="append", default=[], type=named_setting, metavar="METHOD.KEY=VALUE",
+                   help="constructor argument for one method, e.g. mgsgh.k=10 (JSON value); repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ties", choices=tuple(hm.TIE_CONVENTIONS), default="random")
     p.add_argument("--map-k-norm", choices=tuple(hm.MAP_K_CONVENTIONS), default="in_top_k")
@@ -99,10 +102,12 @@ def load_data(args: argparse.Namespace) -> HashingData:
 
 def evaluate_method(
     data: HashingData, method: str, bits: int, *, supervised: bool = False, seed: int = 0,
-    ties: str = "random", map_k_norm: str = "in_top_k",
+    ties: str = "random", map_k_norm: str = "in_top_k", hasher_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fits one hasher and evaluates both directions; returns metrics, curves and timings."""
-    hasher = create_hasher(method, bits, seed=seed)
+    """Fits one hasher and evaluates both directions; returns metrics, curves and timings.
+
+    ``hasher_args``: constructor settings of this method (``--hasher-arg METHOD.KEY=VALUE``)."""
+    hasher = create_hasher(method, bits, seed=seed, **(hasher_args or {}))
     t0 = time.perf_counter()
     hasher.fit(data.train.image, data.train.text, labels=data.train.image_labels if supervised else None)
     fit_s = time.perf_counter() - t0
@@ -201,6 +206,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.supervised and not data.has_class_labels:
         parser.error(f"--supervised needs class labels; {data.name} has only image-caption pairs")
 
+    hasher_args = by_name(args.hasher_arg)
+    stray = sorted(set(hasher_args) - set(args.method))
+    if stray:
+        parser.error(f"--hasher-arg for {', '.join(stray)}, which is not among --method {' '.join(args.method)}")
+    for method, settings in hasher_args.items():
+        try:  # a misspelt or out-of-range setting is a usage error before any fit, not a traceback after one
+            create_hasher(method, bits_list[0], **settings)
+        except (TypeError, ValueError) as e:
+            parser.error(f"--hasher-arg {method}: {e}")
     conventions = hm.describe_conventions(args.ties, args.map_k_norm)
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, Any]] = {}
@@ -208,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jobs = [(m, b) for m in args.method for b in bits_list]
     for method, bits in tqdm(jobs, desc="hashers", disable=args.no_progress):
         res = evaluate_method(data, method, bits, supervised=args.supervised, seed=args.seed,
-                              ties=args.ties, map_k_norm=args.map_k_norm)
+                              ties=args.ties, map_k_norm=args.map_k_norm, hasher_args=hasher_args.get(method))
         key = str(bits)
         timings.setdefault(method, {})[key] = {"fit_s": res["fit_s"], "encode_s": res["encode_s"]}
         for d in DIRECTIONS:
@@ -231,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "data": str(args.data),
         "command": " ".join(["python -m eval.hashing", *(argv if argv is not None else sys.argv[1:])]),
         "supervised": args.supervised,
+        "hasher_args": hasher_args,
         "seed": args.seed,
         "conventions": conventions,
         "results": results,

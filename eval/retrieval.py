@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-chunk-size", type=int, default=None, help="images per cache chunk (captions: 4x)")
     two = p.add_argument_group("two-stage pipelines (eval/two_stage.py)")
     two.add_argument("--rerank", nargs="+", default=None, metavar="NAME",
-                     help="pipelines to run after Hamming recall: none (hash only), float, cross, blip2, rewrite")
+                     help="pipelines to run after Hamming recall: none (hash only), float, cross, blip2, rewrite, vlm")
     two.add_argument("--candidates", type=int, default=128, help="stage-1 candidates per query (the reranker's depth)")
     two.add_argument("--hamming-candidates", nargs="+", default=None, metavar="N|GALLERY=N",
                      help="stage-1 cascade: Hamming top-N, float-rescored down to --candidates; one N for both "

@@ -10,6 +10,7 @@ from .base import (
 from .contrastive import ContrastiveHasher
 from .itq import ITQHasher
 from .lsh import LSHHasher
+from .mgsgh import MGSGHHasher
 from .uddh import UDDHHasher
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Hasher",
     "ITQHasher",
     "LSHHasher",
+    "MGSGHHasher",
     "UDDHHasher",
     "available_methods",
     "create_hasher",

@@ -3,9 +3,10 @@
 ``create_reranker(name)``: ``float`` (exact cosine on stored vectors), ``cross`` (the shipped
 offline cross-encoder, :mod:`rerank.cross_encoder`), ``blip2`` (transformers
 ``Blip2ForImageTextRetrieval``, ITM + ITC as LAVIS, :mod:`rerank.blip2`), ``rewrite`` (an LLM
-rewrites the text query; SmolLM2 from pip, optional LoRA adapter).
+rewrites the text query; SmolLM2 from pip, optional LoRA adapter), ``vlm`` (a vision-language model's
+yes/no logits over a previous stage's top ``vlm_k``, :mod:`rerank.vlm`).
 
-Importing the package loads no torch: the two model rerankers are imported when first named
+Importing the package loads no torch: the model rerankers are imported when first named
 (``create_reranker("cross")``) or from their own modules.
 """
 

@@ -24,13 +24,14 @@ MODALITIES: tuple[str, ...] = ("image", "text")
 
 _REGISTRY: dict[str, type["Reranker"]] = {}
 #: The shipped rerankers by module. A module registers its class when imported, and is imported
-#: the first time its name is asked for: BLIP-2 and the cross-encoder load torch and transformers
-#: (over a second), which the float rescoring of every Retriever search does not need.
+#: the first time its name is asked for: BLIP-2, the cross-encoder and the VLM load torch and
+#: transformers (over a second), which the float rescoring of every Retriever search does not need.
 BUILTIN_MODULES: dict[str, str] = {
     "blip2": "rerank.blip2",
     "cross": "rerank.cross_encoder",
     "float": "rerank.float_rescore",
     "rewrite": "rerank.rewrite",
+    "vlm": "rerank.vlm",
 }
 
 

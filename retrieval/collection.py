@@ -167,6 +167,8 @@ class IndexReport:
     seconds: float = 0.0
     #: of ``seconds``, loading the encoder (a fixed cost whatever the collection's size)
     load_seconds: float = 0.0
+    #: engine ray: chunks whose embeddings a killed run had already written (not embedded again)
+    shards_reused: int = 0
 
     def summary(self) -> str:
         parts = [f"{self.found} images found", f"{self.encoded} encoded", f"{self.unchanged} unchanged"]
@@ -191,14 +193,17 @@ class FolderIndexer:
     """Brings the index at ``directory`` up to date with the image files under ``roots``.
 
     ``encoder`` is an id or an Encoder; for an existing index it must be the one it was built with
-    (None reuses it). ``hasher``, ``bits``, ``vector_dtype``, ``index`` and ``index_params`` shape
-    a new index only (an existing one keeps its own). ``progress``: a tqdm bar with images/s and ETA.
+    (None reuses it). ``hasher``, ``bits``, ``vector_dtype``, ``index``, ``index_params`` and
+    ``store``/``milvus_uri``/``collection`` (see :meth:`Retriever.create`) shape a new index only
+    (an existing one keeps its own). ``progress``: a tqdm bar with images/s and ETA.
     """
 
     def __init__(self, directory: str | os.PathLike, encoder: Any = None, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  batch_size: int = 64, progress: bool | None = None, hasher: str = "itq", bits: int = 64,
                  vector_dtype: str = "fp16", index: str = "flat", index_params: dict[str, Any] | None = None,
-                 fit_chunk_size: int = FIT_CHUNK_SIZE, on_chunk: Callable[[int], None] | None = None) -> None:
+                 fit_chunk_size: int = FIT_CHUNK_SIZE, on_chunk: Callable[[int], None] | None = None,
+                 store: str = "local", milvus_uri: str | None = None, collection: str | None = None,
+                 engine: str = "local", ray_address: str | None = None) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.directory = Path(directory)
@@ -210,6 +215,13 @@ class FolderIndexer:
         self.index_kind, self.index_params = index, dict(index_params or {})
         self.fit_chunk_size = max(int(fit_chunk_size), self.chunk_size)
         self.on_chunk = on_chunk  # called after each committed chunk (tests interrupt there)
+        # where a new index keeps its items (Retriever.create); an existing one keeps its own
+        self.store_settings = {"store": store, "milvus_uri": milvus_uri, "collection": collection}
+        if engine not in ("local", "ray"):
+            raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+        if ray_address and engine != "ray":
+            raise ValueError("ray_address is a setting of engine='ray'")
+        self.engine, self.ray_address = engine, ray_address  # ray: retrieval/ray_engine.py embeds the chunks
         self.retriever: Any = None
         self.load_seconds = 0.0
 
@@ -251,7 +263,7 @@ class FolderIndexer:
             hasher = fit_on_images(create_hasher(self.hasher_method, self.bits), first_vectors)
         self.retriever = Retriever.create(self.directory, encoder=encoder, hasher=hasher,
                                           vector_dtype=self.vector_dtype, index=self.index_kind,
-                                          index_params=self.index_params)
+                                          index_params=self.index_params, **self.store_settings)
         self._ensure_schema()
 
     def _encoder(self) -> Any:
@@ -265,6 +277,12 @@ class FolderIndexer:
             self._loaded_encoder = load_encoder(arg) if isinstance(arg, str) else arg
             self.load_seconds += time.perf_counter() - start
         return self._loaded_encoder
+
+    def _load(self, encoder: Any, modality: str) -> None:
+        """Loads the tower ``modality`` needs (a lazy encoder's load counts as loading, not indexing)."""
+        start = time.perf_counter()
+        encoder.load((modality,))
+        self.load_seconds += time.perf_counter() - start
 
     def _needs_fit(self) -> bool:
         from .retriever import shipped_hasher
@@ -305,11 +323,12 @@ class FolderIndexer:
             bar = tqdm(total=len(todo), desc="index images", unit="img",
                        disable=self.progress is False or (self.progress is None and len(todo) <= self.chunk_size))
             first = self.fit_chunk_size if todo and self._needs_fit() else self.chunk_size
+            chunks = [todo[:first]] + [todo[i:i + self.chunk_size] for i in range(first, len(todo), self.chunk_size)]
+            shards = self._ray_shards(chunks) if self.engine == "ray" and todo else None
+            encoded = shards.run(chunks) if shards is not None else None
             position = 0
-            while position < len(todo):
-                size = first if position == 0 else self.chunk_size
-                chunk = todo[position:position + size]
-                self._index_chunk(chunk, report)
+            for chunk in chunks if todo else []:
+                self._index_chunk(chunk, report, next(encoded) if encoded is not None else None)
                 position += len(chunk)
                 bar.update(len(chunk))
                 if self.on_chunk is not None:
@@ -318,6 +337,9 @@ class FolderIndexer:
             if self.retriever is None:
                 raise ValueError(f"none of the {len(paths)} image files under {', '.join(map(str, roots))} "
                                  f"could be read")
+            if shards is not None:
+                report.shards_reused = shards.reused
+                shards.clear()
             if caption_rows is not None:
                 self._index_captions(caption_rows, report)
             report.skipped = self.skipped()
@@ -360,7 +382,32 @@ class FolderIndexer:
             tx.execute("DELETE FROM captions WHERE image_id = ?", (image_id,))
         return 1
 
-    def _index_chunk(self, chunk: list[tuple[str, FileState]], report: IndexReport) -> None:
+    def _ray_shards(self, chunks: list[list[tuple[str, FileState]]]) -> Any:
+        from .ray_engine import RayShards
+
+        encoder = self._encoder()
+        sendable = self.encoder_arg if not isinstance(self.encoder_arg, (str, type(None))) else encoder.model_id
+        return RayShards(self.directory, sendable, encoder.dim, self.batch_size, address=self.ray_address)
+
+    def _encode_new(self, chunk: list[tuple[str, FileState]], firsts: list[int], encoded: Any
+                    ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """(vectors, kept, failed) of the chunk's new content at ``firsts``: encoded here, or picked
+        from the Ray engine's shard of the whole chunk (same order, same skip reasons)."""
+        if encoded is None:
+            encoder = self._encoder()
+            self._load(encoder, "image")
+            return encoder.encode_images_skipping([chunk[p][0] for p in firsts], self.batch_size)
+        paths, vectors, kept, failed = encoded
+        if paths != [p for p, _ in chunk]:
+            raise RuntimeError("a Ray shard does not hold its chunk's files (files changed during the run?)")
+        row_of = {pos: row for row, pos in enumerate(kept)}
+        reason_of = dict(failed)
+        new_kept = [i for i, p in enumerate(firsts) if p in row_of]
+        rows = [row_of[firsts[i]] for i in new_kept]
+        out = vectors[rows] if rows else np.empty((0, vectors.shape[1]), np.float32)
+        return out, new_kept, [(i, reason_of.get(p, "unreadable file")) for i, p in enumerate(firsts) if p not in row_of]
+
+    def _index_chunk(self, chunk: list[tuple[str, FileState]], report: IndexReport, encoded: Any = None) -> None:
         """Hash, link duplicates, encode the new content, and commit it all as one transaction."""
         hashes = []
         for path, _ in chunk:
@@ -380,8 +427,7 @@ class FolderIndexer:
             if digest not in existing:
                 new_content.setdefault(digest, []).append(pos)
         firsts = [positions[0] for positions in new_content.values()]
-        encoder = self._encoder()
-        vectors, kept, failed = encoder.encode_images_skipping([chunk[p][0] for p in firsts], self.batch_size)
+        vectors, kept, failed = self._encode_new(chunk, firsts, encoded)
         if self.retriever is None:
             self._create(vectors)
         failed_reason = {firsts[i]: reason for i, reason in failed}
@@ -432,6 +478,7 @@ class FolderIndexer:
         step = 4 * self.chunk_size
         for start in range(0, len(new), step):
             part = new[start:start + step]
+            self._load(self.retriever.encoder, "text")
             vectors = self.retriever.encoder.encode_texts([c for _, c in part], progress=False)
             codes = self.retriever.hasher.encode(vectors, "text")
             with self.retriever.store.transaction() as tx:

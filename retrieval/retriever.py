@@ -297,9 +297,9 @@ class Retriever:
 
     def _gallery(self, modality: str) -> Gallery | StoredGallery:
         if modality not in self.galleries:
-            if self.store is not None:
-                self.galleries[modality] = StoredGallery(self.store, modality, self.hasher.bits, self.index_kind,
-                                                         self.index_params)
+            if self.store is not None:  # the store's own gallery: chunk files + faiss, or Milvus
+                self.galleries[modality] = self.store.gallery(modality, self.hasher.bits, self.index_kind,
+                                                              self.index_params)
             else:
                 self.galleries[modality] = Gallery.create(modality, self.hasher.bits, self.encoder.dim,
                                                           self.index_kind, self.index_params, self.store_vectors)
@@ -541,11 +541,22 @@ class Retriever:
             return atomic_write_dir(save_directory, write)
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, **kwargs: Any) -> "Retriever":
+    def create(cls, directory: str | os.PathLike, *, store: str = "local", milvus_uri: str | None = None,
+               collection: str | None = None, **kwargs: Any) -> "Retriever":
         """A new, empty retriever living in ``directory``: every ``add_*`` is committed there.
 
         ``kwargs`` go to the constructor; the hasher must be fitted (or ship with the encoder).
+        ``store="milvus"`` keeps the items in a Milvus collection (``retrieval/milvus_store.py``)
+        at ``milvus_uri`` (a Milvus Lite ``.db`` file or ``http://host:19530``), named
+        ``collection`` (default ``crossmodal``); ``directory`` then keeps the config, the hasher
+        and the ledger.
         """
+        if store not in ("local", "milvus"):
+            raise ValueError(f"store must be 'local' or 'milvus', got {store!r}")
+        if store == "milvus" and not milvus_uri:
+            raise ValueError("store='milvus' needs milvus_uri (a Milvus Lite .db file or http://host:19530)")
+        if store == "local" and (milvus_uri or collection):
+            raise ValueError("milvus_uri and collection are settings of store='milvus'")
         directory = Path(directory)
         if (directory / CONFIG_NAME).exists():
             raise FileExistsError(f"{directory} already holds a retriever; open it with Retriever.open")
@@ -560,9 +571,20 @@ class Retriever:
             retriever.hasher = shipped
         retriever._check_saveable()
 
+        if store == "milvus":
+            from .milvus_store import DEFAULT_COLLECTION, MilvusStore, milvus_index, normalise_uri
+
+            milvus_uri = normalise_uri(milvus_uri)
+            milvus_index(retriever.index_kind, retriever.index_params, milvus_uri.endswith(".db"))  # fails before any write
+
         def write(tmp: Path) -> None:  # all or nothing: a kill leaves no half-made index
             retriever.hasher.save_pretrained(tmp / "hasher")
-            Store.create(tmp, retriever.encoder.dim, retriever.hasher.bits, retriever.vector_dtype).close()
+            if store == "milvus":
+                MilvusStore.create(tmp, retriever.encoder.dim, retriever.hasher.bits, retriever.vector_dtype,
+                                   uri=milvus_uri, collection=collection or DEFAULT_COLLECTION,
+                                   index=retriever.index_kind, index_params=retriever.index_params).close()
+            else:
+                Store.create(tmp, retriever.encoder.dim, retriever.hasher.bits, retriever.vector_dtype).close()
             (tmp / CONFIG_NAME).write_text(json.dumps(retriever.config(), indent=2))
 
         atomic_write_dir(directory, write)

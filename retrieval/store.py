@@ -19,6 +19,13 @@ Vectors are memory-mapped and read only for the candidates a query asks about. i
 sentence-transformers' ``quantize_embeddings``: per-dimension ranges from the first chunk,
 255 steps; values outside the ranges are clipped.
 
+Integrity: each commit records the size and SHA-256 of the chunk files it names (``chunk_files``).
+Opening a store compares every chunk file's size with that record (a ``stat`` each; stores written
+before the record existed are checked against the size their ``.npy`` header and row count imply),
+and the codes, read whole to build the index anyway, against their checksum; the vectors' checksum,
+which would mean reading every vector, is checked by :meth:`Store.verify`. A mismatch is a
+:class:`StoreError` naming the file.
+
 Concurrency: any number of readers (one SQLite connection per thread, WAL journal); one writer
 at a time per store, enforced by an exclusive ``flock`` on ``.lock``.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import mmap
 import os
@@ -59,6 +67,9 @@ CREATE TABLE IF NOT EXISTS items (
     modality TEXT NOT NULL, id INTEGER NOT NULL, chunk INTEGER NOT NULL, row INTEGER NOT NULL,
     item TEXT, payload TEXT,
     PRIMARY KEY (modality, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunk_files (
+    modality TEXT NOT NULL, chunk INTEGER NOT NULL, kind TEXT NOT NULL, bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, PRIMARY KEY (modality, chunk, kind));
 """
 
 
@@ -127,6 +138,36 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_file(path, lambda fh: np.save(fh, np.ascontiguousarray(array), allow_pickle=False))
 
 
+def store_backend(directory: Path) -> str:
+    """Where a store keeps its items: "local" (chunk files here) or "milvus" (its meta says so)."""
+    try:
+        db = sqlite3.connect(f"file:{directory / DB_NAME}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'backend'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:  # unreadable: Store() names the problem
+        return "local"
+    return row[0] if row else "local"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def npy_expected_bytes(path: Path) -> tuple[int, tuple[int, ...]]:
+    """(the size the file's own ``.npy`` header implies, the shape it declares)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        return fh.tell() + int(np.prod(shape)) * dtype.itemsize, tuple(shape)
+
+
 class Store:
     """See the module docstring. Open with :meth:`create` or :meth:`open`; :meth:`close` when done."""
 
@@ -145,6 +186,9 @@ class Store:
         self.dim = int(meta["dim"])
         self.code_bytes = int(meta["code_bytes"])
         self.codecs = {m: VectorCodec.from_meta(json.loads(meta[f"codec:{m}"])) for m in MODALITIES}
+        self._verified: set[tuple[str, int]] = set()  # codes files whose checksum was compared
+        self._file_info = self._file_records()
+        self.check_files()
 
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -176,9 +220,14 @@ class Store:
         directory = Path(directory)
         if not (directory / DB_NAME).is_file():
             raise StoreError(f"{directory} holds no store ({DB_NAME} is missing)")
+        if cls is Store and store_backend(directory) == "milvus":  # items in Milvus: retrieval/milvus_store.py
+            from .milvus_store import MilvusStore
+
+            return MilvusStore.open(directory, writable)
         store = cls(directory, writable)
         if writable:
             store._take_lock()
+            store.db.executescript(SCHEMA)  # a store from before chunk_files gains the table (IF NOT EXISTS)
             store._remove_orphans()
         return store
 
@@ -239,6 +288,55 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.directory / DB_NAME}: cannot read the store: {e}") from e
 
+    def _file_records(self) -> dict[tuple[str, int, str], tuple[int, str]]:
+        """(modality, chunk, kind) -> (bytes, sha256) as committed; empty for a store older than the record."""
+        try:
+            rows = self.db.execute("SELECT modality, chunk, kind, bytes, sha256 FROM chunk_files").fetchall()
+        except sqlite3.OperationalError:  # no such table: written before records were kept
+            return {}
+        return {(m, c, k): (b, h) for m, c, k, b, h in rows}
+
+    def _kinds(self, modality: str) -> tuple[str, ...]:
+        return ("codes", "vectors") if self.codecs[modality].dtype != "none" else ("codes",)
+
+    def check_files(self) -> None:
+        """Every committed chunk file exists with the size its commit recorded (one ``stat`` each).
+
+        Why at open: a truncated or replaced file would otherwise be read as zeros, garbage or an
+        ``mmap`` error naming nothing, at a later search (issue 22). Stores written before sizes were
+        recorded are checked against the size their ``.npy`` header and row count imply.
+        """
+        for modality in MODALITIES:
+            for chunk, n in self.chunks(modality):
+                for kind in self._kinds(modality):
+                    path = chunk_path(self.directory, modality, chunk, kind)
+                    try:
+                        size = path.stat().st_size
+                    except FileNotFoundError:
+                        raise StoreError(f"{path}: committed chunk file is missing") from None
+                    record = self._file_info.get((modality, chunk, kind))
+                    if record is not None:
+                        expected = record[0]
+                    else:
+                        expected, shape = npy_expected_bytes(path)
+                        if shape[:1] != (n,):
+                            raise StoreError(f"{path}: holds {shape[:1]} rows, its commit says {n}")
+                    if size != expected:
+                        raise StoreError(f"{path}: {size:,} bytes on disk, its commit recorded {expected:,}; "
+                                         f"the file was truncated or replaced: restore it or rebuild the index")
+
+    def verify(self) -> None:
+        """Also compares every chunk file's SHA-256 with its record (reads every file: slow at scale)."""
+        self.check_files()
+        for (modality, chunk, kind), (_, sha) in self._file_info.items():
+            self._check_sha(modality, chunk, kind, sha)
+
+    def _check_sha(self, modality: str, chunk: int, kind: str, sha: str) -> None:
+        path = chunk_path(self.directory, modality, chunk, kind)
+        if file_sha256(path) != sha:
+            raise StoreError(f"{path}: its SHA-256 differs from the one its commit recorded; the file was "
+                             f"changed after it was written: restore it or rebuild the index")
+
     def _remove_orphans(self) -> None:
         known = {chunk_path(self.directory, m, c, kind).name
                  for m, c in self.db.execute("SELECT modality, chunk FROM chunks") for kind in ("codes", "vectors")}
@@ -270,6 +368,13 @@ class Store:
         return array
 
     def chunk_codes(self, modality: str, chunk: int) -> np.ndarray:
+        """One chunk's codes; the first read compares the file's checksum (cheap: codes are small,
+        and building the index reads them whole anyway)."""
+        if (modality, chunk) not in self._verified:
+            record = self._file_info.get((modality, chunk, "codes"))
+            if record is not None:
+                self._check_sha(modality, chunk, "codes", record[1])
+            self._verified.add((modality, chunk))
         return self._map(modality, chunk, "codes")
 
     def live_locations(self, modality: str, batch: int = 65536) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -342,6 +447,16 @@ class Store:
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
 
+    def describe(self) -> dict[str, Any]:
+        """Where the items live (``crossmodal info`` shows it)."""
+        return {"backend": "local"}
+
+    def gallery(self, modality: str, bits: int, index: str = "flat", index_params: dict | None = None) -> Any:
+        """The searchable gallery of one modality over this store (the Retriever asks the store)."""
+        from .stored_gallery import StoredGallery
+
+        return StoredGallery(self, modality, bits, index, index_params)
+
     # -- writing ----------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator["Transaction"]:
@@ -360,6 +475,7 @@ class Store:
                 for f in tx.written:
                     f.unlink(missing_ok=True)
                 self.codecs = tx.codecs_before
+                self._file_info = tx.records_before
                 raise
             fsync_dir(self.directory / CHUNK_DIR)
 
@@ -372,6 +488,7 @@ class Transaction:
         self.db = store.db
         self.written: list[Path] = []
         self.codecs_before = dict(store.codecs)
+        self.records_before = dict(store._file_info)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, params)
@@ -412,11 +529,15 @@ class Transaction:
         row = self.db.execute("SELECT MAX(chunk) FROM chunks WHERE modality = ?", (modality,)).fetchone()
         chunk = (row[0] + 1) if row[0] is not None else 0
         files = [("codes", codes)] + ([("vectors", codec.encode(vectors))] if codec.dtype != "none" else [])
+        records = []
         for kind, array in files:
             path = chunk_path(store.directory, modality, chunk, kind)
             save_npy(path, array)
             self.written.append(path)
+            records.append((modality, chunk, kind, path.stat().st_size, file_sha256(path)))
         self.execute("INSERT INTO chunks VALUES (?, ?, ?)", (modality, chunk, n))
+        self.executemany("INSERT INTO chunk_files VALUES (?, ?, ?, ?, ?)", records)
+        store._file_info.update({r[:3]: r[3:] for r in records})
         self.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
             (modality, int(i), chunk, r, item, json.dumps(p) if p is not None else None)
             for r, (i, item, p) in enumerate(zip(ids, items, payloads))))

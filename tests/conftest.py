@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The lite encoder's exported ONNX graphs (retrieval/encoders/onnx_cache.py): one cache per machine
+# user for the tests, outside the user's own, so tests neither read nor leave files in ~/.cache.
+os.environ.setdefault("CROSSMODAL_CACHE", os.path.join(tempfile.gettempdir(), f"crossmodal-tests-{os.getuid()}"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FLICKR8K = SHARED_DATA / "flickr8k"

@@ -326,6 +326,34 @@ def test_bucket_search_scans_only_query_buckets():
         index.add(db[:2], buckets=[3, 11])
 
 
+def test_bucket_search_returns_k_hits_by_probing_the_next_nearest_buckets():
+    """Issue 22: a query whose own bucket holds fewer than k items used to get fewer than k hits."""
+    rng = np.random.default_rng(5)
+    db = clustered_codes(3000)
+    index = BucketIndex(BITS, nbuckets=64, e=1)
+    index.train(db)
+    index.add(db, np.arange(len(db)))
+    sizes = index.list_sizes()
+    q = db[rng.choice(len(db), 200, replace=False)] ^ rng.integers(0, 2, (200, BITS // 8), dtype=np.uint8)
+    own = index.assign(q, 1)[:, 0]
+    for k in (1, 5, 60, int(sizes.max()) + 1, len(db)):
+        res = index.search(q, k)
+        assert (res.ids >= 0).all(), f"k={k}: every query gets k hits from a gallery of {len(db)}"
+        ranked = index.assign(q, index.nbuckets)
+        for row in range(0, len(q), 17):  # the hits come from the nearest buckets holding >= k, in order
+            held = np.cumsum(sizes[ranked[row]])
+            m = int(np.searchsorted(held, k)) + 1
+            allowed = set(ranked[row, :m])
+            buckets_of_hits = set(index.assign(db[res.ids[row]], 1)[:, 0])
+            assert buckets_of_hits <= allowed and own[row] in allowed
+            in_b = np.isin(index.assign(db, 1)[:, 0], list(allowed))
+            ref_d, ref_i = brute_force(q[row:row + 1], db[in_b], k, np.flatnonzero(in_b))
+            check_ref_knn_with_draws(ref_d, ref_i, res.distances[row:row + 1], res.ids[row:row + 1])
+    small = sizes[own] < 5
+    assert small.any(), "the test needs queries whose own bucket is short of k=5"
+    assert (index.search(q[small], len(db) + 10).ids[:, len(db):] == -1).all(), "more than all: padded"
+
+
 def test_bucket_index_files_items_and_queries_by_its_own_centres():
     db, q = clustered_codes(3000), clustered_codes(40, seed=1)
     index = create_index("buckets", BITS, nbuckets=16, e=2, kmeans_iters=3, seed=1).train(db)
@@ -334,11 +362,13 @@ def test_bucket_index_files_items_and_queries_by_its_own_centres():
     np.testing.assert_array_equal(index.centres, pack_signs(centres))
     index.add(db)
     res = index.search(q, 30)  # the same call as every index
-    explicit = index.search(q, 30, buckets=assign_buckets(q, index.centres, 2))
+    probed = index.probe(q, 30)  # the e=2 nearest centres, then more while they hold < 30 items
+    np.testing.assert_array_equal(probed[:, :2], assign_buckets(q, index.centres, 2))
+    explicit = index.search(q, 30, buckets=probed)
     np.testing.assert_array_equal(res.distances, explicit.distances)
     item_bucket = assign_buckets(db, index.centres)[:, 0]
-    for row, wanted in enumerate(assign_buckets(q, index.centres, 2)):
-        inside = np.isin(item_bucket, wanted)
+    for row, wanted in enumerate(probed):
+        inside = np.isin(item_bucket, wanted[wanted >= 0])
         assert set(res.ids[row][res.ids[row] >= 0]) <= set(np.flatnonzero(inside))
         kk = min(30, int(inside.sum()))  # a small bucket pair pads the rest of the row
         check_ref_knn_with_draws(*brute_force(q[row:row + 1], db[inside], kk, np.flatnonzero(inside)),

@@ -204,3 +204,46 @@ def test_bits_is_any_whole_number_of_bytes_and_nothing_else(capsys):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args(["index", "photos", "--out", "idx", "--bits", bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def modules_after(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Runs the command line in a fresh interpreter and reports which heavy libraries it imported."""
+    script = ("import json, sys\n"
+              "from retrieval.cli import main\n"
+              "code = main(sys.argv[1:])\n"
+              "print(json.dumps({m: m in sys.modules for m in ('torch', 'transformers', 'onnxruntime')}))\n"
+              "sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads(result.stdout.splitlines()[-1])
+
+
+def test_text_search_runs_without_torch_and_keeps_stderr_empty(clean_index):
+    crossmodal("search", str(clean_index), "warm the ONNX cache", "-k", "1")  # a first export may load torch
+    result, modules = modules_after("search", str(clean_index), "a dog runs on the grass", "-k", "3")
+    assert modules == {"torch": False, "transformers": False, "onnxruntime": True}
+    assert result.stderr == "" and len(result.stdout.splitlines()) == 4  # 3 hits and the module report
+
+
+def test_unchanged_rerun_loads_no_model(photos, clean_index, tmp_path):
+    out = tmp_path / "index"
+    shutil.copytree(clean_index, out)
+    result, modules = modules_after("index", str(photos), "--out", str(out), "-q")
+    assert "0 encoded" in result.stdout
+    assert modules == {"torch": False, "transformers": False, "onnxruntime": False}
+
+
+def test_library_warnings_are_off_stderr_unless_verbose_ours_stay():
+    from retrieval.cli import build_parser
+
+    assert build_parser().parse_args(["search", "idx", "q", "-v"]).verbose
+    assert not build_parser().parse_args(["search", "idx", "q"]).verbose
+    script = ("import sys, warnings\n"
+              "from retrieval.cli import quiet_libraries\n"
+              "quiet_libraries()\n"
+              "warnings.warn_explicit('from a library', UserWarning, 'm.py', 1, module='transformers.modeling_utils')\n"
+              "warnings.warn_explicit('using LSH', UserWarning, 'c.py', 1, module='retrieval.collection')\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "from a library" not in result.stderr and "using LSH" in result.stderr  # ours still reach the user

@@ -143,3 +143,65 @@ def test_skipping_shares_the_loop_and_reports_positions(tmp_path: Path) -> None:
     assert vectors.shape == (0, encoder.dim) and kept == [] and len(failed) == 1
     vectors, kept, failed = encoder.encode_images_skipping([])
     assert vectors.shape == (0, encoder.dim) and kept == [] and failed == []
+
+
+def test_tokenizers_library_gives_transformers_ids_and_masks() -> None:
+    """The lite encoder tokenizes with ``tokenizers`` alone (no transformers import on a search)."""
+    from transformers import AutoTokenizer
+
+    from common.lite_files import minilm_dir
+
+    texts = TEXTS + ["Ünïcödé CAFÉ, naïve:  tabs\tand\nnewlines", "x"]
+    lite = LiteEncoder(device="cpu", runtime="torch")
+    expected = AutoTokenizer.from_pretrained(minilm_dir())(texts, padding=True, truncation=True, max_length=64,
+                                                           return_tensors="np")
+    ids, mask = lite.token_arrays(texts)
+    assert ids.shape == (len(texts), 64), "the long text is truncated to text_max_length"
+    np.testing.assert_array_equal(ids, expected["input_ids"])
+    np.testing.assert_array_equal(mask, expected["attention_mask"])
+
+
+@needs_ort
+def test_onnx_graphs_are_exported_once_then_only_read_per_tower(tmp_path, monkeypatch, reference) -> None:
+    import retrieval.encoders.lite as lite_module
+
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    first = LiteEncoder(device="cpu")
+    assert first.is_loaded == {"model": False, "image": False, "text": False}, "construction loads nothing"
+    texts = first.encode_texts(TEXTS)
+    assert cosines(texts, reference["texts"]).min() >= 0.9999
+    assert first.is_loaded == {"model": False, "image": False, "text": True}, "the towers exported from are let go"
+    files = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert len(files) == 2 and files[0].endswith("-image.onnx") and files[1].endswith("-text.onnx")
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the graphs are cached: nothing may be exported again")
+
+    monkeypatch.setattr(lite_module, "export_graphs", no_export)
+    second = LiteEncoder(device="cpu")
+    np.testing.assert_allclose(second.encode_texts(TEXTS), texts, atol=1e-6)
+    assert second.is_loaded == {"model": False, "image": False, "text": True}, "a text query: the text graph only"
+    images = second.encode_images(textured_images(), batch_size=3)
+    assert cosines(images, reference["images"]).min() >= 0.9999
+    assert second.is_loaded == {"model": False, "image": True, "text": True}
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == files, "no temporary files left behind"
+
+
+def test_onnx_cache_key_follows_the_weights_and_int8(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from common.lite_files import WEIGHTS_DIR, read_config
+    from retrieval.encoders.onnx_cache import cache_dir, graphs_key
+
+    config = read_config(WEIGHTS_DIR)
+    key = graphs_key(WEIGHTS_DIR, config, int8=False)
+    assert key == graphs_key(WEIGHTS_DIR, config, int8=False) != graphs_key(WEIGHTS_DIR, config, int8=True)
+    copy = shutil.copytree(WEIGHTS_DIR, tmp_path / "lite")
+    assert graphs_key(copy, config, int8=False) == key, "the key is the content, not the path"
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert graphs_key(copy, config, int8=False) != key, "other weights, other graphs"
+    monkeypatch.delenv("CROSSMODAL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "crossmodal"

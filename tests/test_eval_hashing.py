@@ -238,3 +238,18 @@ def test_fit_embeddings_made_by_another_encoder_are_refused(tmp_path, capsys):
     dh.save_embeddings(cache, {"train_image": np.zeros((2, 8))})
     check_cache_encoder(cache, ToyEncoder(dim=4))
     assert "records no encoder fingerprint" in capsys.readouterr().out
+
+
+def test_cli_hasher_arg_reaches_the_method_and_a_bad_one_is_a_usage_error(tmp_path, capsys):
+    write_wiki_like(tmp_path / "w.mat")
+    report = cli.main(["--dataset", "wiki", "--data", str(tmp_path / "w.mat"), "--method", "mgsgh", "--bits", "16",
+                       "--supervised", "--no-progress", "--hasher-arg", "mgsgh.epochs=2",
+                       "--hasher-arg", "mgsgh.hidden_dim=16", "--hasher-arg", "mgsgh.progress=false"])
+    assert report["hasher_args"] == {"mgsgh": {"epochs": 2, "hidden_dim": 16, "progress": False}}
+    assert 0 <= report["results"]["mgsgh"]["16"]["i2t"]["map@50"] <= 1
+    for bad, says in ((["--hasher-arg", "mgsgh.no_such=1"], "--hasher-arg mgsgh"),
+                      (["--hasher-arg", "itq.epochs=1"], "not among --method")):
+        with pytest.raises(SystemExit):
+            cli.main(["--dataset", "wiki", "--data", str(tmp_path / "w.mat"), "--method", "mgsgh", "--bits", "16",
+                      *bad])
+        assert says in capsys.readouterr().err

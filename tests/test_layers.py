@@ -56,10 +56,11 @@ def test_light_modules_do_not_load_torch(module):
 
 def test_model_rerankers_are_created_by_name_without_being_imported_first():
     code = ("import sys; from rerank import available_rerankers, reranker_class;"
-            "assert 'rerank.cross_encoder' not in sys.modules;"
-            "print(available_rerankers(), reranker_class('cross').__module__)")
+            "assert 'rerank.cross_encoder' not in sys.modules and 'rerank.vlm' not in sys.modules;"
+            "print(available_rerankers(), reranker_class('cross').__module__, reranker_class('vlm').__module__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['blip2', 'cross', 'float', 'rewrite'] rerank.cross_encoder", out.stderr
+    assert out.stdout.strip() == "['blip2', 'cross', 'float', 'rewrite', 'vlm'] rerank.cross_encoder rerank.vlm", \
+        out.stderr
 
 
 #: The old homes of common/'s modules (removed): nothing may import them again.
@@ -98,3 +99,82 @@ def test_the_shim_checker_resolves_relative_imports(tmp_path, monkeypatch):
     module = tmp_path / "retrieval" / "encoders" / "probe.py"
     module.write_text("from ..hub import x\nfrom .. import images\ndef f():\n    import retrieval.atomic\n")
     assert MOVED_TO_COMMON <= absolute_imports(module)
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def own_imports(path: Path, root: Path, modules: set[str]) -> set[str]:
+    """Our modules that ``path`` imports at run time (also inside functions; ``if TYPE_CHECKING:`` is
+    not an import); a module importing the package it lives in is the normal case and left out."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for n in ast.walk(node)}
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            within = parts[:len(parts) - node.level + 1] if node.level else []
+            base = ".".join(within + ([node.module] if node.module else []))
+            out.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    return {m for m in out & modules if m != name and not name.startswith(m + ".")}
+
+
+def import_cycles(root: Path, packages: list[str]) -> list[list[str]]:
+    """Groups of our modules that import each other, directly or round a loop (Tarjan's SCCs)."""
+    paths = {module_name(p, root): p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))}
+    edges = {m: own_imports(p, root, set(paths)) for m, p in paths.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in paths:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_two_modules_import_each_other():
+    assert import_cycles(ROOT, list(LAYER)) == []
+
+
+def test_the_cycle_checker_sees_function_level_cycles_and_skips_type_checking(tmp_path):
+    (tmp_path / "hashing" / "index").mkdir(parents=True)
+    (tmp_path / "hashing" / "__init__.py").write_text("")
+    (tmp_path / "hashing" / "index" / "__init__.py").write_text("from .base import X\n")
+    (tmp_path / "hashing" / "index" / "base.py").write_text("def save():\n    from .io import save_index\n")
+    (tmp_path / "hashing" / "index" / "io.py").write_text("from .base import X\n")
+    (tmp_path / "hashing" / "index" / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .io import save_index\n")
+    assert import_cycles(tmp_path, ["hashing"]) == [["hashing.index.base", "hashing.index.io"]]
+    (tmp_path / "hashing" / "index" / "io.py").write_text("from .typed import Y\n")
+    assert import_cycles(tmp_path, ["hashing"]) == []

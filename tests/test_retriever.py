@@ -366,3 +366,18 @@ def test_the_cascade_hands_the_reranker_the_float_best_of_the_hamming_top_n(path
     assert hits_of(stored.search_embeddings(query, "image", k=20, candidates=20, rerank=False)[0]) == hits_of(hits)
     with pytest.raises(ValueError, match=r"hamming_candidates\['text'\] must be an int >= 1 or None"):
         Retriever(ToyEncoder(), "itq", hamming_candidates={"text": 0})
+
+
+def test_bucket_index_retriever_answers_k_hits():
+    """Issue 22: 3,000 items under index="buckets" (1,024 buckets, about 3 items each) answered 1-3 hits for k=5."""
+    from hashing import create_hasher
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 256)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    r = Retriever(encoder="lite", hasher=create_hasher("itq", 64).fit(x, x), index="buckets")  # lite: lazy, unloaded
+    r.add_vectors("image", x, [None] * len(x))
+    q = rng.standard_normal((50, 256)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for rerank in (False, "float"):
+        assert {len(hits) for hits in r.search_embeddings(q, "text", k=5, rerank=rerank)} == {5}

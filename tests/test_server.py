@@ -173,10 +173,10 @@ def test_uploaded_image_finds_captions_and_images(client):
 
 def test_more_like_this_searches_with_an_indexed_item(client):
     blue = NAMES.index("blue")
-    body = client.get("/search", params={"item": blue, "modality": "image", "target": "image", "k": 4}).json()
+    body = client.get(f"/items/{blue}/similar", params={"modality": "image", "target": "image", "k": 4}).json()
     assert body["query"] == {"type": "item", "id": blue, "modality": "image"}
     assert body["hits"][0]["id"] == blue and body["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
-    caption = client.get("/search", params={"item": NAMES.index("green"), "modality": "text", "k": 2}).json()
+    caption = client.get(f"/items/{NAMES.index('green')}/similar", params={"modality": "text", "k": 2}).json()
     assert caption["target"] == "image" and caption["hits"][0]["payload"] == {"name": "green"}
 
 
@@ -238,26 +238,34 @@ def test_openapi_documents_every_endpoint(client):
     assert {"/search", "/items/{item_id}", "/items/{item_id}/thumbnail", "/health", "/stats"} <= set(spec["paths"])
     assert set(spec["paths"]["/search"]) == {"get", "post"}
     assert "HitOut" in spec["components"]["schemas"]
+    # what the server enforces is in the document (issue 22): a client built from it sends nothing refused
+    q = next(p for p in spec["paths"]["/search"]["get"]["parameters"] if p["name"] == "q")
+    assert q["required"] and q["schema"]["minLength"] == 1 and q["schema"]["pattern"] == r"\S"
+    assert q["schema"]["maxLength"] == 1000
+    assert "item" not in {p["name"] for p in spec["paths"]["/search"]["get"]["parameters"]}
+    assert "/items/{item_id}/similar" in spec["paths"]
+    rerank = next(p for p in spec["paths"]["/search"]["get"]["parameters"] if p["name"] == "rerank")
+    assert rerank["schema"]["enum"] == ["float", "none"]
+    body = spec["components"]["schemas"][spec["paths"]["/search"]["post"]["requestBody"]["content"]
+                                         ["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert body["properties"]["file"]["minLength"] == 1 and body["required"] == ["file"]
+    # no token: no security scheme, no operation asks for an Authorization header
+    assert "securitySchemes" not in spec.get("components", {})
+    assert not any("security" in op for ops in spec["paths"].values() for op in ops.values())
 
 
 # -- bad requests -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("params, status, fragments", [
-    ({}, 422, ["'q'", "'item'"]),
-    ({"q": ""}, 422, ["'q' is empty"]),
-    ({"q": "   "}, 422, ["'q' is empty"]),
-    ({"q": "red", "item": 1}, 422, ["not both"]),
+    ({}, 422, ["query parameter 'q'", "required"]),  # items are searched at /items/{id}/similar
+    ({"q": ""}, 422, ["query parameter 'q'", "at least 1 character"]),
+    ({"q": "   "}, 422, ["query parameter 'q'", "pattern"]),  # the document's rule: one non-space character
     ({"q": "red", "k": 0}, 422, ["'k'"]),
     ({"q": "red", "k": 51}, 422, ["'k'", "50"]),
     ({"q": "red", "k": "ten"}, 422, ["'k'", "integer"]),
     ({"q": "red", "rerank": "bogus"}, 422, ["'rerank'", "float, none", "'bogus'"]),
     ({"q": "red", "rerank": "cross"}, 422, ["'rerank'"]),
     ({"q": "red", "target": "video"}, 422, ["'target'"]),
-    ({"item": 1, "modality": "audio"}, 422, ["'modality'"]),
-    ({"q": "x" * 1001}, 422, ["1001 characters"]),
-    ({"item": 999}, 404, ["no image with id 999"]),
-    ({"item": -1}, 404, ["no image with id -1"]),
-    ({"item": 999, "modality": "text"}, 404, ["no text with id 999"]),
-    ({"item": "../../etc/passwd"}, 422, ["'item'"]),
+    ({"q": "x" * 1001}, 422, ["query parameter 'q'", "at most 1000 characters"]),
 ])
 def test_bad_searches_are_json_4xx_naming_the_problem(client, params, status, fragments):
     assert_json_error(client.get("/search", params=params), status, *fragments)
@@ -269,6 +277,11 @@ def test_bad_searches_are_json_4xx_naming_the_problem(client, params, status, fr
     ("/items/abc", 422, ["'item_id'", "integer"]),
     ("/items/1?modality=video", 422, ["'modality'"]),
     ("/items/999/thumbnail", 404, ["no image with id 999"]),
+    ("/items/1/similar?modality=audio", 422, ["'modality'"]),
+    ("/items/999/similar", 404, ["no image with id 999"]),
+    ("/items/-1/similar", 404, ["no image with id -1"]),
+    ("/items/999/similar?modality=text", 404, ["no text with id 999"]),
+    ("/items/..%2F..%2Fetc%2Fpasswd/similar", 404, []),
     ("/items/1.5/thumbnail", 422, ["'item_id'"]),
     ("/nowhere", 404, ["no such endpoint"]),
     ("/static/missing.js", 404, []),
@@ -361,6 +374,10 @@ def test_bearer_token_guards_the_api_not_the_page(retriever):
             assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert response.headers["www-authenticate"] == "Bearer"
         assert upload(c, png_bytes("red")).status_code == 401
+        spec = c.get("/openapi.json").json()  # the document declares the bearer scheme the server enforces
+        assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert spec["paths"]["/stats"]["get"]["security"] == [{"HTTPBearer": []}]
+        assert "security" not in spec["paths"]["/health"]["get"]
 
 
 # -- choices of target and reranker -----------------------------------------------------------------
@@ -372,16 +389,17 @@ def test_images_only_index_answers_image_queries_with_images(image_dir):
         body = upload(c, png_bytes("magenta"), params={"k": 2}).json()
         assert body["target"] == "image" and Path(body["hits"][0]["path"]).name == "magenta.png"
         assert c.get("/search", params={"q": "magenta"}).json()["target"] == "image"
-        assert_json_error(c.get("/search", params={"q": "red", "target": "text"}), 422, "no texts", "12 images")
+        empty = c.get("/search", params={"q": "red", "target": "text"})  # searched, nothing there: no hits
+        assert empty.status_code == 200 and empty.json()["target"] == "text" and empty.json()["hits"] == []
 
 
 def test_cross_modal_only_reranker_is_refused_by_name_for_image_to_image(retriever):
     # cross is never run here (warm_up off): the checks happen before any model call
     app = create_app(retriever, rerank=["cross", "float"], warm_up=False)
     with LiveServer(app) as live, httpx.Client(base_url=live.url) as c:
-        asked = c.get("/search", params={"item": 0, "target": "image", "rerank": "cross"})
+        asked = c.get("/items/0/similar", params={"target": "image", "rerank": "cross"})
         assert_json_error(asked, 422, "'cross'", "image -> image", "rerank='float'")
-        default = c.get("/search", params={"item": 0, "target": "image", "k": 3}).json()
+        default = c.get("/items/0/similar", params={"target": "image", "k": 3}).json()
         assert default["rerank"] == "float" and default["hits"][0]["id"] == 0
         assert c.get("/stats").json()["rerank"] == {"default": "cross", "allowed": ["cross", "float", "none"]}
 
@@ -409,7 +427,10 @@ def request_mix() -> list[tuple[str, dict, bytes | None]]:
 
 async def fetch(client: httpx.AsyncClient, request: tuple[str, dict, bytes | None]) -> list[tuple]:
     method, params, data = request
-    if method == "GET":
+    if method == "GET" and "item" in params:
+        params = dict(params)
+        response = await client.get(f"/items/{params.pop('item')}/similar", params=params)
+    elif method == "GET":
         response = await client.get("/search", params=params)
     else:
         response = await client.post("/search", params=params, files={"file": ("q.png", data, "image/png")})

@@ -123,3 +123,52 @@ def test_codes_only_stores_keep_no_vectors(tmp_path):
             tx.append("image", codes(3), None, [None] * 3, [None] * 3)
         assert store.fetch("image", [0])[1] is None
     assert sorted(p.name for p in (tmp_path / "s" / "chunks").iterdir()) == ["image-00000000.codes.npy"]
+
+
+def two_chunk_store(path):
+    with Store.create(path, dim=32, bits=64) as store:
+        for seed in (0, 1):
+            with store.transaction() as tx:
+                tx.append("text", codes(40, seed), unit(40, seed=seed), [f"t{i}" for i in range(40)], [None] * 40)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["vectors", "codes"])
+def test_a_truncated_chunk_file_is_refused_at_open_with_its_name(tmp_path, kind):
+    path = two_chunk_store(tmp_path / "s")
+    target = path / "chunks" / f"text-00000001.{kind}.npy"
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=rf"text-00000001\.{kind}\.npy: {len(data) // 2:,} bytes on disk, "
+                                         rf"its commit recorded {len(data):,}"):
+        Store.open(path)
+    target.unlink()
+    with pytest.raises(StoreError, match=rf"text-00000001\.{kind}\.npy: committed chunk file is missing"):
+        Store.open(path)
+
+
+def test_a_changed_chunk_file_of_the_same_size_fails_its_checksum(tmp_path):
+    path = two_chunk_store(tmp_path / "s")
+    for kind in ("codes", "vectors"):
+        target = path / "chunks" / f"text-00000000.{kind}.npy"
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    with Store.open(path) as store:  # sizes agree: opening stays a stat per file
+        with pytest.raises(StoreError, match=r"text-00000000\.codes\.npy: its SHA-256 differs"):
+            list(store.live_codes("text"))  # codes are checked when first read
+        with pytest.raises(StoreError, match=r"text-00000000\.codes\.npy: its SHA-256 differs"):
+            store.verify()
+
+
+def test_stores_from_before_the_size_record_are_checked_against_their_headers(tmp_path):
+    path = two_chunk_store(tmp_path / "s")
+    db = sqlite3.connect(path / "store.sqlite")
+    db.execute("DROP TABLE chunk_files")
+    db.commit()
+    db.close()
+    Store.open(path).close()  # whole files: fine without records
+    target = path / "chunks" / "text-00000000.vectors.npy"
+    target.write_bytes(target.read_bytes()[:-64])
+    with pytest.raises(StoreError, match=r"text-00000000\.vectors\.npy: .* bytes on disk"):
+        Store.open(path)

@@ -229,7 +229,8 @@ def test_bucket_index_is_uddh_search_through_the_index_interface(fitted, e) -> N
     np.testing.assert_array_equal(index.assign(dc)[:, 0], item_b)  # items filed as the hasher does
     qb = h.assign_buckets(img[:50], "image", top_e=e)
     assert [set(r) for r in index.assign(qc, e)] == [set(r) for r in qb]
-    res = index.search(qc, 20)  # the same call as every index
+    assert (index.search(qc, 20).ids >= 0).all(), "by default k hits: the next buckets are probed (issue 22)"
+    res = index.search(qc, 20, buckets=qb)  # UDDH's own rule: only the query's top-e buckets
     ranks, scanned = bucket_hamming_rank(qc, qb, dc, item_b, topk=20, outside="exclude")
     assert res.scanned_fraction == pytest.approx(scanned.mean())
     dist = (unpack_codes(qc, 16)[:, None] != unpack_codes(dc, 16)[None]).sum(-1)

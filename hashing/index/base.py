@@ -30,30 +30,11 @@ import numpy as np
 from common.checks import check_int
 
 from ..base import check_bits
+from .io import load_index, save_index
+from .registry import available_indexes, index_class, register_index  # noqa: F401 - re-exported
 
 PAD_ID = -1
 PAD_DISTANCE = np.iinfo(np.int32).max
-
-_REGISTRY: dict[str, type["BinaryIndex"]] = {}
-
-
-def register_index(cls: type["BinaryIndex"]) -> type["BinaryIndex"]:
-    """Class decorator: makes ``cls`` creatable and loadable by its ``kind`` name."""
-    if not getattr(cls, "kind", None):
-        raise TypeError(f"{cls.__name__} must set a class attribute `kind`")
-    _REGISTRY[cls.kind] = cls
-    return cls
-
-
-def available_indexes() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def index_class(kind: str) -> type["BinaryIndex"]:
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise ValueError(f"unknown index kind {kind!r}; available: {', '.join(available_indexes())}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,15 +239,11 @@ class BinaryIndex(ABC):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Atomic, versioned save to a directory (see :mod:`hashing.index.io`)."""
-        from .io import save_index
-
         return save_index(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BinaryIndex":
         """Loads a saved index; on :class:`BinaryIndex` itself it dispatches on the saved type."""
-        from .io import load_index
-
         index = load_index(path)
         if cls is not BinaryIndex and not isinstance(index, cls):
             raise ValueError(f"{path} holds a {index.kind!r} index, not {cls.kind!r}")

@@ -55,8 +55,8 @@ class BucketIndex(IVFIndex):
     until the assignment stops changing, at most ``kmeans_iters``. A centre bit tied among its
     members keeps its previous value; an empty bucket is re-seeded with the code farthest from its
     own centre. :meth:`add` files each item under its nearest centre and ``search(codes, k)`` scans the
-    ``e`` nearest. Distances to the centres use the codes' first ``prefix_bits`` bits (all of
-    them by default): UDDH files items by their content code, the prefix of its tail code, so
+    ``e`` nearest, and the next nearest while they hold fewer than ``k`` items (:meth:`probe`).
+    Distances to the centres use the codes' first ``prefix_bits`` bits (all of them by default): UDDH files items by their content code, the prefix of its tail code, so
     :meth:`hashing.uddh.UDDHHasher.bucket_index` hands over its centres with
     ``prefix_bits=content_bits``. Ties between centres go to the lower bucket id.
 
@@ -158,11 +158,39 @@ class BucketIndex(IVFIndex):
         self._sizes = None
         super()._reset()
 
+    def probe(self, codes: np.ndarray, k: int) -> np.ndarray:
+        """(nq, width) buckets each query scans, nearest first, -1 padded: its ``e`` nearest, and then
+        the next nearest until they hold at least ``k`` items (or all there are).
+
+        Why: UDDH scans the query's own buckets only (§III-C), which answers fewer than ``k`` hits
+        whenever those hold fewer than ``k`` items; a caller asking for ``k`` from a gallery of at
+        least ``k`` must get ``k``. Our choice, where the paper is silent: widen in order of centre
+        distance, the same order that picked the first buckets, so the hits stay the nearest buckets'.
+        """
+        codes = check_codes(codes, self.bits)
+        first = self.assign(codes, self.e)
+        if self._sizes is None:
+            self._sizes = self.list_sizes()
+        need = min(int(k), self.ntotal)
+        short = np.flatnonzero(self._sizes[first].sum(axis=1) < need)
+        if not len(short):
+            return first
+        ranked = self.assign(codes[short], self.nbuckets)  # the rows that need more: every bucket, nearest first
+        held = np.cumsum(self._sizes[ranked], axis=1)
+        reach = np.maximum((held < need).sum(axis=1) + 1, first.shape[1])
+        width = int(min(reach.max(), self.nbuckets))
+        out = np.full((len(codes), width), -1, dtype=np.int64)
+        out[:, :first.shape[1]] = first
+        wide = ranked[:, :width].copy()
+        wide[np.arange(width)[None, :] >= reach[:, None]] = -1
+        out[short] = wide
+        return out
+
     def _search(self, codes: np.ndarray, k: int, buckets: Any = None) -> SearchResult:
-        """``buckets``: (nq,) or (nq, e) bucket ids per query, best first, instead of the ``e`` nearest
-        centres; -1 entries and repeats are skipped."""
+        """``buckets``: (nq,) or (nq, e) bucket ids per query, best first, instead of :meth:`probe`'s
+        choice; -1 entries and repeats are skipped (and a caller's buckets are scanned as given)."""
         if buckets is None:
-            buckets = self.assign(codes, self.e)
+            buckets = self.probe(codes, k)
         qb = self._check_buckets(buckets, len(codes), "query buckets").reshape(len(codes), -1)
         if qb.shape[1] == 0:
             raise ValueError("query buckets must name at least one bucket per query, got shape (nq, 0)")

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from ..base import atomic_write_dir
-from .base import BinaryIndex, index_class
+from .registry import index_class
+
+if TYPE_CHECKING:
+    from .base import BinaryIndex
 
 FORMAT_VERSION = 1
 META_NAME = "index.json"
@@ -30,7 +33,7 @@ FAISS_NAME = "index.faiss"
 ARRAYS_NAME = "arrays.safetensors"
 
 
-def save_index(index: BinaryIndex, path: str | os.PathLike) -> Path:
+def save_index(index: "BinaryIndex", path: str | os.PathLike) -> Path:
     from safetensors.numpy import save_file
 
     meta = {
@@ -73,7 +76,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_index(path: str | os.PathLike) -> BinaryIndex:
+def load_index(path: str | os.PathLike) -> "BinaryIndex":
     from safetensors.numpy import load_file
 
     path = Path(path)

@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from .base import Encoder
-from .hf_encoder import TransformersEncoder
 from .lite import LiteEncoder
-from .open_clip_encoder import OpenClipEncoder, is_open_clip_id
 
 __all__ = ["Encoder", "LiteEncoder", "OpenClipEncoder", "TransformersEncoder", "load_encoder"]
+
+#: Loaded on first use: both import torch, which the lite encoder's ONNX path never needs.
+_LAZY = {"TransformersEncoder": ".hf_encoder", "OpenClipEncoder": ".open_clip_encoder"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_encoder(model_id: str = "lite", **kwargs: Any) -> Encoder:
@@ -34,6 +43,9 @@ def load_encoder(model_id: str = "lite", **kwargs: Any) -> Encoder:
         return LiteEncoder(**kwargs)
     if model_id == "lite:int8":
         return LiteEncoder(int8=True, **kwargs)
+    from .hf_encoder import TransformersEncoder
+    from .open_clip_encoder import OpenClipEncoder, is_open_clip_id
+
     if model_id.startswith("transformers:"):
         return TransformersEncoder(model_id, **kwargs)
     path = Path(model_id).expanduser()

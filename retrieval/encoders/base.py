@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from common.device import default_device
 from common.images import ImageInput, describe, load_image
 from common.texts import check_texts
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
@@ -35,7 +35,11 @@ class Encoder(ABC):
     #: Identifier that :func:`retrieval.load_encoder` resolves back to this encoder.
     model_id: str = ""
 
-    def __init__(self, device: str | torch.device | None = None, precision: str | None = None) -> None:
+    def __init__(self, device: "str | torch.device | None" = None, precision: str | None = None) -> None:
+        import torch
+
+        from common.device import default_device
+
         self.device = torch.device(device) if device is not None else default_device()
         if precision is None:
             precision = "fp16" if self.device.type == "cuda" else "fp32"
@@ -70,8 +74,18 @@ class Encoder(ABC):
         """
         return {}
 
+    def load(self, modalities: Sequence[str] = ("image", "text")) -> None:
+        """Loads what encoding ``modalities`` needs now rather than at first use.
+
+        Encoders that load in their constructor have nothing left to do; a lazy one (the lite
+        encoder loads each tower on first use) loads here, so a caller can time loading apart from
+        encoding (the folder indexer reports both).
+        """
+
     # -- shared machinery ----------------------------------------------------------------------
     def autocast(self) -> Any:
+        import torch
+
         if self.precision == "fp32":
             return torch.autocast(self.device.type, enabled=False)
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
@@ -97,6 +111,9 @@ class Encoder(ABC):
         costs no wall time as long as it is faster than the forward pass (issue 13). With
         ``skip`` an unreadable image becomes ``(position, reason)``; without, its error is raised.
         """
+        import torch
+        from tqdm.auto import tqdm
+
         n = len(check_images(images))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -160,6 +177,9 @@ class Encoder(ABC):
         Batches keep the input order (no sorting by length): ``eval.sharded`` and the embedding
         cache rely on a batch's texts, hence its padding and its numbers, being the same in any run.
         """
+        import torch
+        from tqdm.auto import tqdm
+
         texts = check_texts(texts)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -179,7 +199,9 @@ class Encoder(ABC):
         return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device})"
 
 
-def normalize(features: torch.Tensor) -> np.ndarray:
+def normalize(features: "torch.Tensor") -> np.ndarray:
+    import torch
+
     features = torch.nn.functional.normalize(features.float(), dim=-1)
     return features.cpu().numpy()
 

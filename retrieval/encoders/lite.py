@@ -1,25 +1,39 @@
 """The embedded offline dual encoder ("lite"): :mod:`common.lite_model`'s towers behind the Encoder interface.
 
-On CPU in fp32 both forward passes run in ONNX Runtime (exported from the loaded model at load
-time); elsewhere in PyTorch.
+On CPU in fp32 the forward passes run in ONNX Runtime, from graphs exported once per user and
+weights (:mod:`.onnx_cache`); elsewhere in PyTorch. Nothing is loaded at construction: each tower
+is loaded the first time it is used, so a text search loads only the text graph, an image search
+only the image graph, and opening a retriever to find that nothing needs encoding loads neither.
+With the ONNX runtime, text encoding imports no torch at all (the ``tokenizers`` library and ONNX
+Runtime only); image encoding still preprocesses with torchvision, the transform the index was
+built with.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import nn
 
-from common.lite_model import WEIGHTS_DIR, LiteModel, image_transform, load_lite_model
+from common.device import gpu_may_be_present
+from common.lite_files import WEIGHTS_DIR, WEIGHTS_NAME, minilm_dir, read_config
+from common.texts import check_texts
 
-from .base import Encoder
+from .base import Encoder, show
+from .onnx_cache import cached_graphs
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from common.lite_model import LiteModel
 
 
 RUNTIMES = ("onnxruntime", "torch")
@@ -27,76 +41,124 @@ RUNTIMES = ("onnxruntime", "torch")
 
 def onnxruntime_available() -> bool:
     """Both packages: onnx for the export, onnxruntime to run it."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from importlib.util import find_spec
+
+    return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
 
 
-class _ImageGraph(nn.Module):
-    def __init__(self, model: LiteModel) -> None:
-        super().__init__()
-        self.model = model
+def _graph_modules(model: "LiteModel") -> tuple["nn.Module", "nn.Module"]:
+    """The two forward passes as modules torch.onnx can trace (defined here so torch loads only on export)."""
+    from torch import nn
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.image_features(pixels)
+    class ImageGraph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+            return self.model.image_features(pixels)
+
+    class TextGraph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+            return self.model.text_features(input_ids, attention_mask)
+
+    return ImageGraph(), TextGraph()
 
 
-class _TextGraph(nn.Module):
-    def __init__(self, model: LiteModel) -> None:
-        super().__init__()
-        self.model = model
+def export_graphs(model: "LiteModel", int8: bool = False) -> dict[str, bytes]:
+    """Both towers of a loaded model as ONNX graphs: ``{"image": ..., "text": ...}``.
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.text_features(input_ids, attention_mask)
+    The graphs are traced from the loaded model, so they carry exactly its weights (cosine to the
+    PyTorch forward >= 0.9999 is tested). ``int8`` quantises the text tower's matrix products
+    dynamically (ONNX Runtime's ``quantize_dynamic``, as sentence-transformers' ONNX int8 exports do).
+    """
+    import torch
+
+    image_graph, text_graph = _graph_modules(model)
+    size = model.config["image_size"]
+    tokens = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
+    image = export(image_graph, (torch.zeros(2, 3, size, size),), ["pixels"], {"pixels": {0: "batch"}})
+    text = export(text_graph, tokens, ["input_ids", "attention_mask"],
+                  {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}})
+    return {"image": image, "text": quantize_dynamic(text) if int8 else text}
 
 
 class OnnxTowers:
-    """Both forward passes exported to ONNX (in memory, at load time) and run by ONNX Runtime.
+    """The two forward passes in ONNX Runtime, each session made on first use.
 
     Why: on CPU the image forward pass is the whole cost of encoding, and on the project's 2-core
     AMD EPYC machine PyTorch runs it at 41 images/s (68 channels_last) where ONNX Runtime runs the
-    same fp32 graph at 311/s (``python -m eval.bench --stages encode``, README). The
-    graphs are traced from the loaded model, so they carry exactly its weights (cosine to the
-    PyTorch forward >= 0.9999 is tested); exporting both takes under a second, so nothing is cached
-    on disk. ``int8`` quantises the text tower's matrix products dynamically (ONNX Runtime's
-    ``quantize_dynamic``, as sentence-transformers' ONNX int8 exports do): approximate, opt-in.
+    same fp32 graph at 311/s (``python -m eval.bench --stages encode``, README). Exporting the
+    graphs means loading both PyTorch towers (seconds), so it happens once per user and weights:
+    :func:`.onnx_cache.cached_graphs` keeps them keyed by the weights' SHA-256, and a session only
+    reads its file. ``int8``: see :func:`export_graphs`; approximate, opt-in.
     """
 
-    def __init__(self, model: LiteModel, threads: int, int8: bool = False) -> None:
-        import onnxruntime as ort
+    def __init__(self, weights: Path, config: dict[str, Any], threads: int | None, int8: bool = False,
+                 model: Any = None) -> None:
+        self.weights, self.config, self.threads, self.int8 = weights, config, threads, int8
+        self._model = model  # a loaded LiteModel to export from on a cache miss (else loaded then)
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        tokens = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
-        image = export(_ImageGraph(model), (torch.zeros(2, 3, model.config["image_size"], model.config["image_size"]),),
-                       ["pixels"], {"pixels": {0: "batch"}})
-        text = export(_TextGraph(model), (tokens["input_ids"], tokens["attention_mask"]), ["input_ids", "attention_mask"],
-                      {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}})
-        if int8:
-            text = quantize_dynamic(text)
-        providers = ["CPUExecutionProvider"]
-        self.image = ort.InferenceSession(image, options, providers=providers)
-        self.text = ort.InferenceSession(text, options, providers=providers)
-        self.int8 = int8
+    def _export(self) -> dict[str, bytes]:
+        from common.lite_model import load_lite_model
 
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = np.ascontiguousarray(pixels.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.image.run(None, {"pixels": x})[0])
+        model = self._model() if callable(self._model) else self._model
+        return export_graphs(model if model is not None else load_lite_model(self.weights), self.int8)
 
-    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feeds = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
-        return torch.from_numpy(self.text.run(None, feeds)[0])
+    def session(self, tower: str) -> Any:
+        with self._lock:
+            if tower not in self._sessions:
+                import onnxruntime as ort
+
+                ort.set_default_logger_severity(3)  # errors only: its optimiser's notes are not the user's business
+                options = ort.SessionOptions()
+                if self.threads:
+                    options.intra_op_num_threads = max(1, self.threads)
+                options.inter_op_num_threads = 1
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                graph = cached_graphs(self.weights, self.config, self.int8, self._export)[tower]
+                self._sessions[tower] = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph),
+                                                             options, providers=["CPUExecutionProvider"])
+            return self._sessions[tower]
+
+    @property
+    def image(self) -> Any:
+        return self.session("image")
+
+    @property
+    def text(self) -> Any:
+        return self.session("text")
+
+    def image_array(self, pixels: np.ndarray) -> np.ndarray:
+        return self.image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def text_array(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": np.asarray(input_ids, dtype=np.int64),
+                 "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        return self.text.run(None, feeds)[0]
+
+    def image_features(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.image_array(pixels.detach().cpu().numpy()))
+
+    def text_features(self, input_ids: "torch.Tensor", attention_mask: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.text_array(input_ids.cpu().numpy(), attention_mask.cpu().numpy()))
 
 
-def export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
+def export(module: "nn.Module", args: tuple["torch.Tensor", ...], names: list[str],
            dynamic_axes: dict[str, dict[int, str]]) -> bytes:
     """TorchScript-based ONNX export (opset 17) to bytes; the tracer's warnings are expected."""
+    import torch
+
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -123,28 +185,55 @@ def quantize_dynamic(graph: bytes) -> bytes:
         return target.read_bytes()
 
 
+def text_tokenizer(max_length: int) -> Any:
+    """all-MiniLM-L6-v2's fast tokenizer from its ``tokenizer.json`` through the ``tokenizers`` library.
+
+    The same Rust tokenizer transformers' ``AutoTokenizer`` wraps (ids and masks are tested equal),
+    without importing transformers (and so torch): padding to the longest text of a batch,
+    truncation to ``max_length`` tokens, as ``tokenizer(texts, padding=True, truncation=True)``.
+    """
+    from tokenizers import Tokenizer
+
+    directory = minilm_dir()
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    pad = tokenizer.token_to_id("[PAD]")
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding(pad_id=0 if pad is None else pad, pad_token="[PAD]")
+    return tokenizer
+
+
 class LiteEncoder(Encoder):
     """The embedded default encoder: ``load_encoder("lite")``.
 
     ``runtime``: ``"onnxruntime"`` (the default on CPU in fp32; a dependency of this package) or
     ``"torch"`` (the default otherwise: CUDA, fp16/bf16, onnxruntime not importable), where the
     image tower runs channels_last (about 2x on CPU, same outputs). ``int8=True`` (onnxruntime only)
-    is the approximate, faster text path; its R@K change is in the README. Threads: the session
-    uses ``torch.get_num_threads()`` at construction, so ``torch.set_num_threads`` first.
+    is the approximate, faster text path; its R@K change is in the README. Threads: the sessions use
+    ``torch.get_num_threads()`` when torch is imported, else ONNX Runtime's default (one per
+    physical core), so ``torch.set_num_threads`` first to choose.
+
+    Construction reads only ``config.json``; the towers load on first use (:attr:`model` for
+    PyTorch, :attr:`onnx` sessions per tower). ``device=None`` is the CPU, without importing torch,
+    when no GPU driver is present (:func:`common.device.gpu_may_be_present`).
     """
 
     model_id = "lite"
 
-    def __init__(self, path: str | Path = WEIGHTS_DIR, device: str | torch.device | None = None,
+    def __init__(self, path: str | Path = WEIGHTS_DIR, device: "str | torch.device | None" = None,
                  precision: str | None = None, runtime: str | None = None, int8: bool = False) -> None:
-        super().__init__(device, precision)
+        if device is None and not gpu_may_be_present():
+            device = "cpu"
+        if device is not None and str(device) == "cpu" and runtime != "torch":
+            self._cpu_without_torch(precision)  # torch.device is not needed to run ONNX Runtime
+        else:
+            super().__init__(device, precision)
         if runtime is None:
-            cpu_fp32 = self.device.type == "cpu" and self.precision == "fp32"
+            cpu_fp32 = self.device_type == "cpu" and self.precision == "fp32"
             runtime = "onnxruntime" if cpu_fp32 and onnxruntime_available() else "torch"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if runtime == "onnxruntime" and (self.device.type != "cpu" or self.precision != "fp32"):
-            raise ValueError(f"runtime='onnxruntime' runs fp32 on CPU; got device {self.device}, "
+        if runtime == "onnxruntime" and (self.device_type != "cpu" or self.precision != "fp32"):
+            raise ValueError(f"runtime='onnxruntime' runs fp32 on CPU; got device {self.device_type}, "
                              f"precision {self.precision}: use runtime='torch'")
         if runtime == "onnxruntime" and not onnxruntime_available():
             raise ImportError("runtime='onnxruntime' needs the onnxruntime and onnx packages: "
@@ -152,15 +241,81 @@ class LiteEncoder(Encoder):
         if int8 and runtime != "onnxruntime":
             raise ValueError("int8=True needs runtime='onnxruntime'")
         self.runtime = runtime
-        self.model = load_lite_model(path).to(self.device)
-        self.onnx = OnnxTowers(self.model, torch.get_num_threads(), int8) if runtime == "onnxruntime" else None
-        self.model.image_tower.to(memory_format=torch.channels_last)  # after the export: ONNX has no layouts
-        self.config = self.model.config
-        self.transform = image_transform(self.config)
-        if Path(path).resolve() != WEIGHTS_DIR:
+        self.path = Path(path)
+        if not (self.path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(
+                f"{self.path / WEIGHTS_NAME} not found: the lite encoder's trained heads are missing. Train them "
+                f"with `python scripts/train_lite.py` or reinstall the package.")
+        self.config = read_config(self.path)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        self.onnx = (OnnxTowers(self.path, self.config, self._threads(), int8, model=lambda: self._model)
+                     if runtime == "onnxruntime" else None)
+        self._transform: Any = None
+        if self.path.resolve() != WEIGHTS_DIR:
             self.model_id = str(path)
         elif int8:
             self.model_id = "lite:int8"  # other vectors than "lite": caches and saved retrievers tell them apart
+
+    def _cpu_without_torch(self, precision: str | None) -> None:
+        precision = "fp32" if precision is None else precision
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.precision = precision
+        self._device: Any = None
+
+    @staticmethod
+    def _threads() -> int | None:
+        torch = sys.modules.get("torch")
+        return torch.get_num_threads() if torch is not None else None
+
+    @property
+    def device_type(self) -> str:
+        return self.__dict__["device"].type if "device" in self.__dict__ else "cpu"
+
+    def __getattr__(self, name: str) -> Any:
+        # ``device`` of an encoder made for the CPU without torch: a torch.device made when asked for
+        if name == "device" and "_device" in self.__dict__:
+            import torch
+
+            self.__dict__["device"] = torch.device("cpu")
+            return self.__dict__["device"]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def model(self) -> "LiteModel":
+        """The PyTorch towers, loaded on first use (the ONNX runtime needs them only to export)."""
+        with self._load_lock:
+            if self._model is None:
+                import torch
+
+                from common.lite_model import load_lite_model
+
+                model = load_lite_model(self.path).to(self.device)
+                if self.onnx is None:
+                    model.image_tower.to(memory_format=torch.channels_last)  # ONNX has no layouts: only torch's
+                self._model = model
+            return self._model
+
+    def load(self, modalities: Sequence[str] = ("image", "text")) -> None:
+        for modality in modalities:
+            if modality not in ("image", "text"):
+                raise ValueError(f"modalities must be 'image' and/or 'text', got {modality!r}")
+            if self.onnx is not None:
+                self.onnx.session(modality)
+            else:
+                self.model  # noqa: B018 - loads both towers
+            if modality == "text":
+                self.tokenizer  # noqa: B018
+            else:
+                self.transform  # noqa: B018 - torchvision's preprocessing (and torch) load here, not mid-encoding
+
+    @property
+    def is_loaded(self) -> dict[str, bool]:
+        """Which parts are loaded so far: the torch ``model`` and each ONNX session."""
+        sessions = self.onnx._sessions if self.onnx is not None else {}
+        return {"model": self._model is not None, "image": "image" in sessions, "text": "text" in sessions}
 
     @property
     def dim(self) -> int:
@@ -171,24 +326,67 @@ class LiteEncoder(Encoder):
         return {k: v for k, v in self.config.items() if k.startswith("image_") and k not in
                 ("image_trainable_stages", "image_pool", "image_pool_heads", "image_tower")}
 
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+    @property
+    def transform(self) -> Any:
+        if self._transform is None:
+            from common.lite_model import image_transform
+
+            self._transform = image_transform(self.config)
+        return self._transform
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = text_tokenizer(int(self.config["text_max_length"]))
+        return self._tokenizer
+
+    def preprocess_image(self, image: "Image.Image") -> "torch.Tensor":
         return self.transform(image)
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.model.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.config["text_max_length"], return_tensors="pt"
-        ))
+    def token_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) int64 arrays, padded to the longest text."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        return ids, mask
 
-    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def tokenize(self, texts: list[str]) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        ids, mask = self.token_arrays(texts)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool | None = None) -> np.ndarray:
+        """With ONNX Runtime: the base class's loop on numpy alone (no torch import); else the base's."""
+        if self.onnx is None:
+            return super().encode_texts(texts, batch_size, progress)
+        from tqdm.auto import tqdm
+
+        texts = check_texts(texts)
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        bar = tqdm(total=n, desc="encode texts", unit="txt", disable=not show(progress, n, batch_size))
+        for start in range(0, n, batch_size):
+            chunk = texts[start:start + batch_size]
+            features = self.onnx.text_array(*self.token_arrays(chunk)).astype(np.float32)
+            norms = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
+            out[start:start + len(chunk)] = features / norms
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def forward_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
         if self.onnx is not None:
             return self.onnx.image_features(pixels)
+        import torch
+
         return self.model.image_features(pixels.contiguous(memory_format=torch.channels_last))
 
-    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_texts(self, tokens: dict[str, "torch.Tensor"]) -> "torch.Tensor":
         if self.onnx is not None:
             return self.onnx.text_features(tokens["input_ids"], tokens["attention_mask"])
-        return self.model.text_features(tokens["input_ids"], tokens["attention_mask"])
+        return self.model.text_features(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
 
     def __repr__(self) -> str:
         runtime = self.runtime + (" int8" if self.onnx is not None and self.onnx.int8 else "")
-        return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device}, runtime={runtime})"
+        return f"{type(self).__name__}({self.model_id!r}, dim={self.dim}, device={self.device_type}, runtime={runtime})"

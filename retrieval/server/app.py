@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BadRequest, error_response, install_error_handlers
 from .schemas import ErrorOut, HealthOut, ItemOut, SearchOut, StatsOut
-from .service import SearchService
+from .service import MAX_QUERY_CHARS, SearchService
 from .uploads import decode_upload
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -50,7 +50,8 @@ send `Authorization: Bearer <token>` (the page at `/` asks for it once).
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
-    for code, text in {401: "missing or wrong bearer token", 404: "unknown id", 413: "upload too large",
+    for code, text in {400: "malformed request body (e.g. broken multipart)", 401: "missing or wrong bearer token",
+                       404: "unknown id", 413: "upload too large",
                        415: "not an image", 422: "invalid parameter"}.items()
 }
 
@@ -101,19 +102,24 @@ class UploadSizeLimit:
         await self.app(scope, receive, send)
 
 
-def token_dependency(token: str | None):
-    """A FastAPI dependency: nothing without a token; else ``Authorization: Bearer <token>`` (constant-time)."""
-    bearer = HTTPBearer(auto_error=False, description="only when the server runs with --token")
+def token_dependencies(token: str | None) -> list[Any]:
+    """The routes' dependencies: none without a token; else ``Authorization: Bearer <token>`` (constant-time).
+
+    Without a token nothing is declared, so the OpenAPI document asks for no header the server
+    would ignore; with one, HTTPBearer declares the scheme and every protected operation requires
+    it. ``auto_error=False`` only so that a missing header gets the same JSON 401 as a wrong one.
+    """
+    if token is None:
+        return []
+    bearer = HTTPBearer(auto_error=False, description="the token the server was started with (--token)")
 
     async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if token is None:
-            return
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise BadRequest("missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
                              401, {"WWW-Authenticate": "Bearer"})
 
-    return require_token
+    return [Depends(require_token)]
 
 
 def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: str | None = None,
@@ -131,6 +137,7 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
     if token is not None and not token:
         raise ValueError("token must not be empty (leave it out to serve without one)")
     service = SearchService(retriever, rerank, index_name=index_name)
+    rerank_choices = {"enum": list(service.rerank_allowed)}  # the document lists what check_rerank accepts
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -148,7 +155,7 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
     install_error_handlers(app)
     app.add_middleware(UploadSizeLimit, limit=max_upload_bytes)
     app.add_middleware(ErrorCounter, counter=app.state.counter)  # added last: outermost, so it counts 413s too
-    auth = [Depends(token_dependency(token))]
+    auth = token_dependencies(token)
 
     def prefix(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
@@ -175,37 +182,51 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
     @app.get("/search", response_model=SearchOut, dependencies=auth, tags=["search"], responses=ERRORS)
     async def search_get(
         request: Request,
-        q: str | None = Query(None, description="text to search for (text -> images, or captions)"),
-        item: int | None = Query(None, description="search with an indexed item instead (\"more like this\")"),
-        modality: Literal["image", "text"] = Query("image", description="the modality of `item`"),
+        q: str = Query(description="text to search for (text -> images, or captions); at least one character "
+                                   "that is not white space", min_length=1, max_length=MAX_QUERY_CHARS,
+                       pattern=r"\S"),
         k: int = Query(10, ge=1, le=k_max, description="number of hits"),
-        rerank: str | None = Query(None, description="stage 2: one of the server's choices (see /stats)"),
+        rerank: str | None = Query(None, description="stage 2: one of the server's choices (default: the first)",
+                                   json_schema_extra=rerank_choices),
         target: TargetParam = Query(None, description="gallery to search; default: the other modality if it "
                                                       "has items, else the query's own"),
     ) -> dict[str, Any]:
-        """Text (``q``) or an indexed item (``item`` + ``modality``) as the query."""
-        if (q is None) == (item is None):
-            raise BadRequest("give exactly one of the query parameters 'q' (text to search for) and 'item' "
-                             "(the id of an indexed item)" + (", not both" if q is not None else ""))
-        if q is not None:
-            query: Any = service.text_query(q)
-            info: dict[str, Any] = {"type": "text", "text": query}
-            query_modality = "text"
-        else:
-            query = service.item_query(modality, item)
-            info = {"type": "item", "id": item, "modality": modality}
-            query_modality = modality
-        resolved = service.check_target(query_modality, target)
-        rerank_name = service.check_rerank(rerank, query_modality, resolved)
-        return await run_search(request, query, info, k, rerank_name, resolved)
+        """Text as the query. An indexed item as the query ("more like this") is
+        ``GET /items/{item_id}/similar``: one operation per kind of query, so that the document can
+        say which parameters each requires (OpenAPI cannot say "exactly one of q and item")."""
+        query = service.text_query(q)
+        resolved = service.check_target("text", target)
+        rerank_name = service.check_rerank(rerank, "text", resolved)
+        return await run_search(request, query, {"type": "text", "text": query}, k, rerank_name, resolved)
+
+    @app.get("/items/{item_id}/similar", response_model=SearchOut, dependencies=auth, tags=["search"],
+             responses=ERRORS)
+    async def search_similar(
+        request: Request,
+        item_id: int,
+        modality: Literal["image", "text"] = Query("image", description="the modality of the item (ids overlap)"),
+        k: int = Query(10, ge=1, le=k_max, description="number of hits"),
+        rerank: str | None = Query(None, description="stage 2: one of the server's choices (default: the first)",
+                                   json_schema_extra=rerank_choices),
+        target: TargetParam = Query(None, description="gallery to search; default: the other modality if it "
+                                                      "has items, else the item's own"),
+    ) -> dict[str, Any]:
+        """An indexed item as the query ("more like this"): its stored vector, nothing re-encoded."""
+        query = service.item_query(modality, item_id)
+        resolved = service.check_target(modality, target)
+        rerank_name = service.check_rerank(rerank, modality, resolved)
+        return await run_search(request, query, {"type": "item", "id": item_id, "modality": modality}, k,
+                                rerank_name, resolved)
 
     @app.post("/search", response_model=SearchOut, dependencies=auth, tags=["search"], responses=ERRORS,
               max_body_size=max_upload_bytes)
     async def search_upload(
         request: Request,
-        file: UploadFile = File(..., description=f"the query image (at most {max_upload_bytes:,} bytes)"),
+        file: UploadFile = File(..., description=f"the query image, 1 to {max_upload_bytes:,} bytes",
+                                json_schema_extra={"minLength": 1, "maxLength": max_upload_bytes}),
         k: int = Query(10, ge=1, le=k_max),
-        rerank: str | None = Query(None),
+        rerank: str | None = Query(None, description="stage 2: one of the server's choices (default: the first)",
+                                   json_schema_extra=rerank_choices),
         target: TargetParam = Query(None, description="default: texts if the index has any, else images"),
     ) -> dict[str, Any]:
         """An uploaded image as the query (multipart form field ``file``): image -> captions, or images."""

@@ -60,11 +60,25 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     if exc.status_code == 404 and message == "Not Found":
         message = f"no such endpoint: {request.method} {request.url.path} (the API is listed at /docs)"
     elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
+        allowed = allowed_methods(request)
+        message = f"method {request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+        return error_response(405, message, headers={**(getattr(exc, "headers", None) or {}), "Allow": ", ".join(allowed)})
     elif exc.status_code == 413:
         limit = getattr(request.app.state, "max_upload_bytes", None)
         message = f"request body too large: uploads are limited to {limit:,} bytes" if limit else "request body too large"
     return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's own 405 names only the first route's,
+    and a path with GET and POST on two routes (``/search``) must say both (RFC 9110 §15.5.6)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:  # a path match with another method is Match.PARTIAL
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:

@@ -74,7 +74,7 @@ class SearchService:
         """The stage 2 to use. Rerankers that only score across modalities (cross, blip2) cannot rank
         image -> image: asked for by name, that is a 422; as the server's default, the best allowed
         one that can (float, else none) is used instead, and the response says which."""
-        asked = rerank is not None and rerank != ""
+        asked = rerank is not None  # "" too is a name, and not one of the choices the document lists
         name = rerank if asked else self.rerank_default
         if name not in self.rerank_allowed:
             raise BadRequest(f"query parameter 'rerank' must be one of {', '.join(self.rerank_allowed)} "
@@ -88,12 +88,14 @@ class SearchService:
         return fallback
 
     def check_target(self, query_modality: str, target: str | None) -> str | None:
-        """The retriever's rule: the other modality if that gallery has items, else the same one."""
+        """The retriever's rule: the other modality if that gallery has items, else the same one.
+
+        A target named by the client is searched even when empty (200, no hits), not refused: which
+        galleries hold items is not something the API document can state, and a client built from
+        it must not be refused for a request the document allows.
+        """
         sizes = self.sizes()
-        if target is not None:
-            if not sizes.get(target):
-                have = ", ".join(f"{n} {PLURAL[m]}" for m, n in sizes.items() if n) or "nothing"
-                raise BadRequest(f"target={target!r}: this index has no {PLURAL[target]} to search (it has {have})")
+        if target is not None:  # an empty gallery answers no hits: what the OpenAPI document can promise
             return target
         other = "text" if query_modality == "image" else "image"
         for candidate in (other, query_modality):
@@ -102,11 +104,12 @@ class SearchService:
         return None
 
     def text_query(self, q: str) -> str:
+        """The text searched; the limits are those the OpenAPI document declares (length before stripping)."""
+        if len(q) > MAX_QUERY_CHARS:
+            raise BadRequest(f"query parameter 'q' is {len(q)} characters long, more than {MAX_QUERY_CHARS}")
         q = q.strip()
         if not q:
             raise BadRequest("query parameter 'q' is empty: give the text to search for")
-        if len(q) > MAX_QUERY_CHARS:
-            raise BadRequest(f"query parameter 'q' is {len(q)} characters long, more than {MAX_QUERY_CHARS}")
         return q
 
     def lookup(self, modality: str, item_id: int) -> tuple[Any, Any]:

@@ -135,7 +135,10 @@ function searchUrl(query, push) {
   const p = params(query);
   if (push) history.pushState(null, "", "?" + p.toString());
   window.scrollTo(0, 0);
-  return run(() => api("search?" + p.toString()));
+  if (query.item === undefined) return run(() => api("search?" + p.toString()));
+  const similar = new URLSearchParams(p);  // "more like this": its own operation, the item in the path
+  similar.delete("item");
+  return run(() => api("items/" + encodeURIComponent(query.item) + "/similar?" + similar.toString()));
 }
 
 function searchFile(file) {

@@ -1,0 +1,530 @@
+"""MGSGH: Multi-Granularity Semantic Graph Hashing (IEEE Access 2024), its global branch.
+
+Source: ``../shared/papers/002_bb798a49befec461.txt`` §III-B..F and §IV-B (notes:
+``../shared/papers/NOTES.md`` §1.6, errors §5). What the paper leaves open or gets wrong, and
+what we chose, is written down in ``hashing/MGSGH.md``.
+
+Per modality: a mutual-kNN graph over the training items on Euclidean distance (eqs. 2-3), one
+GCN layer on it, the fusion layer of eq. 4 and a tanh hash layer; a decoder for the autoencoder
+loss. Loss (eq. 10) = cross-modal triplet with labels (eqs. 5-7) + reconstruction (eq. 8) +
+quantisation and bit balance (eq. 9); SGD with the §IV-B settings.
+
+Graph and encoding rule. Identical feature rows are one node (Flickr8K repeats each image for its
+five captions). Edge weights are ``exp(-d^2 / sigma^2)`` of the Euclidean distance ``d`` (sigma^2:
+mean squared k-th-neighbour distance); the GCN layer sees ``D^-1/2 (A + I) D^-1/2 X``. Because
+the graph and the inputs are fixed, that propagation is computed once, and training is
+mini-batch SGD over rows. A new item (a query, a later addition) joins the training graph alone:
+its neighbours are its k nearest training nodes of its modality (``new_item_neighbors="knn"``; or,
+``"mutual"``, only those that would also hold it within their own k-th-neighbour radius), with the
+training degrees left as they were; new items never see each other, so an item encoded alone gets
+the code it gets in any batch. A row identical to a training row (same bytes, or within float
+noise) *is* that node and gets exactly its training-time propagation, hence its trained code.
+
+The hasher keeps the training nodes (their features, raw-row digests and edges): new items need
+them to find their neighbours. The graph is built in row blocks and stored as edge lists
+(memory O(block x n) while building, O(n k) after), never as an n x n matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from common.checks import check_int, check_optional_int
+
+from .base import Hasher, as_features, check_modality, register_hasher
+from .lsh import TRANSFORMS, apply_transform, check_choice, resolve_transform
+
+MODALITIES = ("image", "text")
+NEW_ITEM_RULES = ("knn", "mutual")  # how a new item picks its training neighbours (MGSGH.md)
+_BLOCK = 2048
+#: squared distance (relative to the mean squared norm of the nodes) under which a row is a training node
+_SAME_NODE = 1e-8  # rows of one distance block while building the graph or encoding
+
+
+def _check_number(value: Any, name: str, allow_zero: bool = True) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not allow_zero)):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily sets torch's intra-op thread count (restored on exit); None leaves it alone."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- graph ---------------------------------------------------------------------------------------
+def row_digests(x: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 blake2b digests of each float32 row's bytes: how a training row is recognised."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return np.frombuffer(b"".join(hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in x),
+                         dtype=np.uint8).reshape(len(x), 16)
+
+
+def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct row, node id of every row), nodes in order of first appearance."""
+    _, first, inverse = np.unique(row_digests(x), axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # node ids follow first appearance, not digest order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
+def knn_euclidean(queries: np.ndarray, nodes: np.ndarray, k: int, *, exclude_self: bool = False,
+                  block: int = _BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, squared distances) of each query's k nearest nodes, (n, k) each, nearest first.
+
+    Computed in query blocks (memory O(block x len(nodes))). ``exclude_self``: the queries are the
+    nodes themselves and a node is not its own neighbour.
+    """
+    import torch
+
+    q, z = torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(nodes))
+    zz = (z * z).sum(1)
+    idx = np.empty((len(q), k), np.int64)
+    dist = np.empty((len(q), k), np.float32)
+    for start in range(0, len(q), block):
+        stop = min(start + block, len(q))
+        qb = q[start:stop]
+        d2 = ((qb * qb).sum(1, keepdim=True) + zz[None, :] - 2.0 * (qb @ z.T)).clamp_min(0.0)
+        if exclude_self:
+            d2[torch.arange(stop - start), torch.arange(start, stop)] = math.inf
+        val, ind = d2.topk(k, dim=1, largest=False)
+        idx[start:stop], dist[start:stop] = ind.numpy(), val.numpy()
+    return idx, dist
+
+
+@dataclass
+class Graph:
+    """A mutual-kNN graph over one modality's training nodes, as CSR edge lists.
+
+    ``radius2[j]``: squared distance of node j's k-th neighbour (the mutual test for a new item);
+    ``degree[j]``: 1 + sum of j's edge weights (the self-loop of A + I included).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+    radius2: np.ndarray
+    degree: np.ndarray
+    sigma2: float
+
+    @classmethod
+    def build(cls, nodes: np.ndarray, k: int) -> "Graph":
+        n = len(nodes)
+        k = min(k, n - 1)
+        if k < 1:
+            empty = np.zeros(0, np.int64)
+            return cls(np.zeros(n + 1, np.int64), empty, np.zeros(0, np.float32),
+                       np.zeros(n, np.float32), np.ones(n, np.float32), 1.0)
+        idx, d2 = knn_euclidean(nodes, nodes, k, exclude_self=True)
+        rows = np.repeat(np.arange(n, dtype=np.int64), k)
+        cols, dist = idx.reshape(-1), d2.reshape(-1)
+        keys = rows * n + cols
+        mutual = np.isin(keys, cols * n + rows)  # j in kNN(i) and i in kNN(j)  (eqs. 2-3)
+        sigma2 = float(d2[:, -1].mean()) or 1.0
+        rows, cols, dist = rows[mutual], cols[mutual], dist[mutual]
+        order = np.lexsort((cols, rows))
+        rows, cols, dist = rows[order], cols[order], dist[order]
+        weights = np.exp(-dist / sigma2).astype(np.float32)
+        indptr = np.zeros(n + 1, np.int64)
+        np.add.at(indptr, rows + 1, 1)
+        indptr = np.cumsum(indptr)
+        degree = 1.0 + np.bincount(rows, weights=weights, minlength=n).astype(np.float32)
+        return cls(indptr, cols, weights, d2[:, -1].astype(np.float32), degree, sigma2)
+
+    def propagate(self, x: np.ndarray) -> np.ndarray:
+        """``D^-1/2 (A + I) D^-1/2 x`` for the training nodes (the GCN layer's aggregation)."""
+        from scipy.sparse import csr_matrix
+
+        n = len(self.degree)
+        rows = np.repeat(np.arange(n), np.diff(self.indptr))
+        inv = 1.0 / np.sqrt(self.degree.astype(np.float64))
+        a = csr_matrix((self.weights * inv[rows] * inv[self.indices], self.indices, self.indptr), shape=(n, n))
+        x = np.asarray(x, np.float64)
+        return (a @ x + x * (inv * inv)[:, None]).astype(np.float32)
+
+    def propagate_new(self, queries: np.ndarray, nodes: np.ndarray, k: int, mutual: bool = False,
+                      neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """The same aggregation for items that are not training nodes (module docstring's rule):
+        their k nearest training nodes, or with ``mutual`` only those that would hold the item
+        within their own k-th-neighbour radius."""
+        k = min(k, len(nodes))
+        if k < 1:
+            return queries.copy()
+        idx, d2 = knn_euclidean(queries, nodes, k) if neighbours is None else neighbours
+        idx, d2 = idx[:, :k], d2[:, :k]
+        keep = d2 <= self.radius2[idx] if mutual else np.ones(d2.shape, bool)
+        w = np.where(keep, np.exp(-d2 / self.sigma2), 0.0).astype(np.float32)
+        deg = 1.0 + w.sum(1)
+        coef = w / np.sqrt(deg[:, None] * self.degree[idx])
+        return (queries / deg[:, None] + np.einsum("nk,nkd->nd", coef, nodes[idx])).astype(np.float32)
+
+
+# -- labels --------------------------------------------------------------------------------------
+def positive_groups(labels: Any, n: int, fallback: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(ids, multi_hot)``: one of them set. (n,) or (n, 1) integer ids stay ids (Flickr8K's image
+    ids: never expanded to a one-hot matrix over all items); (n, c) {0, 1} is multi-hot (positives
+    share a label). No labels: ``fallback`` ids (the rows' image nodes: pairs sharing an image)."""
+    if labels is None:
+        return np.asarray(fallback, np.int64), None
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.shape[:1] != (n,):
+        raise ValueError(f"labels must have one row per pair ({n}), got shape {arr.shape}")
+    if arr.ndim == 1:
+        if not np.issubdtype(arr.dtype, np.integer):
+            if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+                raise TypeError(f"labels as a vector must be integer ids, got dtype {arr.dtype}")
+        return arr.astype(np.int64), None
+    if arr.ndim == 2:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError("labels as a matrix must be multi-hot (values 0 or 1)")
+        return None, arr.astype(np.float32)
+    raise ValueError(f"labels must be (n,) ids or (n, c) multi-hot, got shape {arr.shape}")
+
+
+# -- networks ------------------------------------------------------------------------------------
+def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float):
+    """One modality: GCN layer on the propagated input, fusion layer (eq. 4), tanh-relaxed hash
+    layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation."""
+    import torch
+    from torch import nn
+
+    class Branch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(in_dim))
+            self.register_buffer("std", torch.ones(in_dim))
+            self.gcn = nn.Linear(in_dim, hidden)  # W of sigma(A_hat X W): A_hat X (or [X | A_hat X]) is the input
+            self.fusion = nn.Linear(hidden, hidden)  # M_f, beta of eq. 4 (global branch only)
+            self.hash = nn.Linear(hidden, bits)
+            self.decoder = nn.Linear(hidden, out_dim)  # back to the item's own features
+            self.drop = nn.Dropout(dropout)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(relaxed code in [-1, 1], fused representation xi / zeta)."""
+            g = self.drop(torch.relu(self.gcn((x - self.mean) / self.std)))
+            fused = self.drop(torch.relu(self.fusion(g)))
+            return torch.tanh(self.hash(fused)), fused
+
+    return Branch()
+
+
+@dataclass(frozen=True)
+class MGSGHConfig:
+    """MGSGH's settings, declared and checked once; saved with ``asdict``.
+
+    ``k``: neighbours of the mutual-kNN graphs (the paper gives none; chosen on held-out rows,
+    ``scripts/mgsgh_choose_k.py``); ``graph=False`` drops the propagation (the "Nothing" ablation:
+    an MLP of the same width). ``margin`` is the triplet's alpha, ``quantization_weight`` gamma,
+    ``balance_weight`` eta, ``reconstruction_weight`` the weight of eq. 8 (1 in eq. 10).
+    Optimiser: SGD with ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` of §IV-B.
+    """
+
+    k: int = 10
+    graph: bool = True
+    self_features: bool = True
+    hidden_dim: int = 512
+    dropout: float = 0.0
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    margin: float = 1.0
+    triplet_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    quantization_weight: float = 0.1
+    balance_weight: float = 1.0
+    new_item_neighbors: str = "knn"
+    image_transform: str = "auto"
+    text_transform: str = "auto"
+
+    def __post_init__(self) -> None:
+        checked: dict[str, Any] = {
+            "new_item_neighbors": check_choice(self.new_item_neighbors, "new_item_neighbors", NEW_ITEM_RULES),
+            "k": check_int("k", self.k, 0),
+            "hidden_dim": check_int("hidden_dim", self.hidden_dim),
+            "epochs": check_int("epochs", self.epochs, 0),
+            "batch_size": check_int("batch_size", self.batch_size, 2, note="(a positive and a negative at least)"),
+            "lr": _check_number(self.lr, "lr", allow_zero=False),
+            "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
+            "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
+        }
+        for name in ("graph", "self_features"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("dropout", "momentum", "weight_decay", "margin", "triplet_weight", "reconstruction_weight",
+                     "quantization_weight", "balance_weight"):
+            checked[name] = _check_number(getattr(self, name), name)
+        for name in ("dropout", "momentum"):
+            if checked[name] >= 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+@register_hasher
+class MGSGHHasher(Hasher):
+    """MGSGH's global branch (module docstring). ``fit(..., labels)`` takes class ids or multi-hot
+    labels; without labels, pairs that share an image (identical image rows) are the positives.
+
+    Seeded and deterministic on CPU (own RNG streams; the global torch RNG is left as it was).
+    ``progress`` and ``num_threads`` are runtime settings, not saved: batch-32 steps gain nothing
+    from more threads on a shared CPU (as for UDDH).
+    """
+
+    method = "mgsgh"
+
+    def __init__(self, bits: int = 64, seed: int = 0, *, progress: bool = True, num_threads: int | None = 1,
+                 **settings: Any) -> None:
+        """``settings``: the fields of :class:`MGSGHConfig`."""
+        super().__init__(bits=bits, seed=seed)
+        self.config = MGSGHConfig(**settings)
+        self.transforms = {"image": self.config.image_transform, "text": self.config.text_transform}
+        self.progress = bool(progress)
+        self.num_threads = check_optional_int("num_threads", num_threads)
+        self.branches: dict[str, Any] = {}
+        self.nodes: dict[str, np.ndarray] = {}  # transformed training node features
+        self.digests: dict[str, np.ndarray] = {}  # raw-row digests of the nodes
+        self.graphs: dict[str, Graph] = {}
+        self._lookup: dict[str, dict[bytes, int]] = {}
+        #: mean training loss per epoch of the last fit (diagnostic, not saved)
+        self.loss_history_: list[float] = []
+
+    # -- learning -------------------------------------------------------------------------------
+    def fit(self, image_features: np.ndarray, text_features: np.ndarray,
+            labels: np.ndarray | None = None) -> "MGSGHHasher":
+        import torch
+        from tqdm.auto import tqdm
+
+        raw = {"image": as_features(image_features, "image_features"), "text": as_features(text_features, "text_features")}
+        n = len(raw["image"])
+        if len(raw["text"]) != n:
+            raise ValueError(f"image_features has {n} rows but text_features has {len(raw['text'])}; "
+                             "row i of each must describe the same item")
+        if n < 2:
+            raise ValueError(f"need at least 2 pairs to fit, got {n}")
+        row_node, inputs = {}, {}
+        for m in MODALITIES:
+            first, row_node[m] = unique_rows(raw[m])
+            self.transforms[m] = resolve_transform(getattr(self.config, f"{m}_transform"), raw[m])
+            self.nodes[m] = apply_transform(raw[m][first], self.transforms[m], f"{m}_features")
+            self.digests[m] = row_digests(raw[m][first])
+            self.graphs[m] = Graph.build(self.nodes[m], self.config.k if self.config.graph else 0)
+            inputs[m] = self._with_self(self.nodes[m], self.graphs[m].propagate(self.nodes[m]))
+        ids, multi_hot = positive_groups(labels, n, row_node["image"])
+        self._index_digests()
+
+        with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            data = {m: torch.from_numpy(inputs[m]) for m in MODALITIES}
+            target = {m: torch.from_numpy(self.nodes[m]) for m in MODALITIES}
+            rows = {m: torch.from_numpy(row_node[m]) for m in MODALITIES}
+            branches = {m: _build_branch(data[m].shape[1], target[m].shape[1], self.config.hidden_dim, self.bits,
+                                         self.config.dropout)
+                        for m in MODALITIES}
+            stats = {}
+            for m in MODALITIES:
+                x = data[m][rows[m]]
+                branches[m].mean.copy_(x.mean(0))
+                branches[m].std.copy_(x.std(0).clamp_min(1e-6))
+                t = target[m][rows[m]]
+                stats[m] = (t.mean(0), t.std(0).clamp_min(1e-6))
+            params = [p for b in branches.values() for p in b.parameters()]
+            opt = torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum,
+                                  weight_decay=self.config.weight_decay)
+            lab_ids = None if ids is None else torch.from_numpy(ids)
+            lab_hot = None if multi_hot is None else torch.from_numpy(multi_hot)
+            gen = torch.Generator().manual_seed(self.seed)
+            self.loss_history_ = []
+            for b in branches.values():
+                b.train()
+            bs = min(self.config.batch_size, n)
+            bar = tqdm(range(self.config.epochs), desc=f"{self.method} {self.bits} bits", disable=not self.progress)
+            for _ in bar:
+                perm = torch.randperm(n, generator=gen)
+                total = 0.0
+                for start in range(0, n, bs):
+                    idx = perm[start:start + bs]
+                    if len(idx) < 2:
+                        continue
+                    if lab_ids is not None:
+                        same = lab_ids[idx][:, None] == lab_ids[idx][None, :]
+                    else:
+                        same = (lab_hot[idx] @ lab_hot[idx].T) > 0
+                    out = {m: branches[m](data[m][rows[m][idx]]) for m in MODALITIES}
+                    recon = {m: ((branches[m].decoder(out[m][1]) - (target[m][rows[m][idx]] - stats[m][0]) / stats[m][1])
+                                 ** 2).mean() for m in MODALITIES}
+                    loss = self._loss(out["image"][0], out["text"][0], same, recon["image"] + recon["text"])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                self.loss_history_.append(total / n)
+                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+        for b in branches.values():
+            b.eval()
+        self.branches = branches
+        self.input_dims = {m: int(raw[m].shape[1]) for m in MODALITIES}
+        return self
+
+    def _loss(self, hi, ht, same, reconstruction):
+        """Eq. 10 on a batch: triplet (eqs. 5-7) + reconstruction (eq. 8) + L_HS (eq. 9), as means."""
+        import torch
+
+        c = self.config
+        loss = c.reconstruction_weight * reconstruction
+        if c.triplet_weight > 0:
+            # d = squared Euclidean / bits: 4 x (Hamming / bits) once codes are binary, so margin 1
+            # asks a negative to lie a quarter of the bits further than a positive
+            d = torch.cdist(hi, ht) ** 2 / self.bits
+            neg = ~same
+            trip = 0.0
+            for dist in (d, d.T):  # image anchors vs texts (L_i), text anchors vs images (L_t)
+                t = torch.relu(dist[:, :, None] - dist[:, None, :] + c.margin)  # [a, p, n]
+                valid = same[:, :, None] & neg[:, None, :]
+                if valid.any():
+                    trip = trip + t[valid].mean()
+            loss = loss + c.triplet_weight * trip
+        h = torch.cat([hi, ht])
+        if c.quantization_weight > 0:
+            loss = loss + c.quantization_weight * ((h - torch.sign(h).detach()) ** 2).mean()
+        if c.balance_weight > 0:
+            loss = loss + c.balance_weight * ((hi.mean(0) ** 2).mean() + (ht.mean(0) ** 2).mean())
+        return loss
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _index_digests(self) -> None:
+        self._lookup = {m: {bytes(d): i for i, d in enumerate(self.digests[m])} for m in self.digests}
+        self._scale = {m: float(np.mean(np.sum(self.nodes[m].astype(np.float64) ** 2, axis=1))) or 1.0
+                       for m in self.nodes}
+
+    def propagated(self, features: np.ndarray, modality: str) -> np.ndarray:
+        """The GCN layer's input for any rows: a training row's own aggregation, else the new-item rule."""
+        check_modality(modality)
+        x = as_features(features, f"{modality} features", self.input_dims.get(modality))
+        z = apply_transform(x, self.transforms[modality], f"{modality} features")
+        graph, nodes = self.graphs[modality], self.nodes[modality]
+        k = self.config.k if self.config.graph else 0
+        if k == 0:
+            return self._with_self(z, z)  # no edges: training and new rows alike are their own aggregate
+        known = np.array([self._lookup[modality].get(bytes(d), -1) for d in row_digests(x)], np.int64)
+        if (known < 0).any():
+            # a row within float noise of a training node is that node: an encoder run on one item
+            # or on a batch differs in the last bits, and the training row must keep its trained code
+            rows = np.flatnonzero(known < 0)
+            idx, d2 = knn_euclidean(z[rows], nodes, max(1, min(k, len(nodes))))
+            same = d2[:, 0] <= _SAME_NODE * self._scale[modality]
+            known[rows[same]] = idx[same, 0]
+            neighbours = (idx[~same], d2[~same])
+        out = np.empty_like(z)
+        new = known < 0
+        if new.any():
+            out[new] = graph.propagate_new(z[new], nodes, k, mutual=self.config.new_item_neighbors == "mutual",
+                                           neighbours=neighbours)
+        if (~new).any():
+            out[~new] = self._train_rows(modality, known[~new])
+        return self._with_self(z, out)
+
+    def _with_self(self, own: np.ndarray, aggregated: np.ndarray) -> np.ndarray:
+        """``[X | A_hat X]`` with ``self_features`` and a graph (GraphSAGE-style: the network weighs an
+        item's own features against its neighbourhood's), else ``A_hat X`` (Kipf-Welling's layer)."""
+        if self._concatenates():
+            return np.concatenate([own, aggregated], axis=1)
+        return aggregated
+
+    def _concatenates(self) -> bool:
+        """k = 0 or ``graph=False`` leave no neighbourhood to set beside the own features."""
+        return self.config.self_features and self.config.graph and self.config.k > 0
+
+    def _net_in(self, modality: str) -> int:
+        d = self.input_dims[modality]
+        return 2 * d if self._concatenates() else d
+
+    def _train_rows(self, modality: str, node_ids: np.ndarray) -> np.ndarray:
+        g, x = self.graphs[modality], self.nodes[modality]
+        out = x[node_ids] / g.degree[node_ids, None]
+        for r, j in enumerate(node_ids):
+            nb = g.indices[g.indptr[j]:g.indptr[j + 1]]
+            w = g.weights[g.indptr[j]:g.indptr[j + 1]] / np.sqrt(g.degree[j] * g.degree[nb])
+            out[r] += w @ x[nb]
+        return out.astype(np.float32)
+
+    def _project(self, features: np.ndarray, modality: str) -> np.ndarray:
+        import torch
+
+        p = self.propagated(features, modality)
+        with _torch_threads(self.num_threads), torch.no_grad():
+            return self.branches[modality](torch.from_numpy(np.ascontiguousarray(p)))[0].numpy()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {**asdict(self.config), "image_transform": self.transforms["image"],
+                "text_transform": self.transforms["text"]}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {f"{m}.net.{k}": v.detach().cpu().numpy().copy()
+                 for m, b in self.branches.items() for k, v in b.state_dict().items()}
+        for m in MODALITIES:
+            g = self.graphs[m]
+            state.update({f"{m}.nodes": self.nodes[m], f"{m}.digests": self.digests[m],
+                          f"{m}.graph.indptr": g.indptr, f"{m}.graph.indices": g.indices,
+                          f"{m}.graph.weights": g.weights, f"{m}.graph.radius2": g.radius2,
+                          f"{m}.graph.degree": g.degree, f"{m}.graph.sigma2": np.array([g.sigma2], np.float64)})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        import torch
+
+        branches = {}
+        for m in MODALITIES:
+            if m not in self.input_dims:
+                raise ValueError(f"config has no input dim for {m!r}")
+            missing = [k for k in ("nodes", "digests", "graph.indptr", "graph.indices", "graph.weights",
+                                   "graph.radius2", "graph.degree", "graph.sigma2") if f"{m}.{k}" not in state]
+            if missing:
+                raise ValueError(f"mgsgh weights lack {', '.join(f'{m}.{k}' for k in missing)}")
+            nodes = np.asarray(state[f"{m}.nodes"], np.float32)
+            if nodes.ndim != 2 or nodes.shape[1] != self.input_dims[m]:
+                raise ValueError(f"{m}.nodes has shape {nodes.shape}, expected (n, {self.input_dims[m]})")
+            branch = _build_branch(self._net_in(m), self.input_dims[m], self.config.hidden_dim, self.bits,
+                                   self.config.dropout)
+            prefix = f"{m}.net."
+            sub = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
+            expected = branch.state_dict()
+            if set(sub) != set(expected):
+                raise ValueError(f"{m} network weights do not match the config: missing "
+                                 f"{sorted(set(expected) - set(sub))}, unexpected {sorted(set(sub) - set(expected))}")
+            for k, v in sub.items():
+                if v.shape != expected[k].shape:
+                    raise ValueError(f"{m}.net.{k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+            branch.load_state_dict(sub)
+            branch.eval()
+            branches[m] = branch
+            self.nodes[m] = nodes
+            self.digests[m] = np.asarray(state[f"{m}.digests"], np.uint8)
+            self.graphs[m] = Graph(*(np.asarray(state[f"{m}.graph.{k}"]) for k in
+                                     ("indptr", "indices", "weights", "radius2", "degree")),
+                                   sigma2=float(np.asarray(state[f"{m}.graph.sigma2"])[0]))
+        self.branches = branches
+        self._index_digests()
