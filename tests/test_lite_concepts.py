@@ -11,13 +11,17 @@ from PIL import Image
 from torch.nn import functional as F
 
 from common.lite_concepts import CONCEPTS_FILE, PROMPTS, imagenet_synonyms, load_concepts, save_concepts
-from common.lite_model import WEIGHTS_DIR, load_lite_model
+from common.lite_model import WEIGHTS_DIR, load_lite_model, read_config
 from eval.concept_dev import DEV_SET, load_dev_set, ranks_of_right
+
+
+OPT_IN_WEIGHT = read_config(WEIGHTS_DIR)["concept_weight_opt_in"]
 
 
 @pytest.fixture(scope="module")
 def model():
-    return load_lite_model()
+    """The lite model with the concepts on, as ``load_encoder("lite:concepts")`` runs it."""
+    return load_lite_model(concept_weight=OPT_IN_WEIGHT)
 
 
 def skimage_photo(name: str) -> Image.Image:
@@ -25,10 +29,12 @@ def skimage_photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(data, name)())
 
 
-def test_shipped_config_turns_concepts_on_and_zero_turns_them_off(model):
-    assert model.concept_weight > 0 and model.concept_embeddings.shape == (1000, model.config["embed_dim"])
-    off = load_lite_model(concept_weight=0)
-    assert off.concept_embeddings.shape[0] == 0  # nothing loaded: the pre-issue-23 model
+def test_shipped_default_is_off_and_the_opt_in_weight_turns_concepts_on(model):
+    assert model.concept_weight == OPT_IN_WEIGHT > 0
+    assert model.concept_embeddings.shape == (1000, model.config["embed_dim"])
+    off = load_lite_model()
+    assert off.concept_weight == 0  # the default "lite" is the pre-issue-23 model (see the README)
+    assert off.concept_embeddings.shape[0] == 0  # nothing loaded
     pixels = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         head = off.image_features(pixels)
@@ -81,7 +87,8 @@ def test_plain_queries_find_imagenet_objects(model):
     """What the concepts are for: plain queries find ImageNet objects in photos outside Flickr8K."""
     from retrieval import load_encoder
 
-    encoder = load_encoder("lite", device="cpu")
+    encoder = load_encoder("lite:concepts", device="cpu")
+    assert encoder.model_id == "lite:concepts"  # other vectors than "lite": caches and stores tell them apart
     data = pytest.importorskip("skimage.data")
     photos = [data.chelsea(), data.coffee(), data.stereo_motorcycle()[0], data.astronaut()]
     images = encoder.encode_images([Image.fromarray(p) for p in photos])
@@ -93,7 +100,7 @@ def test_concept_files_fail_clearly(tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
     with pytest.raises(FileNotFoundError, match=CONCEPTS_FILE):
-        load_lite_model(tmp_path)
+        load_lite_model(tmp_path, concept_weight=OPT_IN_WEIGHT)
     save_concepts(tmp_path, torch.zeros(1000, 8))
     with pytest.raises(ValueError, match=r"\(1000, 256\)"):
         load_concepts(tmp_path, 256)
@@ -139,3 +146,29 @@ def test_dev_set_names_real_photos_and_fails_clearly(tmp_path):
         load_dev_set(tmp_path / "bad.json")
     dev = load_dev_set()
     assert len(dev.paths) == len(spec["gallery"]) and all(p.is_file() for p in dev.paths)
+
+
+def test_concepts_and_plain_lite_get_different_onnx_graphs():
+    """The per-user ONNX cache keys on the concept setting, so lite:concepts never runs lite's graphs."""
+    from retrieval.encoders.onnx_cache import graphs_key
+
+    config = read_config(WEIGHTS_DIR)
+    plain = graphs_key(WEIGHTS_DIR, config, False)
+    on = graphs_key(WEIGHTS_DIR, {**config, "concept_weight": OPT_IN_WEIGHT}, False)
+    assert plain != on
+
+
+def test_lite_concepts_refuses_weights_without_a_chosen_weight(tmp_path):
+    from retrieval import load_encoder
+
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["concept_weight_opt_in"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from retrieval.encoders.lite import LiteEncoder
+
+    with pytest.raises(ValueError, match="concept_weight_opt_in"):
+        LiteEncoder(tmp_path, device="cpu", concepts=True)
+    with pytest.raises(ValueError, match="int8"):
+        load_encoder("lite:concepts", int8=True)
