@@ -27,14 +27,14 @@ them to find their neighbours. The graph is built in row blocks and stored as ed
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from common.device import torch_threads
 from common.checks import check_int, check_optional_int
 
 from .base import Hasher, as_features, check_modality, register_hasher
@@ -52,22 +52,6 @@ def _check_number(value: Any, name: str, allow_zero: bool = True) -> float:
             or value < 0 or (value == 0 and not allow_zero)):
         raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
     return float(value)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily sets torch's intra-op thread count (restored on exit); None leaves it alone."""
-    import torch
-
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # -- graph ---------------------------------------------------------------------------------------
@@ -335,7 +319,7 @@ class MGSGHHasher(Hasher):
         ids, multi_hot = positive_groups(labels, n, row_node["image"])
         self._index_digests()
 
-        with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             data = {m: torch.from_numpy(inputs[m]) for m in MODALITIES}
             target = {m: torch.from_numpy(self.nodes[m]) for m in MODALITIES}
@@ -474,7 +458,7 @@ class MGSGHHasher(Hasher):
         import torch
 
         p = self.propagated(features, modality)
-        with _torch_threads(self.num_threads), torch.no_grad():
+        with torch_threads(self.num_threads), torch.no_grad():
             return self.branches[modality](torch.from_numpy(np.ascontiguousarray(p)))[0].numpy()
 
     # -- persistence ----------------------------------------------------------------------------

@@ -14,13 +14,13 @@ What the paper leaves open, and what we chose, is written down in ``hashing/UDDH
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from common.device import torch_threads
 from common.checks import check_int, check_optional_int
 
 from .base import Hasher, as_features, check_bits, check_modality, pack_signs, register_hasher
@@ -98,22 +98,6 @@ def cluster_affinity_product(
             prod[idx[start:stop]] = s @ block_codes
             degree[idx[start:stop]] = s.sum(axis=1)
     return prod, degree
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily sets torch's intra-op thread count (restored on exit); None leaves it alone."""
-    import torch
-
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # -- networks ----------------------------------------------------------------------------------------
@@ -328,7 +312,7 @@ class UDDHHasher(Hasher):
         net = self._nets[modality]
         net.eval()
         zs, ncs, nss = [], [], []
-        with torch.no_grad(), _torch_threads(self.num_threads):
+        with torch.no_grad(), torch_threads(self.num_threads):
             for s in range(0, len(x), 8192):
                 z, nc, ns, _ = net(torch.from_numpy(np.ascontiguousarray(x[s : s + 8192])))
                 zs.append(z.numpy())
@@ -397,7 +381,7 @@ class UDDHHasher(Hasher):
         labels: np.ndarray | None = None,
     ) -> "UDDHHasher":
         """Algorithm 1 on paired rows. Unsupervised: ``labels`` is accepted and ignored."""
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             return self._fit(image_features, text_features)
 
     def _fit(self, image_features: np.ndarray, text_features: np.ndarray) -> "UDDHHasher":

@@ -111,7 +111,7 @@ def human_bytes(n: float) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .retriever import CONFIG_NAME
-    from .store import Store
+    from .stores import open_store
 
     directory = Path(args.index)
     config_file = directory / CONFIG_NAME
@@ -121,7 +121,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if config.get("format_version") != 2:
         raise UsageError(f"{directory} is a format-{config.get('format_version')} retriever; "
                          f"open it with Retriever.from_pretrained and save it again to upgrade")
-    with Store.open(directory) as store:
+    with open_store(directory) as store:
         counts = {m: store.count(m) for m in ("image", "text")}
         tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         files = skipped = 0

@@ -22,7 +22,6 @@ names its image's path and id.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import stat
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from common.digests import file_sha256
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 SKIPPED_REPORT = "skipped.tsv"
@@ -87,13 +88,6 @@ def find_images(roots: Iterable[str | os.PathLike]) -> list[str]:
                     found.add(os.path.join(dirpath, name))
     return sorted(found)
 
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -412,7 +406,7 @@ class FolderIndexer:
         hashes = []
         for path, _ in chunk:
             try:
-                hashes.append(sha256_of(path))
+                hashes.append(file_sha256(path))
             except OSError as e:
                 hashes.append(f"unreadable:{path}:{e}")
         existing: dict[str, int] = {}

@@ -52,7 +52,8 @@ import numpy as np
 
 from common.atomic import atomic_write_file
 
-from .store import DB_NAME, MODALITIES, SCHEMA, STORE_VERSION, Store, StoreError, Transaction, VectorCodec
+from .store import (DB_NAME, MODALITIES, SCHEMA, STORE_VERSION, Store, StoreError, Transaction, VectorCodec,
+                    check_append)
 
 BACKEND = "milvus"
 DEFAULT_COLLECTION = "crossmodal"
@@ -472,14 +473,8 @@ class MilvusTransaction(Transaction):
     def append(self, modality: str, codes: np.ndarray, vectors: np.ndarray | None, items: Sequence[str | None],
                payloads: Sequence[Any], ids: np.ndarray | None = None) -> np.ndarray:
         store = self.store
-        n = len(codes)
-        if codes.dtype != np.uint8 or codes.shape != (n, store.code_bytes):
-            raise ValueError(f"codes must be uint8 ({n}, {store.code_bytes}), got {codes.dtype} {codes.shape}")
+        n = check_append(store, modality, codes, vectors, items, payloads)
         codec = store.codecs[modality]
-        if codec.dtype != "none" and (vectors is None or vectors.shape != (n, store.dim)):
-            raise ValueError(f"vectors must be ({n}, {store.dim}), got {getattr(vectors, 'shape', None)}")
-        if len(items) != n or len(payloads) != n:
-            raise ValueError(f"{n} codes but {len(items)} items and {len(payloads)} payloads")
         for i, item in enumerate(items):
             if item is not None and len(item) > MAX_ITEM_CHARS:
                 raise ValueError(f"items[{i}] has {len(item)} characters; Milvus keeps at most {MAX_ITEM_CHARS}")

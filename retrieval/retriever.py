@@ -61,6 +61,7 @@ from common.checks import check_optional_int
 from .encoders import Encoder, load_encoder
 from .gallery import Gallery
 from .store import LOCK_NAME, Store, check_vector_dtype
+from .stores import open_store
 from .stored_gallery import StoredGallery
 
 FORMAT_VERSION = 2
@@ -588,7 +589,7 @@ class Retriever:
             (tmp / CONFIG_NAME).write_text(json.dumps(retriever.config(), indent=2))
 
         atomic_write_dir(directory, write)
-        retriever.store = Store.open(directory, writable=True)
+        retriever.store = open_store(directory, writable=True)
         return retriever
 
     @classmethod
@@ -649,7 +650,7 @@ class Retriever:
                     gallery.codes = hasher.encode(gallery.vectors, modality)
                 retriever.galleries[modality] = gallery
             return retriever
-        retriever.store = Store.open(directory, writable=writable)
+        retriever.store = open_store(directory, writable=writable)
         if retriever.store.dim != encoder.dim or retriever.store.code_bytes != hasher.code_bytes:
             raise ValueError(f"{directory}: the store holds {retriever.store.dim}-d vectors and "
                              f"{retriever.store.code_bytes * 8}-bit codes, the config says {encoder.dim}-d, "

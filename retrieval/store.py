@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import mmap
 import os
@@ -47,6 +46,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from common.digests import file_sha256
 from common.atomic import atomic_write_file, fsync_dir
 
 DB_NAME = "store.sqlite"
@@ -151,13 +151,6 @@ def store_backend(directory: Path) -> str:
     return row[0] if row else "local"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def npy_expected_bytes(path: Path) -> tuple[int, tuple[int, ...]]:
     """(the size the file's own ``.npy`` header implies, the shape it declares)."""
@@ -167,6 +160,18 @@ def npy_expected_bytes(path: Path) -> tuple[int, tuple[int, ...]]:
         shape, _, dtype = read(fh)
         return fh.tell() + int(np.prod(shape)) * dtype.itemsize, tuple(shape)
 
+
+def check_append(store: "Store", modality: str, codes: np.ndarray, vectors: np.ndarray | None,
+                 items: Sequence[Any], payloads: Sequence[Any]) -> int:
+    """The checks every store's append makes before it writes anything; returns the row count."""
+    n = len(codes)
+    if codes.dtype != np.uint8 or codes.shape != (n, store.code_bytes):
+        raise ValueError(f"codes must be uint8 ({n}, {store.code_bytes}), got {codes.dtype} {codes.shape}")
+    if store.codecs[modality].dtype != "none" and (vectors is None or vectors.shape != (n, store.dim)):
+        raise ValueError(f"vectors must be ({n}, {store.dim}), got {getattr(vectors, 'shape', None)}")
+    if len(items) != n or len(payloads) != n:
+        raise ValueError(f"{n} codes but {len(items)} items and {len(payloads)} payloads")
+    return n
 
 class Store:
     """See the module docstring. Open with :meth:`create` or :meth:`open`; :meth:`close` when done."""
@@ -220,10 +225,8 @@ class Store:
         directory = Path(directory)
         if not (directory / DB_NAME).is_file():
             raise StoreError(f"{directory} holds no store ({DB_NAME} is missing)")
-        if cls is Store and store_backend(directory) == "milvus":  # items in Milvus: retrieval/milvus_store.py
-            from .milvus_store import MilvusStore
-
-            return MilvusStore.open(directory, writable)
+        if cls is Store and store_backend(directory) == "milvus":
+            raise StoreError(f"{directory} keeps its items in Milvus: open it with retrieval.stores.open_store")
         store = cls(directory, writable)
         if writable:
             store._take_lock()
@@ -503,14 +506,8 @@ class Transaction:
                payloads: Sequence[Any], ids: np.ndarray | None = None) -> np.ndarray:
         """Writes one chunk; returns its ids (consecutive after every id ever used, unless given)."""
         store = self.store
-        n = len(codes)
-        if codes.dtype != np.uint8 or codes.shape != (n, store.code_bytes):
-            raise ValueError(f"codes must be uint8 ({n}, {store.code_bytes}), got {codes.dtype} {codes.shape}")
+        n = check_append(store, modality, codes, vectors, items, payloads)
         codec = store.codecs[modality]
-        if codec.dtype != "none" and (vectors is None or vectors.shape != (n, store.dim)):
-            raise ValueError(f"vectors must be ({n}, {store.dim}), got {getattr(vectors, 'shape', None)}")
-        if len(items) != n or len(payloads) != n:
-            raise ValueError(f"{n} codes but {len(items)} items and {len(payloads)} payloads")
         if n == 0:
             return np.empty(0, dtype=np.int64)
         start = self.next_id(modality)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from hashing.index import BinaryIndex, create_index
 
 from .gallery import check_add, storable_item
-from .store import Store
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 def return_free_heap() -> bool:

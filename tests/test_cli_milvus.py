@@ -71,9 +71,9 @@ def test_kill_9_during_a_milvus_backed_index_then_rerun_holds_every_image_once(p
     rerun = crossmodal(*index_args(photos, out, uri))
     assert f"{N_PHOTOS - len(partial)} encoded" in rerun.stdout
     assert stored(out) == stored(clean_index)
-    from retrieval.store import Store
+    from retrieval.stores import open_store
 
-    with Store.open(out) as store:  # Milvus holds each image once, exactly the ledger's
+    with open_store(out) as store:  # Milvus holds each image once, exactly the ledger's
         name = store.collection_of("image")
         assert store.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"] == N_PHOTOS
     hits = json.loads(crossmodal("search", str(out), "a dog", "-k", "3", "--json").stdout)["hits"]

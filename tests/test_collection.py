@@ -14,6 +14,7 @@ from PIL import Image
 from retrieval import Retriever
 from retrieval.collection import SKIPPED_REPORT, FolderIndexer, find_images, read_captions
 from retrieval.store import Store
+from retrieval.stores import open_store
 from toy_encoder import COLORS, ToyEncoder
 
 NAMES = list(COLORS)
@@ -61,7 +62,7 @@ def index(directory: Path, roots, **kwargs):
 
 def stored(directory: Path) -> dict[str, tuple]:
     """path -> (id, codes, vectors) of every image in the index at ``directory``."""
-    with Store.open(directory) as store:
+    with open_store(directory) as store:
         out = {}
         for ids, codes in store.live_codes("image"):
             items, vectors, payloads = store.fetch("image", ids)

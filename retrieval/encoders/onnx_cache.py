@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from common.digests import file_sha256
 from common.atomic import atomic_write_file
 
 #: Bump when :func:`retrieval.encoders.lite.export_graphs` changes what it writes.
@@ -39,13 +40,6 @@ def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "crossmodal"
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_version(name: str) -> str:
