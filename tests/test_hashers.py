@@ -392,7 +392,7 @@ def test_cca_itq_on_wiki_beats_chance():
 
 def test_package_exports_every_registered_hasher_under_its_method():
     exported = {getattr(hashing, name) for name in hashing.__all__ if name.endswith("Hasher") and name != "Hasher"}
-    assert {cls.method for cls in exported} == set(available_methods()) == {"contrastive", "itq", "lsh", "uddh"}
+    assert {cls.method for cls in exported} == set(available_methods()) == {"contrastive", "itq", "lsh", "mgsgh", "uddh"}
     for cls in exported:
         assert issubclass(cls, Hasher) and hashing.hasher_class(cls.method) is cls
 
