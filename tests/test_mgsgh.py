@@ -10,20 +10,9 @@ import pytest
 
 from hashing.base import Hasher, hasher_class, unpack_codes
 from hashing.mgsgh import Graph, MGSGHHasher, positive_groups, unique_rows
+from test_uddh import K, clustered_pairs  # the same K-cluster paired data UDDH is tested on
 
-K = 4
 FAST = {"epochs": 30, "hidden_dim": 64, "progress": False}
-
-
-def clustered_pairs(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Paired image/text features generated from K shared latent clusters plus modality noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(K, size=n)
-    means = rng.standard_normal((K, 8)) * 3.0
-    latent = means[labels] + rng.standard_normal((n, 8))
-    img = latent @ rng.standard_normal((8, 24)) + 0.5 * rng.standard_normal((n, 24))
-    txt = np.tanh(latent @ rng.standard_normal((8, 12))) + 0.2 * rng.standard_normal((n, 12))
-    return img.astype(np.float32), txt.astype(np.float32), labels
 
 
 @pytest.fixture(scope="module")
