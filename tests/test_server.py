@@ -7,6 +7,7 @@ and loaded back as a server loads it, so the right answers are known: "red" find
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -25,10 +26,13 @@ import pytest
 from PIL import Image
 
 from eval.load_test import free_port
+from rerank.base import _REGISTRY as rerank_registry
+from rerank.float_rescore import FloatReranker
 from retrieval import Retriever
 from retrieval.server import create_app
 from retrieval.server.cli import add_parser, is_loopback
 from retrieval.server.live import LiveServer
+from retrieval.server.service import SearchService
 from toy_encoder import COLORS, ToyEncoder, solid_images
 
 NAMES = list(COLORS)
@@ -586,3 +590,44 @@ def test_load_test_refuses_anything_but_loopback(url):
         check_loopback(url)
     assert check_loopback("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
     assert check_loopback("http://[::1]:8000") == "http://[::1]:8000"
+
+
+class SignedFloat(FloatReranker):
+    """Float rescoring times a setting: -1 turns the ranking upside down, so a test sees which instance ran."""
+
+    method = "signed-float-test"
+
+    def __init__(self, sign: float = 1.0) -> None:
+        self.sign = float(sign)
+
+    def score(self, query, candidates):
+        return self.sign * super().score(query, candidates)
+
+
+@pytest.fixture
+def signed_float(monkeypatch):
+    monkeypatch.setitem(rerank_registry, SignedFloat.method, SignedFloat)
+    return SignedFloat.method
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_reranker_settings_reach_the_reranker_the_server_runs(retriever, signed_float, sign):
+    service = SearchService(retriever, [signed_float], reranker_settings={signed_float: {"sign": sign}})
+    hits = service.search("red", {"type": "text"}, k=len(NAMES), rerank=signed_float, target="image")["hits"]
+    names = [h["payload"]["name"] for h in hits]
+    assert (names[0] == "red") == (sign > 0)
+    assert (names[-1] == "red") == (sign < 0)
+
+
+def test_reranker_settings_for_a_reranker_not_offered_are_refused(retriever, signed_float):
+    with pytest.raises(ValueError, match="signed-float-test.*not offer"):
+        create_app(retriever, rerank=["float"], reranker_settings={signed_float: {"sign": -1.0}}, warm_up=False)
+
+
+def test_serve_refuses_a_setting_its_reranker_lacks_by_name(retriever, index_dir, monkeypatch, capsys):
+    monkeypatch.setattr(Retriever, "from_pretrained", classmethod(lambda cls, *a, **k: retriever))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", str(index_dir), "--rerank", "float", "--reranker-arg", "float.sign=2"])
+    assert args.func(args) == 2
+    assert "sign" in capsys.readouterr().err

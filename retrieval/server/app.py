@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, AsyncIterator, Literal, Mapping, Sequence
 
 import anyio
 import anyio.to_thread
@@ -122,11 +122,13 @@ def token_dependencies(token: str | None) -> list[Any]:
     return [Depends(require_token)]
 
 
-def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: str | None = None,
+def create_app(retriever: Any, *, rerank: Sequence[str] | None = None,
+               reranker_settings: Mapping[str, Mapping[str, Any]] | None = None, token: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, k_max: int = 100,
                workers: int = DEFAULT_WORKERS, warm_up: bool = True, index_name: str | None = None) -> FastAPI:
     """An app over ``retriever`` (a :class:`retrieval.Retriever`). ``rerank``: the stage-2 choices,
-    the first being the default (see :func:`.service.rerank_options`); ``token``: require a bearer
+    the first being the default (see :func:`.service.rerank_options`); ``reranker_settings``:
+    ``{name: {setting: value}}`` for those choices (a checkpoint, a weight); ``token``: require a bearer
     token on the API; ``warm_up``: run one search per reranker at start so models load then."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -136,7 +138,7 @@ def create_app(retriever: Any, *, rerank: Sequence[str] | None = None, token: st
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
     if token is not None and not token:
         raise ValueError("token must not be empty (leave it out to serve without one)")
-    service = SearchService(retriever, rerank, index_name=index_name)
+    service = SearchService(retriever, rerank, reranker_settings=reranker_settings, index_name=index_name)
     rerank_choices = {"enum": list(service.rerank_allowed)}  # the document lists what check_rerank accepts
 
     @asynccontextmanager

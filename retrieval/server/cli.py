@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from common.settings_args import by_name, named_setting
+
 TOKEN_ENV = "CROSSMODAL_TOKEN"
 
 
@@ -39,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     parser.add_argument("--rerank", nargs="+", metavar="NAME", default=None,
                         help="stage-2 rerankers clients may ask for, the first being the default (none, float, "
-                             "cross, blip2, rewrite); default: the index's own, else float, plus none")
+                             "cross, blip2, rewrite, vlm); default: the index's own, else float, plus none")
+    parser.add_argument("--reranker-arg", action="append", default=[], type=named_setting, metavar="NAME.KEY=VALUE",
+                        help="a setting of one of the --rerank choices, repeatable (e.g. vlm.model=DIR, "
+                             "cross.fusion_weight=0.5); values are parsed as in `crossmodal search`")
     parser.add_argument("--token", default=None,
                         help=f"require 'Authorization: Bearer TOKEN' on the API (or set ${TOKEN_ENV}, which keeps it "
                              f"out of the process list); the page asks for it once")
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
               f"this index and read its thumbnails", file=sys.stderr)
     try:
         retriever = Retriever.from_pretrained(args.index)
-        app = create_app(retriever, rerank=args.rerank, token=token,
+        app = create_app(retriever, rerank=args.rerank, reranker_settings=by_name(args.reranker_arg), token=token,
                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), k_max=args.k_max,
                          workers=args.workers, warm_up=args.warm_up, index_name=str(args.index))
     except (OSError, ValueError, KeyError) as e:

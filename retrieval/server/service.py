@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rerank.base import available_rerankers, reranker_class
 
@@ -50,6 +50,26 @@ def rerank_options(retriever: Any, rerank: Sequence[str] | None) -> tuple[str, l
     return default, allowed
 
 
+def configured_rerankers(settings: Mapping[str, Mapping[str, Any]], allowed: Sequence[str]) -> dict[str, Any]:
+    """``{name: reranker}`` built once from the server's settings (``--reranker-arg vlm.model=DIR``), so
+    a reranker that needs a checkpoint or a weight other than its default is usable from the page and
+    the API. Settings for a reranker the server does not offer are refused, naming it: they would
+    silently do nothing."""
+    from rerank import create_reranker
+
+    stray = sorted(set(settings) - (set(allowed) - {"none"}))
+    if stray:
+        raise ValueError(f"reranker settings name {', '.join(map(repr, stray))}, which this server does not "
+                         f"offer (its choices: {', '.join(allowed)}); add it to --rerank")
+    built = {}
+    for name, values in settings.items():
+        try:
+            built[name] = create_reranker(name, **dict(values))
+        except TypeError as e:  # an unknown keyword: say which settings, not only the class's complaint
+            raise ValueError(f"reranker {name!r} does not take the settings {', '.join(sorted(values))}: {e}") from e
+    return built
+
+
 def same_modality_ok(rerank: str) -> bool:
     """Whether a reranker can score items of the query's own modality (image -> image)."""
     return rerank == "none" or bool(getattr(reranker_class(rerank), "same_modality", False))
@@ -59,12 +79,19 @@ class SearchService:
     """One retriever behind the API. ``prefix`` is prepended to the URLs in responses (a root path)."""
 
     def __init__(self, retriever: Any, rerank: Sequence[str] | None = None, *,
+                 reranker_settings: Mapping[str, Mapping[str, Any]] | None = None,
                  index_name: str | None = None, thumbnails: Thumbnails | None = None) -> None:
         self.retriever = retriever
         self.rerank_default, self.rerank_allowed = rerank_options(retriever, rerank)
+        self.rerankers = configured_rerankers(reranker_settings or {}, self.rerank_allowed)
         self.index_name = index_name
         self.thumbnails = thumbnails or Thumbnails()
         self.latency = LatencyStats()
+
+    def stage2(self, rerank: str) -> Any:
+        """What :meth:`Retriever.search` takes for the choice ``rerank``: False for none, the reranker
+        built from the server's settings when it has any, else the name (the retriever's own defaults)."""
+        return False if rerank == "none" else self.rerankers.get(rerank, rerank)
 
     # -- parameters -------------------------------------------------------------------------------
     def sizes(self) -> dict[str, int]:
@@ -142,8 +169,7 @@ class SearchService:
         if target is None:
             hits = []
         else:
-            hits = self.retriever.search(query, k=k, rerank=False if rerank == "none" else rerank,
-                                         target=target, timings=timings)
+            hits = self.retriever.search(query, k=k, rerank=self.stage2(rerank), target=target, timings=timings)
         total = (time.perf_counter() - start) * 1000.0
         self.latency.add(total)
         return {
@@ -192,7 +218,7 @@ class SearchService:
             if target == query_modality and not same_modality_ok(rerank):
                 continue
             try:
-                self.retriever.search("a photo", k=1, rerank=False if rerank == "none" else rerank, target=target)
+                self.retriever.search("a photo", k=1, rerank=self.stage2(rerank), target=target)
             except Exception as e:
                 raise RuntimeError(f"rerank {rerank!r} cannot run on this index: {type(e).__name__}: {e}") from e
 
