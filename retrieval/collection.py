@@ -218,6 +218,7 @@ class FolderIndexer:
         self.engine, self.ray_address = engine, ray_address  # ray: retrieval/ray_engine.py embeds the chunks
         self.retriever: Any = None
         self.load_seconds = 0.0
+        self._caption_rows: list[tuple[str, str]] | None = None
 
     # -- opening ----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -243,8 +244,10 @@ class FolderIndexer:
                 if statement.strip():
                     tx.execute(statement)
 
-    def _create(self, first_vectors: np.ndarray | None) -> None:
-        """Creates the index, with the shipped hasher or one fitted on the first chunk's images."""
+    def _create(self, first_vectors: np.ndarray | None, first_paths: Sequence[Sequence[str]] = ()) -> None:
+        """Creates the index, with the shipped hasher or one fitted on the first chunk: on its images'
+        captions when a captions file names some of them, else on the images alone.
+        ``first_paths[i]``: the files holding ``first_vectors[i]`` (duplicates share a row)."""
         from hashing import create_hasher
 
         from .retriever import Retriever, fit_on_images, shipped_hasher
@@ -254,7 +257,14 @@ class FolderIndexer:
         if hasher is None:
             if first_vectors is None or not len(first_vectors):
                 raise ValueError("no readable image to fit the hasher on")
-            hasher = fit_on_images(create_hasher(self.hasher_method, self.bits), first_vectors)
+            row_of = {path: row for row, paths in enumerate(first_paths) for path in paths}
+            pairs = [(row_of[path], caption) for path, caption in self._caption_rows or () if path in row_of]
+            captions = None
+            if pairs:
+                self._load(encoder, "text")
+                captions = ([row for row, _ in pairs],
+                            encoder.encode_texts([caption for _, caption in pairs], progress=False))
+            hasher = fit_on_images(create_hasher(self.hasher_method, self.bits), first_vectors, captions)
         self.retriever = Retriever.create(self.directory, encoder=encoder, hasher=hasher,
                                           vector_dtype=self.vector_dtype, index=self.index_kind,
                                           index_params=self.index_params, **self.store_settings)
@@ -293,6 +303,7 @@ class FolderIndexer:
         try:
             paths = find_images(roots)
             caption_rows = read_captions(captions, roots) if captions else None
+            self._caption_rows = caption_rows  # a hasher fitted on the first chunk fits on its captions
             report.found = len(paths)
             known = self._known_files()
             on_disk = set(paths)
@@ -423,7 +434,7 @@ class FolderIndexer:
         firsts = [positions[0] for positions in new_content.values()]
         vectors, kept, failed = self._encode_new(chunk, firsts, encoded)
         if self.retriever is None:
-            self._create(vectors)
+            self._create(vectors, [[chunk[p][0] for p in new_content[hashes[firsts[i]]]] for i in kept])
         failed_reason = {firsts[i]: reason for i, reason in failed}
         kept_positions = [firsts[i] for i in kept]
         codes = self.retriever.hasher.encode(vectors, "image") if len(vectors) else None

@@ -172,8 +172,14 @@ def shipped_hasher(encoder: Encoder, method: str, bits: int) -> Hasher | None:
     return Hasher.from_pretrained(path)
 
 
-def fit_on_images(hasher: Hasher, image_vectors: np.ndarray) -> Hasher:
-    """Fits ``hasher`` with no captions; see the module docstring (LSH below MIN_IMAGES_TO_FIT)."""
+def fit_on_images(hasher: Hasher, image_vectors: np.ndarray,
+                  captions: tuple[np.ndarray, np.ndarray] | None = None) -> Hasher:
+    """Fits ``hasher`` on a folder's images; see the module docstring (LSH below MIN_IMAGES_TO_FIT).
+
+    ``captions = (image_rows, text_vectors)``: caption ``j`` describes image ``image_rows[j]``; the fit
+    is then on those real (image, caption) pairs, as a cross-modal hasher expects, instead of on
+    images standing in for their own captions.
+    """
     n = len(image_vectors)
     if n == 0:
         raise ValueError("cannot fit a hasher on 0 images")
@@ -181,7 +187,10 @@ def fit_on_images(hasher: Hasher, image_vectors: np.ndarray) -> Hasher:
         warnings.warn(f"only {n} images to fit a {hasher.method} hasher on (at least {MIN_IMAGES_TO_FIT} needed); "
                       f"using LSH (random hyperplanes) instead", stacklevel=3)
         hasher = create_hasher("lsh", hasher.bits, seed=hasher.seed)
-    return hasher.fit(image_vectors, image_vectors)
+    if captions is None:
+        return hasher.fit(image_vectors, image_vectors)
+    rows, text_vectors = captions
+    return hasher.fit(image_vectors[np.asarray(rows, dtype=np.int64)], text_vectors)
 
 
 class Retriever:

@@ -247,3 +247,28 @@ def test_an_existing_index_refuses_another_encoder_and_a_second_writer(photos, t
             index(out, [photos])
     with pytest.raises(FileExistsError, match="not empty"):
         index(photos, [photos])  # a folder of photos is not an index
+
+
+def test_a_hasher_fitted_at_creation_fits_on_the_captions_of_the_first_chunk(photos, tmp_path, monkeypatch):
+    """With a captions file, the first chunk's (image, caption) pairs fit the hasher, not images standing
+    in for their own captions (ITQ on images alone ignores what the text side looks like)."""
+    import retrieval.retriever as retriever_module
+    from hashing.itq import ITQHasher
+
+    monkeypatch.setattr(retriever_module, "MIN_IMAGES_TO_FIT", 2)  # a toy folder is enough to fit ITQ here
+    seen = []
+    real_fit = ITQHasher.fit
+    monkeypatch.setattr(ITQHasher, "fit", lambda self, images, texts, labels=None:
+                        seen.append((images.copy(), texts.copy())) or real_fit(self, images, texts, labels))
+    files = {Path(p).stem: p for p in find_images([photos])}
+    named = ("red", "blue", "green")
+    captions = tmp_path / "captions.csv"
+    captions.write_text("path,caption\n" + "".join(f"{files[n]},a {n} square\n{files[n]},{n}\n" for n in named))
+    FolderIndexer(tmp_path / "index", encoder=ToyEncoder(), chunk_size=64, progress=False).run(
+        [photos], captions=captions)
+    (images, texts), = seen
+    encoder = ToyEncoder()
+    expected_texts = encoder.encode_texts([t for n in named for t in (f"a {n} square", n)])
+    expected_images = encoder.encode_images([files[n] for n in named for _ in range(2)])
+    np.testing.assert_allclose(texts, expected_texts, atol=1e-6)
+    np.testing.assert_allclose(images, expected_images, atol=1e-6)
