@@ -172,7 +172,11 @@ def test_onnx_graphs_are_exported_once_then_only_read_per_tower(tmp_path, monkey
     assert cosines(texts, reference["texts"]).min() >= 0.9999
     assert first.is_loaded == {"model": False, "image": False, "text": True}, "the towers exported from are let go"
     files = sorted(p.name for p in (tmp_path / "onnx").iterdir())
-    assert len(files) == 2 and files[0].endswith("-image.onnx") and files[1].endswith("-text.onnx")
+    graphs = [f for f in files if f.endswith(".onnx")]
+    assert len(graphs) == 2 and graphs[0].endswith("-image.onnx") and graphs[1].endswith("-text.onnx")
+    optimised = [f for f in files if (tmp_path / "onnx" / f).is_dir()]
+    assert len(optimised) == 1 and optimised[0].startswith(graphs[1][:-len(".onnx")]), "the text tower's, made on use"
+    assert sorted(p.name for p in (tmp_path / "onnx" / optimised[0]).iterdir()) == ["graph.onnx", "weights.data"]
 
     def no_export(*args, **kwargs):
         raise AssertionError("the graphs are cached: nothing may be exported again")
@@ -184,7 +188,87 @@ def test_onnx_graphs_are_exported_once_then_only_read_per_tower(tmp_path, monkey
     images = second.encode_images(textured_images(), batch_size=3)
     assert cosines(images, reference["images"]).min() >= 0.9999
     assert second.is_loaded == {"model": False, "image": True, "text": True}
-    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == files, "no temporary files left behind"
+    after = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert set(files) < set(after) and len(after) == len(files) + 1, "the image tower's optimised form, nothing else"
+    assert not [f for f in after if f.startswith(".")], "no temporary files left behind"
+
+
+@needs_ort
+def test_optimised_graph_runs_like_the_exported_one_and_is_made_once(tmp_path, monkeypatch) -> None:
+    """ORT's offline-optimised form (external weights, issue 22) gives the exported graph's numbers."""
+    import onnxruntime as ort
+
+    import retrieval.encoders.onnx_cache as onnx_cache
+
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path))
+    lite = LiteEncoder(device="cpu")
+    texts = lite.encode_texts(TEXTS)
+    exported = onnx_cache.graph_paths(onnx_cache.remembered_key(lite.path, lite.config, False))["text"]
+    target = onnx_cache.optimised_path(exported, ort.__version__)
+    assert target.is_file() and (target.parent / "weights.data").stat().st_size > 80e6, "the weights live outside"
+    assert target.stat().st_size < 1e6
+    plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    ids, mask = lite.token_arrays(TEXTS)
+    features = plain.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(texts, features / np.linalg.norm(features, axis=1, keepdims=True), atol=1e-5)
+    stamp = target.stat().st_mtime_ns
+
+    def no_save(*args, **kwargs):
+        raise AssertionError("the optimised graph exists: it is only read")
+
+    monkeypatch.setattr(onnx_cache, "save_optimised", no_save)
+    np.testing.assert_allclose(LiteEncoder(device="cpu").encode_texts(TEXTS), texts, atol=1e-6)
+    assert target.stat().st_mtime_ns == stamp
+
+
+def test_publish_dir_keeps_what_another_process_published(tmp_path) -> None:
+    from retrieval.encoders.onnx_cache import publish_dir
+
+    target = tmp_path / "folder"
+    publish_dir(target, lambda d: (d / "a").write_text("first"))
+    publish_dir(target, lambda d: (d / "a").write_text("second"))
+    assert (target / "a").read_text() == "first", "the first complete folder wins; nothing is swapped under a reader"
+
+    def fails(d: Path) -> None:
+        (d / "half").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        publish_dir(tmp_path / "other", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"], "no temporary folder, no half target"
+
+
+def test_remembered_key_is_the_key_and_follows_rewritten_files(tmp_path, monkeypatch) -> None:
+    import json
+    import shutil
+
+    from common.lite_files import WEIGHTS_DIR, read_config
+    from retrieval.encoders import onnx_cache
+
+    monkeypatch.setenv("CROSSMODAL_CACHE", str(tmp_path / "cache"))
+    copy = shutil.copytree(WEIGHTS_DIR, tmp_path / "lite")
+    config = read_config(copy)
+    key = onnx_cache.remembered_key(copy, config, False)
+    assert key == onnx_cache.graphs_key(copy, config, False)
+    memo = tmp_path / "cache" / "onnx" / "keys.json"
+    assert list(json.loads(memo.read_text()).values()) == [key]
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a remembered key is not computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx_cache, "graphs_key", not_again)
+        assert onnx_cache.remembered_key(copy, config, False) == key
+    concepts = onnx_cache.remembered_key(copy, {**config, "concept_weight": 0.7}, False)
+    assert concepts == onnx_cache.graphs_key(copy, {**config, "concept_weight": 0.7}, False) != key
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))  # same size, same inode: a new modification time
+    changed = onnx_cache.remembered_key(copy, config, False)
+    assert changed != key and changed == onnx_cache.graphs_key(copy, config, False)
+    assert onnx_cache.remembered_key(copy, config, True) == onnx_cache.graphs_key(copy, config, True) != changed
+    memo.write_text("{not json")
+    assert onnx_cache.remembered_key(copy, config, False) == changed, "a damaged memo is recomputed, not an error"
 
 
 def test_onnx_cache_key_follows_the_weights_and_int8(tmp_path, monkeypatch) -> None:

@@ -8,16 +8,18 @@ decoding, device and dtype choice, ``torch.inference_mode``, progress bars and L
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from common.images import ImageInput, describe, load_image
 from common.texts import check_texts
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import torch
+
+    from common.images import ImageInput
 
 
 def check_images(images: Sequence[ImageInput]) -> Sequence[ImageInput]:
@@ -92,6 +94,8 @@ class Encoder(ABC):
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _load_and_preprocess(self, indexed: tuple[int, ImageInput]) -> torch.Tensor:
+        from common.images import load_image  # PIL: imported by image encoding, not by a text search
+
         index, item = indexed
         return self.preprocess_image(load_image(item, index))
 
@@ -99,6 +103,8 @@ class Encoder(ABC):
         try:
             return self._load_and_preprocess(indexed)
         except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
+            from common.images import describe
+
             prefix = f"{describe(indexed[1], indexed[0])}: "
             message = str(e)
             return message[len(prefix):] if message.startswith(prefix) else f"{type(e).__name__}: {message}"
@@ -111,14 +117,15 @@ class Encoder(ABC):
         costs no wall time as long as it is faster than the forward pass (issue 13). With
         ``skip`` an unreadable image becomes ``(position, reason)``; without, its error is raised.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
-        from tqdm.auto import tqdm
 
         n = len(check_images(images))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         load = self._load_or_reason if skip else self._load_and_preprocess
-        bar = tqdm(total=n, desc="encode images", unit="img", disable=not show(progress, n, batch_size))
+        bar = progress_bar(n, "encode images", "img", show(progress, n, batch_size))
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
             def submit(start: int) -> list[Future]:
                 return [pool.submit(load, item) for item in enumerate(images[start:start + batch_size], start)]
@@ -178,12 +185,11 @@ class Encoder(ABC):
         cache rely on a batch's texts, hence its padding and its numbers, being the same in any run.
         """
         import torch
-        from tqdm.auto import tqdm
 
         texts = check_texts(texts)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
-        bar = tqdm(total=n, desc="encode texts", unit="txt", disable=not show(progress, n, batch_size))
+        bar = progress_bar(n, "encode texts", "txt", show(progress, n, batch_size))
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 chunk = texts[start:start + batch_size]
@@ -209,3 +215,27 @@ def normalize(features: "torch.Tensor") -> np.ndarray:
 def show(progress: bool | None, n: int, batch_size: int) -> bool:
     """Progress bars by default only when there is more than one batch."""
     return n > batch_size if progress is None else progress
+
+
+class NoBar:
+    """What :func:`progress_bar` gives when no bar is shown: ``update`` and ``close`` that do nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str, shown: bool) -> Any:
+    """A tqdm bar, or a :class:`NoBar` without importing tqdm.
+
+    Why not ``tqdm(disable=True)``: importing ``tqdm.auto`` (asyncio with it) and making a bar
+    (a multiprocessing lock) cost about 0.05 s, a twentieth of a command-line text search that
+    encodes one query and shows no bar (issue 22).
+    """
+    if not shown:
+        return NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
