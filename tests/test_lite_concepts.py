@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from common.lite_concepts import CONCEPTS_FILE, PROMPTS, imagenet_synonyms, load_concepts, save_concepts
+from common.lite_concepts import CONCEPTS_FILE, PROMPTS, center_concepts, imagenet_synonyms, load_concepts, save_concepts
 from common.lite_model import WEIGHTS_DIR, load_lite_model, read_config
 from eval.concept_dev import DEV_SET, load_dev_set, ranks_of_right
 
@@ -79,8 +79,24 @@ def test_shipped_concepts_are_the_prompts_of_their_class(model):
     tok = model.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = F.normalize(F.normalize(model.text_features(tok["input_ids"], tok["attention_mask"]), dim=-1).sum(0), dim=0)
-    assert float(model.concept_embeddings[281] @ expected) > 0.999
-    assert float(model.concept_embeddings[504] @ expected) < 0.9  # coffee mug is elsewhere
+    saved = load_concepts(WEIGHTS_DIR, model.config["embed_dim"])  # as built; the model may use them centred
+    assert float(saved[281] @ expected) > 0.999
+    assert float(saved[504] @ expected) < 0.9  # coffee mug is elsewhere
+
+
+def test_centred_concepts_keep_what_tells_classes_apart(model):
+    """concept_center: the shared direction of the class prompts is taken out, each row stays unit length."""
+    saved = load_concepts(WEIGHTS_DIR, model.config["embed_dim"])
+    centred = center_concepts(saved)
+    torch.testing.assert_close(centred.norm(dim=-1), torch.ones(1000))
+    off_diagonal = ~torch.eye(1000, dtype=torch.bool)
+    assert (centred @ centred.T)[off_diagonal].mean() < 0.05 < 0.2 < (saved @ saved.T)[off_diagonal].mean()
+    # the nearest classes stay the nearest: tabby's neighbours are cats before and after
+    assert set((saved @ saved[281]).topk(3).indices.tolist()) == set((centred @ centred[281]).topk(3).indices.tolist())
+    expected = centred if model.config["concept_center"] else saved
+    torch.testing.assert_close(model.concept_embeddings, expected)
+    with pytest.raises(ValueError, match="n_classes"):
+        center_concepts(torch.ones(1, 8))
 
 
 def test_plain_queries_find_imagenet_objects(model):
@@ -116,6 +132,9 @@ def test_concept_files_fail_clearly(tmp_path):
             load_lite_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "concept_top_k": 0}))
     with pytest.raises(ValueError, match="concept_top_k"):
+        load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_center": "yes"}))
+    with pytest.raises(ValueError, match="concept_center"):
         load_lite_model(tmp_path)
 
 
