@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,19 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def prior_images(annotations: str | Path, images: str | Path) -> list[Path]:
+    """The Flickr8K photos the class prior is taken over: the padding images of ``held_out_train``.
+
+    Train images outside the held-out draw (the set tuning may fit on), never queried, never test.
+    """
+    from .karpathy import load_karpathy
+    from .validation import held_out_train
+
+    train = load_karpathy(annotations, images, "train")
+    held = held_out_train(train.caption_image, train.n_images)
+    return [train.image_paths[i] for i in held.gallery_images[len(held.val_images):]]
+
+
 def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
     """Every setting on the padded held-out galleries and the dev set, from one pass of the towers.
 
@@ -203,7 +217,7 @@ def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
     """
     import torch
 
-    from common.lite_concepts import center_concepts, class_prompts, load_concepts
+    from common.lite_concepts import center_concepts, class_prompts, load_concepts, reweight_by_prior
     from common.lite_model import load_lite_model
 
     from .karpathy import load_karpathy
@@ -229,27 +243,28 @@ def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
         np.add.at(names, prompt_class.numpy(), minilm_sentences(prompts))
         text_cos = minilm_sentences(captions + list(dev.queries)) @ unit(names).T
     n = len(gallery)
+    # the class prior over the padding images (gallery distractors from the fit set), as
+    # scripts/build_lite_concepts.py computes it from prior_images()
+    prior = torch.from_numpy(softmax_top_k(logits[len(held.val_images):n], 1000).mean(axis=0))
+    text_settings = [(0.0, 0, 0.0)] + [(w, k, t) for w in args.text_weights if w > 0
+                                       for k in args.text_top_k for t in args.text_temperature]
     rows = []
-    for center in map(bool, args.center):
-        t_c = (center_concepts(classes) if center else classes).numpy()
-        for top_k in args.top_k:
-            image_concept = softmax_top_k(logits, top_k) @ t_c
-            for weight in args.weights:
-                images = unit(heads + weight * image_concept)
-                for tw in args.text_weights:
-                    settings = [(tk, tau) for tk in args.text_top_k for tau in args.text_temperature] if tw else [(0, 0)]
-                    for tk, tau in settings:
-                        queries = texts if not tw else unit(texts + tw * softmax_top_k(text_cos / tau, tk) @ t_c)
-                        val = padded_held_out_rsum(images[:n], queries[:len(captions)], owner, len(held.val_images))
-                        m = dev_metrics(images[n:], queries[len(captions):], dev.right)
-                        row = {"concept_center": center, "concept_weight": weight, "concept_top_k": top_k,
-                               "text_weight": tw, "text_top_k": tk, "text_temperature": tau,
-                               "held_out": val, **m}
-                        rows.append(row)
-                        text = f" text w={tw:g} k={tk} T={tau:g}" if tw else ""
-                        print(f"center={center!s:<5} concept_weight={weight:<4g} top_k={top_k:<2d}{text}  "
-                              f"held-out rsum {val['rsum']:6.2f}   dev right first "
-                              f"{m['right_first']}/{m['queries']}, MRR {m['mrr']:.3f}", flush=True)
+    for center, strength, top_k in itertools.product(map(bool, args.center), args.prior, args.top_k):
+        t_c = center_concepts(classes) if center else classes
+        t_c = (reweight_by_prior(t_c, prior.float(), strength) if strength else t_c).numpy()
+        image_concept = softmax_top_k(logits, top_k) @ t_c
+        for weight, (tw, tk, tau) in itertools.product(args.weights, text_settings):
+            images = unit(heads + weight * image_concept)
+            queries = texts if not tw else unit(texts + tw * softmax_top_k(text_cos / tau, tk) @ t_c)
+            val = padded_held_out_rsum(images[:n], queries[:len(captions)], owner, len(held.val_images))
+            m = dev_metrics(images[n:], queries[len(captions):], dev.right)
+            rows.append({"concept_center": center, "concept_prior": strength, "concept_weight": weight,
+                         "concept_top_k": top_k, "text_weight": tw, "text_top_k": tk, "text_temperature": tau,
+                         "held_out": val, **m})
+            text = f" text w={tw:g} k={tk} T={tau:g}" if tw else ""
+            print(f"center={center:d} prior={strength:<4g} weight={weight:<4g} top_k={top_k:<2d}{text}  "
+                  f"held-out rsum {val['rsum']:6.2f}   dev right first {m['right_first']}/{m['queries']}, "
+                  f"MRR {m['mrr']:.3f}", flush=True)
     return rows
 
 
@@ -259,11 +274,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dev-set", type=Path, default=DEV_SET)
     p.add_argument("--sweep", action="store_true", help="lite concept settings instead of one encoder")
     p.add_argument("--lite", type=Path, default=None, help="lite model directory for --sweep (default: shipped)")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0])
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5])
     p.add_argument("--top-k", type=int, nargs="+", default=[1, 3])
     p.add_argument("--center", type=int, nargs="+", choices=(0, 1), default=[0, 1],
                    help="concept_center settings (1: class embeddings less their mean)")
-    p.add_argument("--text-weights", type=float, nargs="+", default=[0.0],
+    p.add_argument("--prior", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                   help="concept_prior strengths (0: off; the prior is taken over prior_images())")
+    p.add_argument("--text-weights", type=float, nargs="*", default=[],
                    help="text-side concept weights to measure (0: the query's head embedding alone)")
     p.add_argument("--text-top-k", type=int, nargs="+", default=[3, 10])
     p.add_argument("--text-temperature", type=float, nargs="+", default=[0.05, 0.1])

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from common.lite_concepts import CONCEPTS_FILE, PROMPTS, center_concepts, imagenet_synonyms, load_concepts, save_concepts
+from common.lite_concepts import (CONCEPTS_FILE, PROMPTS, center_concepts, imagenet_synonyms, load_class_prior,
+                                  load_concepts, reweight_by_prior, save_concepts)
 from common.lite_model import WEIGHTS_DIR, load_lite_model, read_config
 from eval.concept_dev import DEV_SET, load_dev_set, ranks_of_right
 
@@ -94,9 +95,31 @@ def test_centred_concepts_keep_what_tells_classes_apart(model):
     # the nearest classes stay the nearest: tabby's neighbours are cats before and after
     assert set((saved @ saved[281]).topk(3).indices.tolist()) == set((centred @ centred[281]).topk(3).indices.tolist())
     expected = centred if model.config["concept_center"] else saved
+    if model.config["concept_prior"] > 0:
+        expected = reweight_by_prior(expected, load_class_prior(WEIGHTS_DIR), model.config["concept_prior"])
     torch.testing.assert_close(model.concept_embeddings, expected)
     with pytest.raises(ValueError, match="n_classes"):
         center_concepts(torch.ones(1, 8))
+
+
+def test_classes_flickr8k_shows_often_weigh_less():
+    """concept_prior: the shipped prior is a distribution in which Flickr8K's dogs outweigh an espresso,
+    and a class's embedding shrinks by 1 / (1 + strength * 1000 * prior)."""
+    prior = load_class_prior(WEIGHTS_DIR)
+    assert prior.min() >= 0 and abs(float(prior.sum()) - 1) < 1e-4
+    border_collie, espresso = 232, 967
+    assert imagenet_synonyms()[border_collie] == ["Border collie"] and imagenet_synonyms()[espresso] == ["espresso"]
+    assert prior[espresso] < 1e-3 < prior[border_collie]
+    emb = F.normalize(torch.randn(1000, 8), dim=-1)
+    flat = torch.zeros(1000)
+    flat[:2] = torch.tensor([0.0, 1e-3])
+    out = reweight_by_prior(emb, flat, 1.0)
+    torch.testing.assert_close(out[0], emb[0])  # never seen: kept whole
+    torch.testing.assert_close(out[1], emb[1] / 2)  # at the average rate (1 / 1000), halved at strength 1
+    torch.testing.assert_close(reweight_by_prior(emb, flat, 0.0), emb)
+    for bad in (torch.zeros(999), torch.full((1000,), -1.0), torch.full((1000,), float("nan"))):
+        with pytest.raises(ValueError, match="class prior"):
+            reweight_by_prior(emb, bad, 1.0)
 
 
 def test_plain_queries_find_imagenet_objects(model):
@@ -136,6 +159,12 @@ def test_concept_files_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "concept_center": "yes"}))
     with pytest.raises(ValueError, match="concept_center"):
         load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_prior": -1}))
+    with pytest.raises(ValueError, match="concept_prior"):
+        load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_prior": 1.0}))
+    with pytest.raises(ValueError, match="class_prior"):  # the file saved above has no prior
+        load_lite_model(tmp_path, concept_weight=OPT_IN_WEIGHT)
 
 
 def test_rank_of_the_best_right_photo_counts_ties_against_the_query():
