@@ -2,7 +2,7 @@
 
     python -m eval.concept_dev                    # the shipped lite encoder: right-first count and MRR
     python -m eval.concept_dev --model ViT-B-32/openai
-    python -m eval.concept_dev --sweep --weights 0 0.5 0.7 --top-k 1 3   # the lite concept settings
+    python -m eval.concept_dev --sweep --prior 0 1 --weights 0 1 2 --top-k 1 3   # the lite concept settings
 
 The photos are read at run time from packages that ship them (``eval/concept_dev.json`` names
 each source, its package and its licence; no image is committed): scikit-image's and matplotlib's
@@ -11,8 +11,8 @@ sample data (the ``eval`` extra) and Debian's ``mate-backgrounds``. Each query h
 without a query are distractors. Right first = the best-ranked right photo is ranked 1; MRR = mean of
 1 / that rank. Ties count against the query (a right photo tied with a wrong one ranks below it).
 
-``--sweep`` chooses the lite model's ``concept_weight`` / ``concept_top_k`` / ``concept_center``
-(and measures a text-side ConSE, ``--text-weights``): for each setting it prints this set's numbers
+``--sweep`` chooses the lite model's ``concept_weight`` / ``concept_top_k`` / ``concept_center`` /
+``concept_prior`` (and measures a text-side ConSE, ``--text-weights``): for each setting it prints this set's numbers
 and the rsum on the padded held-out galleries of ``eval.validation.held_out_train`` (500 held-out
 Flickr8K train images and their 2,500 captions queried against 1,000 images / 5,000 captions; the
 test split is never read), from one pass of the towers.
