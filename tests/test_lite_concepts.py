@@ -220,3 +220,22 @@ def test_lite_concepts_refuses_weights_without_a_chosen_weight(tmp_path):
         LiteEncoder(tmp_path, device="cpu", concepts=True)
     with pytest.raises(ValueError, match="int8"):
         load_encoder("lite:concepts", int8=True)
+
+
+def test_padded_held_out_recall_queries_only_the_held_out_images():
+    """The sweep's protocol: the first n_val images (and their captions) query; the padding only distracts."""
+    from eval.concept_dev import padded_held_out_rsum, softmax_top_k
+
+    images = np.eye(6, dtype=np.float32)[:4]  # 2 held-out images, 2 padding images
+    owner = np.array([0, 0, 1, 1, 2, 3])
+    texts = images[owner].copy()
+    assert padded_held_out_rsum(images, texts, owner, 2)["rsum"] == pytest.approx(600)
+    texts[4:] = -images[owner[4:]]  # the padding's captions point away from their images: never queried
+    assert padded_held_out_rsum(images, texts, owner, 2)["rsum"] == pytest.approx(600)
+    texts[2:4] = images[0]  # image 1's captions now describe image 0
+    out = padded_held_out_rsum(images, texts, owner, 2)
+    assert out["image_retrieval_recall@1"] == pytest.approx(0.5)  # captions 2, 3 find image 0 first
+    # image 0: its 2 captions tie with captions 2, 3 (R@1 1/2); image 1: all 6 captions tie at 0 (2/6)
+    assert out["text_retrieval_recall@1"] == pytest.approx((1 / 2 + 2 / 6) / 2)
+    p = softmax_top_k(np.array([[3.0, 2.0, 1.0, 0.0]]), 2)
+    assert (p[0, 2:] == 0).all() and 0 < p.sum() < 1 and p[0, 0] > p[0, 1]
