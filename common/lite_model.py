@@ -156,6 +156,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # the Flickr8K heads alone (what training uses, and the lite model before issue 23).
     "concept_weight": 0.0,
     "concept_top_k": 1,
+    # The class embeddings less their mean (:func:`common.lite_concepts.center_concepts`). False for
+    # configs written before it, which used them as saved.
+    "concept_center": False,
+    # Classes Flickr8K photos often show weigh less (:func:`common.lite_concepts.reweight_by_prior`);
+    # 0 = off.
+    "concept_prior": 0.0,
 }
 
 
@@ -323,12 +329,17 @@ class LiteModel(nn.Module):
 
 
 def check_concepts(config: dict[str, Any]) -> tuple[float, int]:
-    """``concept_weight`` (a float >= 0) and ``concept_top_k`` (an int in [1, 1000]) from a lite config."""
+    """``concept_weight`` (a float >= 0) and ``concept_top_k`` (an int in [1, 1000]) from a lite config;
+    ``concept_center`` must be a bool, ``concept_prior`` a float >= 0."""
     from .checks import check_int
 
+    for key in ("concept_weight", "concept_prior"):
+        v = config.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
     weight = config.get("concept_weight", 0.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"concept_weight must be a finite number >= 0, got {weight!r}")
+    if not isinstance(config.get("concept_center", False), bool):
+        raise ValueError(f"concept_center must be true or false, got {config['concept_center']!r}")
     return float(weight), check_int("concept_top_k", config.get("concept_top_k", 1), 1, 1000)
 
 
@@ -351,7 +362,7 @@ def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float |
     """
     from safetensors.torch import load_file
 
-    from .lite_concepts import load_concepts
+    from .lite_concepts import center_concepts, load_class_prior, load_concepts, reweight_by_prior
 
     directory = Path(directory)
     weights = directory / "model.safetensors"
@@ -365,7 +376,11 @@ def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float |
         config["concept_weight"] = concept_weight
     model = LiteModel(config)
     if model.concept_weight > 0:
-        model.concept_embeddings = load_concepts(directory, model.config["embed_dim"])
+        classes = load_concepts(directory, model.config["embed_dim"])
+        classes = center_concepts(classes) if model.config["concept_center"] else classes
+        if model.config["concept_prior"] > 0:
+            classes = reweight_by_prior(classes, load_class_prior(directory), model.config["concept_prior"])
+        model.concept_embeddings = classes
     state = load_file(str(weights))
     expected = model.trainable_state_dict()
     if set(state) != set(expected):

@@ -234,6 +234,9 @@ def gib(b: float) -> float:
 
 # -- stages --------------------------------------------------------------------------------------
 ENCODE_VARIANTS = ("before", "torch", "onnxruntime", "int8")
+#: Also offered, not run by default: ``concepts`` = onnxruntime with the ImageNet concepts of issue
+#: 23 (``load_encoder("lite:concepts")``), to compare with ``onnxruntime`` side by side in one run.
+ENCODE_CHOICES = ENCODE_VARIANTS + ("concepts",)
 
 
 class BeforeIssue13:
@@ -284,7 +287,7 @@ class BeforeIssue13:
 
 
 def make_variant(variant: str, model: str, device: str | None) -> tuple[Any, Any]:
-    """(what encodes, the LiteEncoder underneath) for one of :data:`ENCODE_VARIANTS`."""
+    """(what encodes, the LiteEncoder underneath) for one of :data:`ENCODE_CHOICES`."""
     from retrieval import load_encoder
 
     if model != "lite":
@@ -295,6 +298,8 @@ def make_variant(variant: str, model: str, device: str | None) -> tuple[Any, Any
         return BeforeIssue13(encoder), encoder
     if variant == "int8":
         encoder = load_encoder("lite", device=device, runtime="onnxruntime", int8=True)
+    elif variant == "concepts":
+        encoder = load_encoder("lite:concepts", device=device, runtime="onnxruntime")
     else:
         encoder = load_encoder("lite", device=device, runtime=variant)
     return encoder, encoder
@@ -1189,9 +1194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--annotations", type=Path, default=FLICKR8K / "dataset_flickr8k.json")
     p.add_argument("--images", type=Path, default=FLICKR8K / "images")
     p.add_argument("--device", default=None)
-    p.add_argument("--encode-variants", nargs="+", default=list(ENCODE_VARIANTS), choices=ENCODE_VARIANTS,
+    p.add_argument("--encode-variants", nargs="+", default=list(ENCODE_VARIANTS), choices=ENCODE_CHOICES,
                    help="lite only: before = PyTorch NCHW without prefetching (as before issue 13), torch = "
-                        "channels_last + prefetching, onnxruntime = the CPU default, int8 = onnxruntime + int8 text")
+                        "channels_last + prefetching, onnxruntime = the CPU default, int8 = onnxruntime + int8 "
+                        "text, concepts = onnxruntime with lite:concepts (issue 23; not run by default)")
     p.add_argument("--encode-threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
     p.add_argument("--ann-n", type=int, default=1_000_000, help="items of the comparison with faiss float indexes")
     p.add_argument("--ann-k", type=int, default=10)

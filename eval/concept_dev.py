@@ -2,7 +2,7 @@
 
     python -m eval.concept_dev                    # the shipped lite encoder: right-first count and MRR
     python -m eval.concept_dev --model ViT-B-32/openai
-    python -m eval.concept_dev --sweep --weights 0 0.5 0.7 --top-k 1 3   # the lite concept settings
+    python -m eval.concept_dev --sweep --prior 0 1 --weights 0 1 2 --top-k 1 3   # the lite concept settings
 
 The photos are read at run time from packages that ship them (``eval/concept_dev.json`` names
 each source, its package and its licence; no image is committed): scikit-image's and matplotlib's
@@ -11,15 +11,18 @@ sample data (the ``eval`` extra) and Debian's ``mate-backgrounds``. Each query h
 without a query are distractors. Right first = the best-ranked right photo is ranked 1; MRR = mean of
 1 / that rank. Ties count against the query (a right photo tied with a wrong one ranks below it).
 
-``--sweep`` chooses the lite model's ``concept_weight`` / ``concept_top_k``: for each setting it
-prints this set's numbers and the rsum on the 500 held-out Flickr8K train images
-(``eval.validation.held_out_train``; the test split is never read), from one pass of the towers.
+``--sweep`` chooses the lite model's ``concept_weight`` / ``concept_top_k`` / ``concept_center`` /
+``concept_prior`` (and measures a text-side ConSE, ``--text-weights``): for each setting it prints this set's numbers
+and the rsum on the padded held-out galleries of ``eval.validation.held_out_train`` (500 held-out
+Flickr8K train images and their 2,500 captions queried against 1,000 images / 5,000 captions; the
+test split is never read), from one pass of the towers.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,39 +142,129 @@ def lite_texts(model: Any, texts: list[str], batch_size: int = 256) -> np.ndarra
     return torch.cat(out).numpy()
 
 
-def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
+def minilm_sentences(texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """all-MiniLM-L6-v2's own unit sentence embeddings (the pip weights, no Flickr8K top or head)."""
     import torch
     from torch.nn import functional as F
 
-    from common.lite_concepts import load_concepts
+    from common.lite_model import load_minilm
+
+    minilm, tokenizer = load_minilm()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(texts), batch_size):
+            tok = tokenizer(texts[s:s + batch_size], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            mask = tok["attention_mask"].unsqueeze(-1).float()
+            out.append(F.normalize((minilm(**tok).last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(out).numpy()
+
+
+def padded_held_out_rsum(image_emb: np.ndarray, text_emb: np.ndarray, caption_image: np.ndarray,
+                         n_val_images: int) -> dict[str, float]:
+    """R@1/5/10 both ways on the padded held-out galleries (``eval.validation.held_out_train``).
+
+    Text->image: the captions of the first ``n_val_images`` images query every image (1,000);
+    image->text: those images query every caption (5,000). The padding is never queried.
+    """
+    from .recall import expected_hits
+
+    caption_image = np.asarray(caption_image)
+    queried = np.flatnonzero(caption_image < n_val_images)
+    relevant = np.zeros((len(caption_image), len(image_emb)), dtype=bool)
+    relevant[np.arange(len(caption_image)), caption_image] = True
+    t2i = expected_hits(text_emb[queried] @ image_emb.T, relevant[queried], (1, 5, 10))
+    i2t = expected_hits(image_emb[:n_val_images] @ text_emb.T, relevant.T[:n_val_images], (1, 5, 10))
+    out = {f"image_retrieval_recall@{k}": float(t2i[k].mean()) for k in (1, 5, 10)}
+    out.update({f"text_retrieval_recall@{k}": float(i2t[k].mean()) for k in (1, 5, 10)})
+    out["rsum"] = 100.0 * sum(out.values())
+    return out
+
+
+def softmax_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Softmax over classes, masked to the k most probable (not renormalised: the mass is the confidence)."""
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if k < p.shape[1]:
+        p = p * (p >= -np.partition(-p, k - 1, axis=1)[:, k - 1:k])
+    return p
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def prior_images(annotations: str | Path, images: str | Path) -> list[Path]:
+    """The Flickr8K photos the class prior is taken over: the padding images of ``held_out_train``.
+
+    Train images outside the held-out draw (the set tuning may fit on), never queried, never test.
+    """
+    from .karpathy import load_karpathy
+    from .validation import held_out_train
+
+    train = load_karpathy(annotations, images, "train")
+    held = held_out_train(train.caption_image, train.n_images)
+    return [train.image_paths[i] for i in held.gallery_images[len(held.val_images):]]
+
+
+def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
+    """Every setting on the padded held-out galleries and the dev set, from one pass of the towers.
+
+    Image side: the shipped ConSE (``concept_weight``, ``concept_top_k``, ``concept_center``).
+    Text side (``--text-weights`` above 0; measured, not shipped): ConSE on the query too, with
+    class probabilities softmax(cos / ``--text-temperature``) between MiniLM's own sentence
+    embedding of the query and of the class prompts, top ``--text-top-k``, through the same class
+    embeddings, so that queries and photos meet in class space.
+    """
+    import torch
+
+    from common.lite_concepts import center_concepts, class_prompts, load_concepts, reweight_by_prior
     from common.lite_model import load_lite_model
 
     from .karpathy import load_karpathy
-    from .recall import retrieval_recall
     from .validation import held_out_train
 
     model = load_lite_model(args.lite, concept_weight=0)
-    model.concept_embeddings = load_concepts(args.lite, model.config["embed_dim"])
+    classes = load_concepts(args.lite, model.config["embed_dim"])
     train = load_karpathy(args.annotations, args.images, "train")
     held = held_out_train(train.caption_image, train.n_images)
-    val_items = [train.image_paths[i] for i in held.val_images]
-    heads, pooled = lite_parts(model, val_items + list(dev.paths))
-    val_texts = lite_texts(model, [train.captions[j] for j in held.val_captions])
-    owner = np.searchsorted(held.val_images, np.asarray(train.caption_image)[held.val_captions])
-    queries = lite_texts(model, dev.queries)
+    gallery = [train.image_paths[i] for i in held.gallery_images]
+    position = {int(g): i for i, g in enumerate(held.gallery_images)}
+    owner = np.array([position[int(i)] for i in np.asarray(train.caption_image)[held.gallery_captions]])
+    heads, pooled = lite_parts(model, gallery + list(dev.paths))
+    with torch.inference_mode():
+        logits = model.image_tower.imagenet_classifier(pooled.float()).numpy()
+    heads = heads.numpy()
+    captions = [train.captions[j] for j in held.gallery_captions]
+    texts = lite_texts(model, captions + list(dev.queries))
+    text_cos = None
+    if any(w > 0 for w in args.text_weights):
+        prompts, prompt_class = class_prompts()
+        names = np.zeros((1000, 384))
+        np.add.at(names, prompt_class.numpy(), minilm_sentences(prompts))
+        text_cos = minilm_sentences(captions + list(dev.queries)) @ unit(names).T
+    n = len(gallery)
+    # the class prior over the padding images (gallery distractors from the fit set), as
+    # scripts/build_lite_concepts.py computes it from prior_images()
+    prior = torch.from_numpy(softmax_top_k(logits[len(held.val_images):n], 1000).mean(axis=0))
+    text_settings = [(0.0, 0, 0.0)] + [(w, k, t) for w in args.text_weights if w > 0
+                                       for k in args.text_top_k for t in args.text_temperature]
     rows = []
-    for top_k in args.top_k:
-        model.concept_top_k = top_k
-        with torch.inference_mode():
-            concept = model.concept_embedding(pooled)
-        for weight in args.weights:
-            images = F.normalize(heads + weight * concept, dim=-1).numpy()
-            val = retrieval_recall(val_texts @ images[:len(val_items)].T, owner)
-            rsum = 100 * sum(v for k, v in val.items() if "recall@" in k)
-            m = dev_metrics(images[len(val_items):], queries, dev.right)
-            rows.append({"concept_weight": weight, "concept_top_k": top_k, "val_rsum": rsum, **m})
-            print(f"concept_weight={weight:<5g} concept_top_k={top_k:<3d} held-out val rsum {rsum:6.2f}   "
-                  f"dev right first {m['right_first']}/{m['queries']}, MRR {m['mrr']:.3f}", flush=True)
+    for center, strength, top_k in itertools.product(map(bool, args.center), args.prior, args.top_k):
+        t_c = center_concepts(classes) if center else classes
+        t_c = (reweight_by_prior(t_c, prior.float(), strength) if strength else t_c).numpy()
+        image_concept = softmax_top_k(logits, top_k) @ t_c
+        for weight, (tw, tk, tau) in itertools.product(args.weights, text_settings):
+            images = unit(heads + weight * image_concept)
+            queries = texts if not tw else unit(texts + tw * softmax_top_k(text_cos / tau, tk) @ t_c)
+            val = padded_held_out_rsum(images[:n], queries[:len(captions)], owner, len(held.val_images))
+            m = dev_metrics(images[n:], queries[len(captions):], dev.right)
+            rows.append({"concept_center": center, "concept_prior": strength, "concept_weight": weight,
+                         "concept_top_k": top_k, "text_weight": tw, "text_top_k": tk, "text_temperature": tau,
+                         "held_out": val, **m})
+            text = f" text w={tw:g} k={tk} T={tau:g}" if tw else ""
+            print(f"center={center:d} prior={strength:<4g} weight={weight:<4g} top_k={top_k:<2d}{text}  "
+                  f"held-out rsum {val['rsum']:6.2f}   dev right first {m['right_first']}/{m['queries']}, "
+                  f"MRR {m['mrr']:.3f}", flush=True)
     return rows
 
 
@@ -181,8 +274,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dev-set", type=Path, default=DEV_SET)
     p.add_argument("--sweep", action="store_true", help="lite concept settings instead of one encoder")
     p.add_argument("--lite", type=Path, default=None, help="lite model directory for --sweep (default: shipped)")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9, 1.2])
-    p.add_argument("--top-k", type=int, nargs="+", default=[1, 3, 10])
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5])
+    p.add_argument("--top-k", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--center", type=int, nargs="+", choices=(0, 1), default=[0, 1],
+                   help="concept_center settings (1: class embeddings less their mean)")
+    p.add_argument("--prior", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                   help="concept_prior strengths (0: off; the prior is taken over prior_images())")
+    p.add_argument("--text-weights", type=float, nargs="*", default=[],
+                   help="text-side concept weights to measure (0: the query's head embedding alone)")
+    p.add_argument("--text-top-k", type=int, nargs="+", default=[3, 10])
+    p.add_argument("--text-temperature", type=float, nargs="+", default=[0.05, 0.1])
     p.add_argument("--annotations", type=Path, default=DATA / "dataset_flickr8k.json")
     p.add_argument("--images", type=Path, default=DATA / "images")
     p.add_argument("--output", type=Path, default=None, help="write the result JSON here")

@@ -4,8 +4,11 @@
 
 Each of the 1,000 ImageNet classes becomes the mean unit text embedding of its WordNet synonyms
 (``timm.data.ImageNetInfo``) in a few prompts, through the model's own text tower and head, so it
-must be rerun whenever the text side is retrained. The config's ``concept_weight`` /
-``concept_top_k`` decide how the encoder uses them (``common.lite_model.LiteModel.image_features``).
+must be rerun whenever the text side is retrained. It also saves the Flickr8K class prior
+(``concept_prior``): the tower's mean ImageNet class probabilities over the 500 padding images of
+``eval.validation.held_out_train`` (train images outside the held-out draw, which tuning may fit
+on; never queried, never test). The config's ``concept_*`` settings decide how the encoder uses
+them (``common.lite_model.LiteModel.image_features``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="lite model directory (config.json, model.safetensors)")
+    p.add_argument("--annotations", type=Path, default=None, help="Flickr8K's dataset_flickr8k.json (default: ../shared/data)")
+    p.add_argument("--images", type=Path, default=None, help="Flickr8K's image folder (default: ../shared/data)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from common.lite_concepts import build_concept_embeddings, save_concepts
+    from common.lite_concepts import build_concept_embeddings, class_prior, save_concepts
     from common.lite_model import load_lite_model
+    from eval.concept_dev import DATA, prior_images
 
-    model = load_lite_model(args.model, concept_weight=0)  # the text side only; no concepts needed to build them
-    print(f"wrote {save_concepts(args.model, build_concept_embeddings(model, progress=not args.no_progress))}")
+    model = load_lite_model(args.model, concept_weight=0)  # no concepts needed to build them
+    embeddings = build_concept_embeddings(model, progress=not args.no_progress)
+    images = prior_images(args.annotations or DATA / "dataset_flickr8k.json", args.images or DATA / "images")
+    prior = class_prior(model, images, progress=not args.no_progress)
+    source = f"mean class probability over the {len(images)} padding images of eval.validation.held_out_train"
+    print(f"wrote {save_concepts(args.model, embeddings, prior=prior, prior_source=source)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from common.lite_concepts import CONCEPTS_FILE, PROMPTS, imagenet_synonyms, load_concepts, save_concepts
+from common.lite_concepts import (CONCEPTS_FILE, PROMPTS, center_concepts, imagenet_synonyms, load_class_prior,
+                                  load_concepts, reweight_by_prior, save_concepts)
 from common.lite_model import WEIGHTS_DIR, load_lite_model, read_config
 from eval.concept_dev import DEV_SET, load_dev_set, ranks_of_right
 
@@ -79,8 +80,46 @@ def test_shipped_concepts_are_the_prompts_of_their_class(model):
     tok = model.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = F.normalize(F.normalize(model.text_features(tok["input_ids"], tok["attention_mask"]), dim=-1).sum(0), dim=0)
-    assert float(model.concept_embeddings[281] @ expected) > 0.999
-    assert float(model.concept_embeddings[504] @ expected) < 0.9  # coffee mug is elsewhere
+    saved = load_concepts(WEIGHTS_DIR, model.config["embed_dim"])  # as built; the model may use them centred
+    assert float(saved[281] @ expected) > 0.999
+    assert float(saved[504] @ expected) < 0.9  # coffee mug is elsewhere
+
+
+def test_centred_concepts_keep_what_tells_classes_apart(model):
+    """concept_center: the shared direction of the class prompts is taken out, each row stays unit length."""
+    saved = load_concepts(WEIGHTS_DIR, model.config["embed_dim"])
+    centred = center_concepts(saved)
+    torch.testing.assert_close(centred.norm(dim=-1), torch.ones(1000))
+    off_diagonal = ~torch.eye(1000, dtype=torch.bool)
+    assert (centred @ centred.T)[off_diagonal].mean() < 0.05 < 0.2 < (saved @ saved.T)[off_diagonal].mean()
+    # the nearest classes stay the nearest: tabby's neighbours are cats before and after
+    assert set((saved @ saved[281]).topk(3).indices.tolist()) == set((centred @ centred[281]).topk(3).indices.tolist())
+    expected = centred if model.config["concept_center"] else saved
+    if model.config["concept_prior"] > 0:
+        expected = reweight_by_prior(expected, load_class_prior(WEIGHTS_DIR), model.config["concept_prior"])
+    torch.testing.assert_close(model.concept_embeddings, expected)
+    with pytest.raises(ValueError, match="n_classes"):
+        center_concepts(torch.ones(1, 8))
+
+
+def test_classes_flickr8k_shows_often_weigh_less():
+    """concept_prior: the shipped prior is a distribution in which Flickr8K's dogs outweigh an espresso,
+    and a class's embedding shrinks by 1 / (1 + strength * 1000 * prior)."""
+    prior = load_class_prior(WEIGHTS_DIR)
+    assert prior.min() >= 0 and abs(float(prior.sum()) - 1) < 1e-4
+    border_collie, espresso = 232, 967
+    assert imagenet_synonyms()[border_collie] == ["Border collie"] and imagenet_synonyms()[espresso] == ["espresso"]
+    assert prior[espresso] < 1e-3 < prior[border_collie]
+    emb = F.normalize(torch.randn(1000, 8), dim=-1)
+    flat = torch.zeros(1000)
+    flat[:2] = torch.tensor([0.0, 1e-3])
+    out = reweight_by_prior(emb, flat, 1.0)
+    torch.testing.assert_close(out[0], emb[0])  # never seen: kept whole
+    torch.testing.assert_close(out[1], emb[1] / 2)  # at the average rate (1 / 1000), halved at strength 1
+    torch.testing.assert_close(reweight_by_prior(emb, flat, 0.0), emb)
+    for bad in (torch.zeros(999), torch.full((1000,), -1.0), torch.full((1000,), float("nan"))):
+        with pytest.raises(ValueError, match="class prior"):
+            reweight_by_prior(emb, bad, 1.0)
 
 
 def test_plain_queries_find_imagenet_objects(model):
@@ -117,6 +156,15 @@ def test_concept_files_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "concept_top_k": 0}))
     with pytest.raises(ValueError, match="concept_top_k"):
         load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_center": "yes"}))
+    with pytest.raises(ValueError, match="concept_center"):
+        load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_prior": -1}))
+    with pytest.raises(ValueError, match="concept_prior"):
+        load_lite_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_prior": 1.0}))
+    with pytest.raises(ValueError, match="class_prior"):  # the file saved above has no prior
+        load_lite_model(tmp_path, concept_weight=OPT_IN_WEIGHT)
 
 
 def test_rank_of_the_best_right_photo_counts_ties_against_the_query():
@@ -172,3 +220,22 @@ def test_lite_concepts_refuses_weights_without_a_chosen_weight(tmp_path):
         LiteEncoder(tmp_path, device="cpu", concepts=True)
     with pytest.raises(ValueError, match="int8"):
         load_encoder("lite:concepts", int8=True)
+
+
+def test_padded_held_out_recall_queries_only_the_held_out_images():
+    """The sweep's protocol: the first n_val images (and their captions) query; the padding only distracts."""
+    from eval.concept_dev import padded_held_out_rsum, softmax_top_k
+
+    images = np.eye(6, dtype=np.float32)[:4]  # 2 held-out images, 2 padding images
+    owner = np.array([0, 0, 1, 1, 2, 3])
+    texts = images[owner].copy()
+    assert padded_held_out_rsum(images, texts, owner, 2)["rsum"] == pytest.approx(600)
+    texts[4:] = -images[owner[4:]]  # the padding's captions point away from their images: never queried
+    assert padded_held_out_rsum(images, texts, owner, 2)["rsum"] == pytest.approx(600)
+    texts[2:4] = images[0]  # image 1's captions now describe image 0
+    out = padded_held_out_rsum(images, texts, owner, 2)
+    assert out["image_retrieval_recall@1"] == pytest.approx(0.5)  # captions 2, 3 find image 0 first
+    # image 0: its 2 captions tie with captions 2, 3 (R@1 1/2); image 1: all 6 captions tie at 0 (2/6)
+    assert out["text_retrieval_recall@1"] == pytest.approx((1 / 2 + 2 / 6) / 2)
+    p = softmax_top_k(np.array([[3.0, 2.0, 1.0, 0.0]]), 2)
+    assert (p[0, 2:] == 0).all() and 0 < p.sum() < 1 and p[0, 0] > p[0, 1]
