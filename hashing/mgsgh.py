@@ -199,9 +199,11 @@ def _optimizer(params, config: "MGSGHConfig"):
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float):
+def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float, shortcut: bool = False):
     """One modality: GCN layer on the propagated input, fusion layer (eq. 4), tanh-relaxed hash
-    layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation."""
+    layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation.
+    ``shortcut``: the hash layer also sees the standardised GCN input through a linear map,
+    zero at the start (a residual path; MGSGH.md, "shortcut")."""
     import torch
     from torch import nn
 
@@ -215,12 +217,17 @@ def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: fl
             self.hash = nn.Linear(hidden, bits)
             self.decoder = nn.Linear(hidden, out_dim)  # back to the item's own features
             self.drop = nn.Dropout(dropout)
+            self.shortcut = nn.Linear(in_dim, bits, bias=False) if shortcut else None
+            if self.shortcut is not None:
+                nn.init.zeros_(self.shortcut.weight)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """(relaxed code in [-1, 1], fused representation xi / zeta)."""
-            g = self.drop(torch.relu(self.gcn((x - self.mean) / self.std)))
+            xs = (x - self.mean) / self.std
+            g = self.drop(torch.relu(self.gcn(xs)))
             fused = self.drop(torch.relu(self.fusion(g)))
-            return torch.tanh(self.hash(fused)), fused
+            z = self.hash(fused) if self.shortcut is None else self.hash(fused) + self.shortcut(xs)
+            return torch.tanh(z), fused
 
     return Branch()
 
@@ -254,6 +261,7 @@ class MGSGHConfig:
     optimizer: str = "sgd"
     lr_schedule: str = "constant"
     triplet_mining: str = "all"
+    shortcut: bool = False
     new_item_neighbors: str = "knn"
     image_transform: str = "auto"
     text_transform: str = "auto"
@@ -272,7 +280,7 @@ class MGSGHConfig:
             "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
             "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
         }
-        for name in ("graph", "self_features"):
+        for name in ("graph", "self_features", "shortcut"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("dropout", "momentum", "weight_decay", "margin", "triplet_weight", "reconstruction_weight",
@@ -344,7 +352,7 @@ class MGSGHHasher(Hasher):
             target = {m: torch.from_numpy(self.nodes[m]) for m in MODALITIES}
             rows = {m: torch.from_numpy(row_node[m]) for m in MODALITIES}
             branches = {m: _build_branch(data[m].shape[1], target[m].shape[1], self.config.hidden_dim, self.bits,
-                                         self.config.dropout)
+                                         self.config.dropout, shortcut=self.config.shortcut)
                         for m in MODALITIES}
             stats = {}
             for m in MODALITIES:
@@ -496,8 +504,9 @@ class MGSGHHasher(Hasher):
         in eval mode, with the input standardisation folded into the GCN layer and no autograd or
         module dispatch (MGSGH.md, "Cost"). tanh is left out: the bit is the sign of its argument.
         """
-        (w1, b1), (w2, b2), (w3, b3) = self._inference_weights(modality)
-        h = np.ascontiguousarray(p, dtype=np.float32) @ w1
+        (w1, b1), (w2, b2), (w3, b3), *shortcut = self._inference_weights(modality)
+        p = np.ascontiguousarray(p, dtype=np.float32)
+        h = p @ w1
         h += b1
         np.maximum(h, 0, out=h)
         g = h @ w2
@@ -505,6 +514,9 @@ class MGSGHHasher(Hasher):
         np.maximum(g, 0, out=g)
         out = g @ w3
         out += b3
+        for ws, bs in shortcut:
+            out += p @ ws
+            out += bs
         return out
 
     def _inference_weights(self, modality: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -516,6 +528,9 @@ class MGSGHHasher(Hasher):
             w1 = b["gcn.weight"] / b["std"][None, :]
             layers = [(w1, b["gcn.bias"] - w1 @ b["mean"]), (b["fusion.weight"], b["fusion.bias"]),
                       (b["hash.weight"], b["hash.bias"])]
+            if "shortcut.weight" in b:
+                ws = b["shortcut.weight"] / b["std"][None, :]
+                layers.append((ws, -ws @ b["mean"]))
             cached = [(np.ascontiguousarray(w.T, np.float32), b_.astype(np.float32)) for w, b_ in layers]
             self._inference[modality] = cached
         return cached
@@ -551,7 +566,7 @@ class MGSGHHasher(Hasher):
             if nodes.ndim != 2 or nodes.shape[1] != self.input_dims[m]:
                 raise ValueError(f"{m}.nodes has shape {nodes.shape}, expected (n, {self.input_dims[m]})")
             branch = _build_branch(self._net_in(m), self.input_dims[m], self.config.hidden_dim, self.bits,
-                                   self.config.dropout)
+                                   self.config.dropout, shortcut=self.config.shortcut)
             prefix = f"{m}.net."
             sub = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
             expected = branch.state_dict()
