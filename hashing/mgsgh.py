@@ -253,15 +253,15 @@ class MGSGHConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    lr_schedule: str = "constant"
+    triplet_mining: str = "all"
+    shortcut: bool = False
     margin: float = 1.0
     triplet_weight: float = 1.0
     reconstruction_weight: float = 1.0
     quantization_weight: float = 0.1
     balance_weight: float = 1.0
-    optimizer: str = "sgd"
-    lr_schedule: str = "constant"
-    triplet_mining: str = "all"
-    shortcut: bool = False
     new_item_neighbors: str = "knn"
     image_transform: str = "auto"
     text_transform: str = "auto"
@@ -269,9 +269,6 @@ class MGSGHConfig:
     def __post_init__(self) -> None:
         checked: dict[str, Any] = {
             "new_item_neighbors": check_choice(self.new_item_neighbors, "new_item_neighbors", NEW_ITEM_RULES),
-            "optimizer": check_choice(self.optimizer, "optimizer", OPTIMIZERS),
-            "lr_schedule": check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES),
-            "triplet_mining": check_choice(self.triplet_mining, "triplet_mining", TRIPLET_MINING),
             "k": check_int("k", self.k, 0),
             "hidden_dim": check_int("hidden_dim", self.hidden_dim),
             "epochs": check_int("epochs", self.epochs, 0),
@@ -279,8 +276,11 @@ class MGSGHConfig:
             "lr": _check_number(self.lr, "lr", allow_zero=False),
             "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
             "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
+            "optimizer": check_choice(self.optimizer, "optimizer", OPTIMIZERS),
+            "lr_schedule": check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES),
+            "triplet_mining": check_choice(self.triplet_mining, "triplet_mining", TRIPLET_MINING),
         }
-        for name in ("graph", "self_features", "shortcut"):
+        for name in ("graph", "self_features"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("dropout", "momentum", "weight_decay", "margin", "triplet_weight", "reconstruction_weight",
@@ -289,6 +289,8 @@ class MGSGHConfig:
         for name in ("dropout", "momentum"):
             if checked[name] >= 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not isinstance(self.shortcut, bool):
+            raise TypeError(f"shortcut must be a bool, got {self.shortcut!r}")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
