@@ -179,12 +179,12 @@ def test_nothing_ablation_has_no_graph_and_is_an_mlp_of_the_same_width():
     h = MGSGHHasher(bits=16, graph=False, **FAST).fit(img, txt, labels)
     assert len(h.graphs["image"].indices) == 0
     assert np.allclose(h.propagated(img[:5] + 1, "image"), h.propagated(img[:5] + 1, "image"))
-    full = MGSGHHasher(bits=16, **FAST).fit(img, txt, labels)
+    full = MGSGHHasher(bits=16, k=10, **FAST).fit(img, txt, labels)
     widths = lambda b: [p.shape for name, p in b.named_parameters() if name != "gcn.weight"]  # noqa: E731
     assert widths(h.branches["image"]) == widths(full.branches["image"])
     # with the graph, the GCN layer sees [own | neighbourhood]; without, the own features alone
     assert full.branches["image"].gcn.weight.shape[1] == 2 * h.branches["image"].gcn.weight.shape[1]
-    kipf = MGSGHHasher(bits=16, self_features=False, **FAST).fit(img, txt, labels)
+    kipf = MGSGHHasher(bits=16, k=10, self_features=False, **FAST).fit(img, txt, labels)
     assert kipf.branches["image"].gcn.weight.shape == h.branches["image"].gcn.weight.shape
 
 
