@@ -242,7 +242,7 @@ class MGSGHConfig:
     ``balance_weight`` eta, ``reconstruction_weight`` the weight of eq. 8 (1 in eq. 10).
     Optimiser: SGD with ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` of §IV-B by default;
     ``optimizer``, ``lr_schedule``, ``triplet_mining`` and ``shortcut`` are the held-out choices
-    for pairs-only training on aligned embeddings (MGSGH.md, "Training on Flickr8K"). ``k = 0``
+    for pairs-only training on aligned embeddings (MGSGH.md, "Tuning the training"). ``k = 0``
     by default: every graph lowered held-out retrieval on Wiki and Flickr8K (MGSGH.md, "Choosing k").
     """
 
@@ -529,7 +529,8 @@ class MGSGHHasher(Hasher):
         computed once per fitted or loaded network."""
         cached = self._inference.get(modality)
         if cached is None:
-            b = {k: v.detach().cpu().numpy().astype(np.float64) for k, v in self.branches[modality].state_dict().items()}
+            b = {k: v.detach().cpu().numpy().astype(np.float64)
+                 for k, v in self.branches[modality].state_dict().items()}
             w1 = b["gcn.weight"] / b["std"][None, :]
             layers = [(w1, b["gcn.bias"] - w1 @ b["mean"]), (b["fusion.weight"], b["fusion.bias"]),
                       (b["hash.weight"], b["hash.bias"])]
