@@ -529,6 +529,10 @@ class MGSGHHasher(Hasher):
         computed once per fitted or loaded network."""
         cached = self._inference.get(modality)
         if cached is None:
+            if getattr(self.branches[modality], "fine", None) is not None:
+                # a fine-grained branch feeds the fusion layer too: only Branch.forward computes that
+                raise RuntimeError("the numpy encoding path covers the global branch only; use Branch.forward "
+                                   "when the fine branch is on")
             b = {k: v.detach().cpu().numpy().astype(np.float64)
                  for k, v in self.branches[modality].state_dict().items()}
             w1 = b["gcn.weight"] / b["std"][None, :]
