@@ -42,6 +42,9 @@ from .hash_metrics import hamming_distances
 from .machine import machine
 from .recall import DEFAULT_KS, expected_hits
 
+#: encode calls timed per hasher; the encode rate is that of the fastest
+ENCODE_REPEATS = 3
+
 
 def float_topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -153,9 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
             labels = data.train.text_labels[fit_rows] if args.multi_positive else None
             hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows], labels)
             fit_seconds = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            img_codes, txt_codes = hasher.encode(test.image, "image"), hasher.encode(test.text, "text")
-            encode_rate = (len(test.image) + len(test.text)) / (time.perf_counter() - t0)
+            encode_seconds = []
+            for _ in range(ENCODE_REPEATS):  # the fastest of a few calls: a busy machine only adds time
+                t0 = time.perf_counter()
+                img_codes, txt_codes = hasher.encode(test.image, "image"), hasher.encode(test.text, "text")
+                encode_seconds.append(time.perf_counter() - t0)
+            encode_rate = (len(test.image) + len(test.text)) / min(encode_seconds)
             row = {
                 "i2t": evaluate_direction(test.image, test.text, img_codes, txt_codes, i2t_relevant, bits,
                                           args.candidates, depths, hasher._project(test.image, "image")),
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
             for d in row.values():
                 d["fit_seconds"] = fit_seconds
-                d["encode_items_per_s"] = encode_rate  # test images + captions, one call per modality
+                d["encode_items_per_s"] = encode_rate  # test images + captions, one call per modality, best of 3
             results.setdefault(method, {})[bits] = row
             print(f"{method} {bits} bits: top-10 in candidates i2t {row['i2t']['top10_in_candidates']:.3f}, "
                   f"t2i {row['t2i']['top10_in_candidates']:.3f} (fit {fit_seconds:.0f}s, encode {encode_rate:,.0f} items/s)", flush=True)

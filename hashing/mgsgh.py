@@ -42,6 +42,9 @@ from .lsh import TRANSFORMS, apply_transform, check_choice, resolve_transform
 
 MODALITIES = ("image", "text")
 NEW_ITEM_RULES = ("knn", "mutual")  # how a new item picks its training neighbours (MGSGH.md)
+OPTIMIZERS = ("sgd", "adam")  # sgd: the paper's §IV-B; adam: the held-out choice (MGSGH.md)
+LR_SCHEDULES = ("constant", "cosine")
+TRIPLET_MINING = ("all", "hardest")  # which in-batch negatives enter eqs. 5-7 (MGSGH.md)
 _BLOCK = 2048
 #: squared distance (relative to the mean squared norm of the nodes) under which a row is a training node
 _SAME_NODE = 1e-8  # rows of one distance block while building the graph or encoding
@@ -187,9 +190,20 @@ def positive_groups(labels: Any, n: int, fallback: np.ndarray) -> tuple[np.ndarr
 
 
 # -- networks ------------------------------------------------------------------------------------
-def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float):
+def _optimizer(params, config: "MGSGHConfig"):
+    """SGD with momentum (§IV-B) or Adam (decoupled weight decay); see MGSGH.md for the choice."""
+    import torch
+
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float, shortcut: bool = False):
     """One modality: GCN layer on the propagated input, fusion layer (eq. 4), tanh-relaxed hash
-    layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation."""
+    layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation.
+    ``shortcut``: the hash layer also sees the standardised GCN input through a linear map,
+    zero at the start (a residual path; MGSGH.md, "shortcut")."""
     import torch
     from torch import nn
 
@@ -203,12 +217,17 @@ def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: fl
             self.hash = nn.Linear(hidden, bits)
             self.decoder = nn.Linear(hidden, out_dim)  # back to the item's own features
             self.drop = nn.Dropout(dropout)
+            self.shortcut = nn.Linear(in_dim, bits, bias=False) if shortcut else None
+            if self.shortcut is not None:
+                nn.init.zeros_(self.shortcut.weight)
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """(relaxed code in [-1, 1], fused representation xi / zeta)."""
-            g = self.drop(torch.relu(self.gcn((x - self.mean) / self.std)))
+            xs = (x - self.mean) / self.std
+            g = self.drop(torch.relu(self.gcn(xs)))
             fused = self.drop(torch.relu(self.fusion(g)))
-            return torch.tanh(self.hash(fused)), fused
+            z = self.hash(fused) if self.shortcut is None else self.hash(fused) + self.shortcut(xs)
+            return torch.tanh(z), fused
 
     return Branch()
 
@@ -221,10 +240,13 @@ class MGSGHConfig:
     ``scripts/mgsgh_choose_k.py``); ``graph=False`` drops the propagation (the "Nothing" ablation:
     an MLP of the same width). ``margin`` is the triplet's alpha, ``quantization_weight`` gamma,
     ``balance_weight`` eta, ``reconstruction_weight`` the weight of eq. 8 (1 in eq. 10).
-    Optimiser: SGD with ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` of §IV-B.
+    Optimiser: SGD with ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` of §IV-B by default;
+    ``optimizer``, ``lr_schedule``, ``triplet_mining`` and ``shortcut`` are the held-out choices
+    for pairs-only training on aligned embeddings (MGSGH.md, "Tuning the training"). ``k = 0``
+    by default: every graph lowered held-out retrieval on Wiki and Flickr8K (MGSGH.md, "Choosing k").
     """
 
-    k: int = 10
+    k: int = 0
     graph: bool = True
     self_features: bool = True
     hidden_dim: int = 512
@@ -234,6 +256,10 @@ class MGSGHConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    lr_schedule: str = "constant"
+    triplet_mining: str = "all"
+    shortcut: bool = False
     margin: float = 1.0
     triplet_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -253,6 +279,9 @@ class MGSGHConfig:
             "lr": _check_number(self.lr, "lr", allow_zero=False),
             "image_transform": check_choice(self.image_transform, "image_transform", TRANSFORMS),
             "text_transform": check_choice(self.text_transform, "text_transform", TRANSFORMS),
+            "optimizer": check_choice(self.optimizer, "optimizer", OPTIMIZERS),
+            "lr_schedule": check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES),
+            "triplet_mining": check_choice(self.triplet_mining, "triplet_mining", TRIPLET_MINING),
         }
         for name in ("graph", "self_features"):
             if not isinstance(getattr(self, name), bool):
@@ -263,6 +292,8 @@ class MGSGHConfig:
         for name in ("dropout", "momentum"):
             if checked[name] >= 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not isinstance(self.shortcut, bool):
+            raise TypeError(f"shortcut must be a bool, got {self.shortcut!r}")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -292,6 +323,7 @@ class MGSGHHasher(Hasher):
         self.digests: dict[str, np.ndarray] = {}  # raw-row digests of the nodes
         self.graphs: dict[str, Graph] = {}
         self._lookup: dict[str, dict[bytes, int]] = {}
+        self._inference: dict[str, list] = {}  # folded numpy weights for encoding (_inference_weights)
         #: mean training loss per epoch of the last fit (diagnostic, not saved)
         self.loss_history_: list[float] = []
 
@@ -325,7 +357,7 @@ class MGSGHHasher(Hasher):
             target = {m: torch.from_numpy(self.nodes[m]) for m in MODALITIES}
             rows = {m: torch.from_numpy(row_node[m]) for m in MODALITIES}
             branches = {m: _build_branch(data[m].shape[1], target[m].shape[1], self.config.hidden_dim, self.bits,
-                                         self.config.dropout)
+                                         self.config.dropout, shortcut=self.config.shortcut)
                         for m in MODALITIES}
             stats = {}
             for m in MODALITIES:
@@ -335,15 +367,17 @@ class MGSGHHasher(Hasher):
                 t = target[m][rows[m]]
                 stats[m] = (t.mean(0), t.std(0).clamp_min(1e-6))
             params = [p for b in branches.values() for p in b.parameters()]
-            opt = torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum,
-                                  weight_decay=self.config.weight_decay)
+            opt = _optimizer(params, self.config)
+            bs = min(self.config.batch_size, n)
+            steps = self.config.epochs * math.ceil(n / bs)
+            sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+                     if self.config.lr_schedule == "cosine" else None)
             lab_ids = None if ids is None else torch.from_numpy(ids)
             lab_hot = None if multi_hot is None else torch.from_numpy(multi_hot)
             gen = torch.Generator().manual_seed(self.seed)
             self.loss_history_ = []
             for b in branches.values():
                 b.train()
-            bs = min(self.config.batch_size, n)
             bar = tqdm(range(self.config.epochs), desc=f"{self.method} {self.bits} bits", disable=not self.progress)
             for _ in bar:
                 perm = torch.randperm(n, generator=gen)
@@ -363,12 +397,15 @@ class MGSGHHasher(Hasher):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if sched is not None:
+                        sched.step()
                     total += float(loss.detach()) * len(idx)
                 self.loss_history_.append(total / n)
                 bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
         for b in branches.values():
             b.eval()
         self.branches = branches
+        self._inference = {}
         self.input_dims = {m: int(raw[m].shape[1]) for m in MODALITIES}
         return self
 
@@ -385,6 +422,13 @@ class MGSGHHasher(Hasher):
             neg = ~same
             trip = 0.0
             for dist in (d, d.T):  # image anchors vs texts (L_i), text anchors vs images (L_t)
+                if c.triplet_mining == "hardest":
+                    # each (anchor, positive) against its batch's closest negative
+                    closest = dist.masked_fill(~neg, math.inf).min(1, keepdim=True).values  # (a, 1)
+                    valid = same & torch.isfinite(closest)
+                    if valid.any():
+                        trip = trip + torch.relu(dist - closest + c.margin)[valid].mean()
+                    continue
                 t = torch.relu(dist[:, :, None] - dist[:, None, :] + c.margin)  # [a, p, n]
                 valid = same[:, :, None] & neg[:, None, :]
                 if valid.any():
@@ -455,11 +499,51 @@ class MGSGHHasher(Hasher):
         return out.astype(np.float32)
 
     def _project(self, features: np.ndarray, modality: str) -> np.ndarray:
-        import torch
+        return self._forward(modality, self.propagated(features, modality))
 
-        p = self.propagated(features, modality)
-        with torch_threads(self.num_threads), torch.no_grad():
-            return self.branches[modality](torch.from_numpy(np.ascontiguousarray(p)))[0].numpy()
+    # -- inference path ---------------------------------------------------------------------------
+    def _forward(self, modality: str, p: np.ndarray) -> np.ndarray:
+        """The branch's relaxed code for GCN inputs ``p``, as three float32 numpy products.
+
+        Encoding is the hot path of indexing and search: the same network as ``Branch.forward``
+        in eval mode, with the input standardisation folded into the GCN layer and no autograd or
+        module dispatch (MGSGH.md, "Cost"). tanh is left out: the bit is the sign of its argument.
+        """
+        (w1, b1), (w2, b2), (w3, b3), *shortcut = self._inference_weights(modality)
+        p = np.ascontiguousarray(p, dtype=np.float32)
+        h = p @ w1
+        h += b1
+        np.maximum(h, 0, out=h)
+        g = h @ w2
+        g += b2
+        np.maximum(g, 0, out=g)
+        out = g @ w3
+        out += b3
+        for ws, bs in shortcut:
+            out += p @ ws
+            out += bs
+        return out
+
+    def _inference_weights(self, modality: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(weight^T, bias) of the GCN, fusion and hash layers, the GCN's folding in (x - mean) / std;
+        computed once per fitted or loaded network."""
+        cached = self._inference.get(modality)
+        if cached is None:
+            if getattr(self.branches[modality], "fine", None) is not None:
+                # a fine-grained branch feeds the fusion layer too: only Branch.forward computes that
+                raise RuntimeError("the numpy encoding path covers the global branch only; use Branch.forward "
+                                   "when the fine branch is on")
+            b = {k: v.detach().cpu().numpy().astype(np.float64)
+                 for k, v in self.branches[modality].state_dict().items()}
+            w1 = b["gcn.weight"] / b["std"][None, :]
+            layers = [(w1, b["gcn.bias"] - w1 @ b["mean"]), (b["fusion.weight"], b["fusion.bias"]),
+                      (b["hash.weight"], b["hash.bias"])]
+            if "shortcut.weight" in b:
+                ws = b["shortcut.weight"] / b["std"][None, :]
+                layers.append((ws, -ws @ b["mean"]))
+            cached = [(np.ascontiguousarray(w.T, np.float32), b_.astype(np.float32)) for w, b_ in layers]
+            self._inference[modality] = cached
+        return cached
 
     # -- persistence ----------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -492,7 +576,7 @@ class MGSGHHasher(Hasher):
             if nodes.ndim != 2 or nodes.shape[1] != self.input_dims[m]:
                 raise ValueError(f"{m}.nodes has shape {nodes.shape}, expected (n, {self.input_dims[m]})")
             branch = _build_branch(self._net_in(m), self.input_dims[m], self.config.hidden_dim, self.bits,
-                                   self.config.dropout)
+                                   self.config.dropout, shortcut=self.config.shortcut)
             prefix = f"{m}.net."
             sub = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
             expected = branch.state_dict()
@@ -511,4 +595,5 @@ class MGSGHHasher(Hasher):
                                      ("indptr", "indices", "weights", "radius2", "degree")),
                                    sigma2=float(np.asarray(state[f"{m}.graph.sigma2"])[0]))
         self.branches = branches
+        self._inference = {}
         self._index_digests()

@@ -17,6 +17,7 @@ graph edge at all (each node only its self-loop). Every other setting is fixed b
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import sys
 import time
@@ -31,7 +32,7 @@ from common.settings_args import key_setting, setting_value  # noqa: E402
 from eval import hash_metrics as hm  # noqa: E402
 from eval.datasets_hashing import flickr8k_embeddings, load_flickr8k, load_wiki  # noqa: E402
 from eval.recall import expected_hits  # noqa: E402
-from hashing import create_hasher  # noqa: E402
+from hashing import create_hasher, hasher_class  # noqa: E402
 
 
 def grid_setting(text: str) -> tuple[str, list]:
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--grid", type=grid_setting, action="append", default=[], metavar="KEY=V1,V2,...")
     p.add_argument("--set", type=key_setting, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--method", default="mgsgh",
+                   help="the hasher to fit (default mgsgh); another one (contrastive) scores a reference on the same rows")
     p.add_argument("--output", type=Path)
     args = p.parse_args(argv)
     if args.dataset == "wiki":
@@ -105,9 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
         per_seed = []
         for seed in args.seeds:
             fit, held = split_rows(units, seed)
-            labels = groups[fit] if (args.supervised or args.dataset == "flickr8k") else None
+            # Flickr8K: MGSGH's positives are the captions of one image (its default without labels);
+            # a reference hasher is fitted from the pairs alone, as eval.stage1 fits it
+            labels = (groups[fit] if args.supervised or (args.dataset == "flickr8k" and args.method == "mgsgh")
+                      else None)
+            quiet = {"progress": False} if "progress" in inspect.signature(hasher_class(args.method)).parameters else {}
             t0 = time.perf_counter()
-            hasher = create_hasher("mgsgh", args.bits, seed=seed, progress=False, **settings)
+            hasher = create_hasher(args.method, args.bits, seed=seed, **quiet, **settings)
             hasher.fit(img[fit], txt[fit], labels)
             res = score(hasher, img, txt, groups, fit, held, args.dataset)
             res["fit_s"] = time.perf_counter() - t0
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"(sd {row['sd']:.4f}, fit {row['fit_s']:.0f}s)", flush=True)
     best = max(rows, key=lambda r: r["mean"])
     print(f"best on held-out: {best['settings']}")
-    report = {"dataset": args.dataset, "bits": args.bits, "supervised": args.supervised, "seeds": args.seeds,
+    report = {"dataset": args.dataset, "method": args.method, "bits": args.bits, "supervised": args.supervised, "seeds": args.seeds,
               "metric": "wiki: MAP@50 (tie-aware); flickr8k: hash-only R@1; mean of i2t and t2i",
               "rows": rows, "best": best["settings"], "command": " ".join(sys.argv)}
     if args.output:

@@ -179,13 +179,36 @@ def test_nothing_ablation_has_no_graph_and_is_an_mlp_of_the_same_width():
     h = MGSGHHasher(bits=16, graph=False, **FAST).fit(img, txt, labels)
     assert len(h.graphs["image"].indices) == 0
     assert np.allclose(h.propagated(img[:5] + 1, "image"), h.propagated(img[:5] + 1, "image"))
-    full = MGSGHHasher(bits=16, **FAST).fit(img, txt, labels)
+    full = MGSGHHasher(bits=16, k=10, **FAST).fit(img, txt, labels)
     widths = lambda b: [p.shape for name, p in b.named_parameters() if name != "gcn.weight"]  # noqa: E731
     assert widths(h.branches["image"]) == widths(full.branches["image"])
     # with the graph, the GCN layer sees [own | neighbourhood]; without, the own features alone
     assert full.branches["image"].gcn.weight.shape[1] == 2 * h.branches["image"].gcn.weight.shape[1]
-    kipf = MGSGHHasher(bits=16, self_features=False, **FAST).fit(img, txt, labels)
+    kipf = MGSGHHasher(bits=16, k=10, self_features=False, **FAST).fit(img, txt, labels)
     assert kipf.branches["image"].gcn.weight.shape == h.branches["image"].gcn.weight.shape
+
+
+@pytest.mark.parametrize("settings", [
+    {"k": 5},
+    {"k": 0, "shortcut": True, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "triplet_mining": "hardest"},
+])
+def test_the_numpy_encoding_path_is_the_trained_network(settings, tmp_path):
+    """Encoding skips autograd and folds the standardisation into the GCN layer: the same network."""
+    import torch
+
+    img, txt, labels = clustered_pairs(120)
+    h = MGSGHHasher(bits=16, **{**FAST, "epochs": 10}, **settings).fit(img, txt, labels)
+    assert h.loss_history_[-1] < h.loss_history_[0]
+    for x, m in ((img, "image"), (txt, "text")):
+        p = h.propagated(x, m)
+        with torch.no_grad():
+            relaxed = h.branches[m](torch.from_numpy(p))[0].numpy()
+        assert np.allclose(np.tanh(h._forward(m, p)), relaxed, atol=1e-5)
+        assert (unpack_codes(h.encode(x, m), 16) == np.where(relaxed >= 0, 1, -1)).mean() > 0.999
+    if settings.get("shortcut"):
+        assert h.branches["image"].shortcut.weight.abs().sum() > 0  # the shortcut was trained
+    loaded = Hasher.from_pretrained(h.save_pretrained(tmp_path / "m"))
+    assert (loaded.encode(img, "image") == h.encode(img, "image")).all()
 
 
 def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tmp_path):
@@ -209,7 +232,9 @@ def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tm
     ({"k": True}, "k must be"), ({"batch_size": 1}, "batch_size"), ({"lr": 0}, "lr"),
     ({"momentum": 1.0}, "momentum"), ({"margin": -1}, "margin"), ({"graph": 1}, "graph must be a bool"),
     ({"self_features": "yes"}, "self_features must be a bool"), ({"new_item_neighbors": "all"}, "new_item_neighbors"),
-    ({"image_transform": "pca"}, "image_transform"), ({"kk": 3}, "kk"),
+    ({"image_transform": "pca"}, "image_transform"), ({"kk": 3}, "kk"), ({"optimizer": "lbfgs"}, "optimizer"),
+    ({"lr_schedule": "step"}, "lr_schedule"), ({"triplet_mining": "semi"}, "triplet_mining"),
+    ({"shortcut": 1}, "shortcut must be a bool"),
 ])
 def test_bad_settings_are_named(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
