@@ -251,7 +251,7 @@ class MGSGHConfig:
     balance_weight: float = 1.0
     new_item_neighbors: str = "knn"
     fine: bool = False
-    fine_dim: int = 128
+    fine_dim: int = 64
     fine_layers: int = 2
     image_transform: str = "auto"
     text_transform: str = "auto"
