@@ -521,7 +521,18 @@ class MGSGHHasher(Hasher):
     def _project(self, features: np.ndarray, modality: str, fine: FineInput | None = None) -> np.ndarray:
         import torch
 
-        if self.config.fine and fine is None:
+        if self.config.fine:
+            return self._project_fine(features, modality, fine)
+        p = self.propagated(features, modality)
+        with torch_threads(self.num_threads), torch.no_grad():
+            return self.branches[modality](torch.from_numpy(np.ascontiguousarray(p)))[0].numpy()
+
+    def _project_fine(self, features: np.ndarray, modality: str, fine: FineInput | None) -> np.ndarray:
+        """With the fine branch the whole network runs in torch (its per-item GCN over padded graphs);
+        whatever faster path the global branch alone takes does not apply."""
+        import torch
+
+        if fine is None:
             self._check_fine({modality: None}, len(features))
         p = self.propagated(features, modality)
         with torch_threads(self.num_threads), torch.no_grad():
