@@ -71,6 +71,20 @@ def flickr8k_row(data, bits: int, seed: int, settings: dict, fine: dict | None =
             **{f"t2i_{k}": v for k, v in recalls(-d.T, rel.T).items()}, "fit_encode_s": seconds}
 
 
+def fine_gain(table: dict) -> dict:
+    """Per bit length, (with fine) - (without fine) for each metric, seed by seed (same seeds, same
+    shared settings): mean and sd of the differences, and each one. Empty unless both were run."""
+    with_fine, without = table.get("Full (with fine branch)"), table.get("Full (no fine branch)")
+    if not with_fine or not without:
+        return {}
+    out = {}
+    for bits in with_fine.keys() & without.keys():
+        diffs = {m: np.subtract(with_fine[bits][m]["runs"], without[bits][m]["runs"])
+                 for m in with_fine[bits] if m.startswith(("i2t", "t2i"))}
+        out[bits] = {m: {"mean": float(d.mean()), "sd": float(d.std()), "runs": d.tolist()} for m, d in diffs.items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=("wiki", "flickr8k"), required=True)
@@ -136,9 +150,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, by_bits in table.items():
         for bits, summary in by_bits.items():
             print(f"| {name} | {bits} | " + " | ".join(f"{v['mean']:.3f} ± {v['sd']:.3f}" for v in summary.values()) + " |")
+    gain = fine_gain(table)
+    if gain:
+        print("\nfine branch's gain over Full without it, paired by seed (mean ± sd of the per-seed differences):")
+        for bits, summary in gain.items():
+            print(f"{bits} bits: " + "  ".join(f"{m} {v['mean']:+.4f} ± {v['sd']:.4f}" for m, v in summary.items()))
     command = shlex.join(["python", "scripts/mgsgh_ablation.py", *(argv if argv is not None else sys.argv[1:])])
     report = {"dataset": args.dataset, "supervised": args.supervised, "metric": metric, "seeds": args.seeds,
-              "shared_settings": shared, "variants": VARIANTS, "results": table, "machine": machine(),
+              "shared_settings": shared, "variants": VARIANTS, "results": table, "fine_gain": gain, "machine": machine(),
               "commands": [*(earlier.get("commands", [earlier.get("command")]) if earlier else []), command]}
     if args.output:
         write_json(args.output, report)
