@@ -85,16 +85,17 @@ def reweight_by_prior(embeddings: torch.Tensor, prior: torch.Tensor, strength: f
 
 
 @torch.inference_mode()
-def class_prior(model: Any, images: list[Any], batch_size: int = 50, progress: bool = True) -> torch.Tensor:
-    """(1000,) the tower's mean ImageNet class probabilities over ``images`` (paths or PIL images)."""
+def class_prior(model: Any, images: list[Any], transform: Any, batch_size: int = 50,
+                progress: bool = True) -> torch.Tensor:
+    """(1000,) the tower's mean ImageNet class probabilities over ``images`` (paths or PIL images).
+    ``transform``: the tower's pixel transform (``lite_model.image_transform(model.config)``), passed
+    in because :mod:`.lite_model` imports this module."""
     from tqdm.auto import tqdm
 
     from .images import load_image
-    from .lite_model import image_transform
 
     if not images:
         raise ValueError("class_prior needs at least one image")
-    transform = image_transform(model.config)
     total = torch.zeros(N_CLASSES)
     for s in tqdm(range(0, len(images), batch_size), desc="class prior", disable=not progress):
         pixels = torch.stack([transform(load_image(p, s + i)) for i, p in enumerate(images[s:s + batch_size])])

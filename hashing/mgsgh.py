@@ -37,8 +37,9 @@ import numpy as np
 from common.device import torch_threads
 from common.checks import check_int, check_optional_int
 
-from .base import Hasher, as_features, check_modality, register_hasher
+from .base import Hasher, as_features, check_modality, pack_signs, register_hasher
 from .lsh import TRANSFORMS, apply_transform, check_choice, resolve_transform
+from .mgsgh_fine import KINDS, FineInput, as_fine, build_fine_net, fine_statistics
 
 MODALITIES = ("image", "text")
 NEW_ITEM_RULES = ("knn", "mutual")  # how a new item picks its training neighbours (MGSGH.md)
@@ -199,13 +200,17 @@ def _optimizer(params, config: "MGSGHConfig"):
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float, shortcut: bool = False):
+def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: float, fine: Any = None,
+                  shortcut: bool = False):
     """One modality: GCN layer on the propagated input, fusion layer (eq. 4), tanh-relaxed hash
     layer, and the decoder of the autoencoder (eq. 8). Buffers hold the input standardisation.
+    ``fine``: the per-item GCN of the fine branch (:mod:`.mgsgh_fine`) and its width, or None.
     ``shortcut``: the hash layer also sees the standardised GCN input through a linear map,
     zero at the start (a residual path; MGSGH.md, "shortcut")."""
     import torch
     from torch import nn
+
+    fine_net, fine_width = fine if fine is not None else (None, 0)
 
     class Branch(nn.Module):
         def __init__(self) -> None:
@@ -213,7 +218,8 @@ def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: fl
             self.register_buffer("mean", torch.zeros(in_dim))
             self.register_buffer("std", torch.ones(in_dim))
             self.gcn = nn.Linear(in_dim, hidden)  # W of sigma(A_hat X W): A_hat X (or [X | A_hat X]) is the input
-            self.fusion = nn.Linear(hidden, hidden)  # M_f, beta of eq. 4 (global branch only)
+            self.fine = fine_net  # G of eq. 4 (None: the global branch alone)
+            self.fusion = nn.Linear(hidden + fine_width, hidden)  # M_f, beta of eq. 4 on [g ⋈ G]
             self.hash = nn.Linear(hidden, bits)
             self.decoder = nn.Linear(hidden, out_dim)  # back to the item's own features
             self.drop = nn.Dropout(dropout)
@@ -221,10 +227,12 @@ def _build_branch(in_dim: int, out_dim: int, hidden: int, bits: int, dropout: fl
             if self.shortcut is not None:
                 nn.init.zeros_(self.shortcut.weight)
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """(relaxed code in [-1, 1], fused representation xi / zeta)."""
+        def forward(self, x: torch.Tensor, *fine: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """(relaxed code in [-1, 1], fused representation xi / zeta); ``fine``: (nodes, mask)."""
             xs = (x - self.mean) / self.std
             g = self.drop(torch.relu(self.gcn(xs)))
+            if self.fine is not None:
+                g = torch.cat([g, self.drop(self.fine(*fine))], dim=1)
             fused = self.drop(torch.relu(self.fusion(g)))
             z = self.hash(fused) if self.shortcut is None else self.hash(fused) + self.shortcut(xs)
             return torch.tanh(z), fused
@@ -237,8 +245,11 @@ class MGSGHConfig:
     """MGSGH's settings, declared and checked once; saved with ``asdict``.
 
     ``k``: neighbours of the mutual-kNN graphs (the paper gives none; chosen on held-out rows,
-    ``scripts/mgsgh_choose_k.py``); ``graph=False`` drops the propagation (the "Nothing" ablation:
-    an MLP of the same width). ``margin`` is the triplet's alpha, ``quantization_weight`` gamma,
+    ``scripts/mgsgh_choose.py``); ``graph=False`` drops the propagation (the "Nothing" ablation:
+    an MLP of the same width). ``fine=True`` adds the fine-grained branch (:mod:`.mgsgh_fine`:
+    a per-item relational GCN of ``fine_layers`` layers of width ``fine_dim`` over region grids and
+    word sequences, fused with the global branch in eq. 4); it needs those inputs in ``fit`` and
+    ``encode``. ``margin`` is the triplet's alpha, ``quantization_weight`` gamma,
     ``balance_weight`` eta, ``reconstruction_weight`` the weight of eq. 8 (1 in eq. 10).
     Optimiser: SGD with ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` of §IV-B by default;
     ``optimizer``, ``lr_schedule``, ``triplet_mining`` and ``shortcut`` are the held-out choices
@@ -266,6 +277,9 @@ class MGSGHConfig:
     quantization_weight: float = 0.1
     balance_weight: float = 1.0
     new_item_neighbors: str = "knn"
+    fine: bool = False
+    fine_dim: int = 64
+    fine_layers: int = 2
     image_transform: str = "auto"
     text_transform: str = "auto"
 
@@ -274,6 +288,8 @@ class MGSGHConfig:
             "new_item_neighbors": check_choice(self.new_item_neighbors, "new_item_neighbors", NEW_ITEM_RULES),
             "k": check_int("k", self.k, 0),
             "hidden_dim": check_int("hidden_dim", self.hidden_dim),
+            "fine_dim": check_int("fine_dim", self.fine_dim),
+            "fine_layers": check_int("fine_layers", self.fine_layers),
             "epochs": check_int("epochs", self.epochs, 0),
             "batch_size": check_int("batch_size", self.batch_size, 2, note="(a positive and a negative at least)"),
             "lr": _check_number(self.lr, "lr", allow_zero=False),
@@ -283,7 +299,7 @@ class MGSGHConfig:
             "lr_schedule": check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES),
             "triplet_mining": check_choice(self.triplet_mining, "triplet_mining", TRIPLET_MINING),
         }
-        for name in ("graph", "self_features"):
+        for name in ("graph", "self_features", "fine"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("dropout", "momentum", "weight_decay", "margin", "triplet_weight", "reconstruction_weight",
@@ -296,6 +312,16 @@ class MGSGHConfig:
             raise TypeError(f"shortcut must be a bool, got {self.shortcut!r}")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+
+
+def _fine_batch(fine: FineInput | None, rows: np.ndarray) -> tuple:
+    """The branch's extra arguments for ``rows``: () without the fine branch, else (nodes, mask) tensors."""
+    if fine is None:
+        return ()
+    import torch
+
+    x, mask = fine.batch(rows)
+    return torch.from_numpy(x), None if mask is None else torch.from_numpy(mask)
 
 
 @register_hasher
@@ -322,6 +348,7 @@ class MGSGHHasher(Hasher):
         self.nodes: dict[str, np.ndarray] = {}  # transformed training node features
         self.digests: dict[str, np.ndarray] = {}  # raw-row digests of the nodes
         self.graphs: dict[str, Graph] = {}
+        self.fine_dims: dict[str, int] = {}  # node width of each modality's fine input (fine=True)
         self._lookup: dict[str, dict[bytes, int]] = {}
         self._inference: dict[str, list] = {}  # folded numpy weights for encoding (_inference_weights)
         #: mean training loss per epoch of the last fit (diagnostic, not saved)
@@ -329,7 +356,9 @@ class MGSGHHasher(Hasher):
 
     # -- learning -------------------------------------------------------------------------------
     def fit(self, image_features: np.ndarray, text_features: np.ndarray,
-            labels: np.ndarray | None = None) -> "MGSGHHasher":
+            labels: np.ndarray | None = None, *, image_fine: Any = None, text_fine: Any = None) -> "MGSGHHasher":
+        """``image_fine`` / ``text_fine`` (only with ``fine=True``): one per-item graph per row,
+        region grids and word sequences (:func:`.mgsgh_fine.as_fine`)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -340,6 +369,8 @@ class MGSGHHasher(Hasher):
                              "row i of each must describe the same item")
         if n < 2:
             raise ValueError(f"need at least 2 pairs to fit, got {n}")
+        self.fine_dims = {}  # a refit may change the node width
+        fine = self._check_fine({"image": image_fine, "text": text_fine}, n)
         row_node, inputs = {}, {}
         for m in MODALITIES:
             first, row_node[m] = unique_rows(raw[m])
@@ -357,8 +388,13 @@ class MGSGHHasher(Hasher):
             target = {m: torch.from_numpy(self.nodes[m]) for m in MODALITIES}
             rows = {m: torch.from_numpy(row_node[m]) for m in MODALITIES}
             branches = {m: _build_branch(data[m].shape[1], target[m].shape[1], self.config.hidden_dim, self.bits,
-                                         self.config.dropout, shortcut=self.config.shortcut)
+                                         self.config.dropout, self._fine_net(m, fine[m].dim) if fine else None,
+                                         shortcut=self.config.shortcut)
                         for m in MODALITIES}
+            for m in fine:
+                mean, std = fine_statistics(fine[m])
+                branches[m].fine.mean.copy_(torch.from_numpy(mean))
+                branches[m].fine.std.copy_(torch.from_numpy(std))
             stats = {}
             for m in MODALITIES:
                 x = data[m][rows[m]]
@@ -390,7 +426,8 @@ class MGSGHHasher(Hasher):
                         same = lab_ids[idx][:, None] == lab_ids[idx][None, :]
                     else:
                         same = (lab_hot[idx] @ lab_hot[idx].T) > 0
-                    out = {m: branches[m](data[m][rows[m][idx]]) for m in MODALITIES}
+                    out = {m: branches[m](data[m][rows[m][idx]], *_fine_batch(fine.get(m), idx.numpy()))
+                           for m in MODALITIES}
                     recon = {m: ((branches[m].decoder(out[m][1]) - (target[m][rows[m][idx]] - stats[m][0]) / stats[m][1])
                                  ** 2).mean() for m in MODALITIES}
                     loss = self._loss(out["image"][0], out["text"][0], same, recon["image"] + recon["text"])
@@ -407,7 +444,36 @@ class MGSGHHasher(Hasher):
         self.branches = branches
         self._inference = {}
         self.input_dims = {m: int(raw[m].shape[1]) for m in MODALITIES}
+        self.fine_dims = {m: fine[m].dim for m in fine}
         return self
+
+    # -- the fine-grained branch's seam (the branch itself: hashing/mgsgh_fine.py) -------------
+    def _check_fine(self, given: dict[str, Any], n: int) -> dict[str, FineInput]:
+        """The fine inputs checked against ``config.fine`` and the rows: ``{}`` without the branch."""
+        if not self.config.fine:
+            extra = [f"{m}_fine" for m, v in given.items() if v is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} given, but this mgsgh hasher has fine=False (global branch only)")
+            return {}
+        missing = [f"{m}_fine" for m, v in given.items() if v is None]
+        if missing:
+            raise ValueError(f"mgsgh with fine=True needs {' and '.join(missing)}: per-item region grids and word "
+                             "sequences (hashing/mgsgh_fine.py). Data sets that ship only feature vectors (Wiki's "
+                             "SIFT/LDA) have none: use fine=False there")
+        return {m: as_fine(v, m, n, self.fine_dims.get(m)) for m, v in given.items()}
+
+    def _fine_net(self, modality: str, in_dim: int) -> tuple[Any, int]:
+        return build_fine_net(KINDS[modality], in_dim, self.config.fine_dim, self.config.fine_layers), self.config.fine_dim
+
+    def encode(self, features: np.ndarray, modality: str, fine: Any = None) -> np.ndarray:
+        """Packed codes (``Hasher.encode``); with ``fine=True``, ``fine`` is the items' region grids
+        (images) or word sequences (texts), one per row."""
+        check_modality(modality)
+        if modality not in self.input_dims:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() before encode()")
+        x = as_features(features, f"{modality} features", self.input_dims[modality])
+        checked = self._check_fine({modality: fine}, len(x))
+        return pack_signs(self._project(x, modality, checked.get(modality)))
 
     def _loss(self, hi, ht, same, reconstruction):
         """Eq. 10 on a batch: triplet (eqs. 5-7) + reconstruction (eq. 8) + L_HS (eq. 9), as means."""
@@ -498,7 +564,9 @@ class MGSGHHasher(Hasher):
             out[r] += w @ x[nb]
         return out.astype(np.float32)
 
-    def _project(self, features: np.ndarray, modality: str) -> np.ndarray:
+    def _project(self, features: np.ndarray, modality: str, fine: FineInput | None = None) -> np.ndarray:
+        if self.config.fine:
+            return self._project_fine(features, modality, fine)
         return self._forward(modality, self.propagated(features, modality))
 
     # -- inference path ---------------------------------------------------------------------------
@@ -545,6 +613,18 @@ class MGSGHHasher(Hasher):
             self._inference[modality] = cached
         return cached
 
+    def _project_fine(self, features: np.ndarray, modality: str, fine: FineInput | None) -> np.ndarray:
+        """With the fine branch the whole network runs in torch (its per-item GCN over padded graphs);
+        whatever faster path the global branch alone takes does not apply."""
+        import torch
+
+        if fine is None:
+            self._check_fine({modality: None}, len(features))
+        p = self.propagated(features, modality)
+        with torch_threads(self.num_threads), torch.no_grad():
+            return self.branches[modality](torch.from_numpy(np.ascontiguousarray(p)),
+                                           *_fine_batch(fine, np.arange(len(p))))[0].numpy()
+
     # -- persistence ----------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {**asdict(self.config), "image_transform": self.transforms["image"],
@@ -575,8 +655,14 @@ class MGSGHHasher(Hasher):
             nodes = np.asarray(state[f"{m}.nodes"], np.float32)
             if nodes.ndim != 2 or nodes.shape[1] != self.input_dims[m]:
                 raise ValueError(f"{m}.nodes has shape {nodes.shape}, expected (n, {self.input_dims[m]})")
+            fine = None
+            if self.config.fine:
+                if f"{m}.net.fine.mean" not in state:
+                    raise ValueError(f"mgsgh weights lack {m}.net.fine.mean: the config says fine=True")
+                self.fine_dims[m] = int(np.asarray(state[f"{m}.net.fine.mean"]).shape[0])
+                fine = self._fine_net(m, self.fine_dims[m])
             branch = _build_branch(self._net_in(m), self.input_dims[m], self.config.hidden_dim, self.bits,
-                                   self.config.dropout, shortcut=self.config.shortcut)
+                                   self.config.dropout, fine, shortcut=self.config.shortcut)
             prefix = f"{m}.net."
             sub = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
             expected = branch.state_dict()

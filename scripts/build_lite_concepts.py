@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from common.lite_concepts import build_concept_embeddings, class_prior, save_concepts
-    from common.lite_model import load_lite_model
+    from common.lite_model import image_transform, load_lite_model
     from eval.concept_dev import DATA, prior_images
 
     model = load_lite_model(args.model, concept_weight=0)  # no concepts needed to build them
     embeddings = build_concept_embeddings(model, progress=not args.no_progress)
     images = prior_images(args.annotations or DATA / "dataset_flickr8k.json", args.images or DATA / "images")
-    prior = class_prior(model, images, progress=not args.no_progress)
+    prior = class_prior(model, images, image_transform(model.config), progress=not args.no_progress)
     source = f"mean class probability over the {len(images)} padding images of eval.validation.held_out_train"
     print(f"wrote {save_concepts(args.model, embeddings, prior=prior, prior_source=source)}")
 
