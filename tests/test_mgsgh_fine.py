@@ -170,3 +170,19 @@ def test_config_checks_the_fine_settings():
         MGSGHConfig(fine_dim=0)
     with pytest.raises(ValueError, match="fine_layers"):
         MGSGHConfig(fine_layers=0)
+
+
+def test_fine_branch_with_the_tuned_training_settings_saves_and_loads(tmp_path):
+    """The fine branch and the global branch's training options (AdamW, hardest negative, shortcut)
+    were built side by side: together they fit, keep codes through save/load, and code one item alone
+    as in its batch."""
+    img, txt, labels, grid, seq = fine_pairs(60)
+    hasher = MGSGHHasher(bits=16, seed=0, k=0, fine=True, shortcut=True, optimizer="adam", lr=1e-3,
+                         triplet_mining="hardest", **FAST)
+    hasher.fit(img, txt, labels, image_fine=grid, text_fine=seq)
+    assert hasher.branches["image"].shortcut is not None and hasher.branches["image"].fine is not None
+    hasher.save_pretrained(tmp_path / "m")
+    loaded = Hasher.from_pretrained(tmp_path / "m")
+    codes = hasher.encode(txt, "text", fine=seq)
+    assert (loaded.encode(txt, "text", fine=seq) == codes).all()
+    assert (loaded.encode(txt[3:4], "text", fine=one_text(seq, 3)) == codes[3:4]).all()
