@@ -27,6 +27,9 @@ says which command and machine produced each). Each timing is the best of ``--re
   search (ours, whose scan and depth trade against each other: the fastest single-query setting
   reaching it, :func:`tune_fastest`): QPS batch and single, RAM, build time (:func:`bench_ann`).
   Ours runs on each ``--ann-ours`` binary index (flat, IVF, HNSW) at each of ``--ann-bits``.
+  Its binary peer in faiss, ``IndexIVFRaBitQ`` with refinement (:func:`rabitq_rows`), is tuned
+  the same way. ``--ann-data flickr8k-gmm`` replaces the synthetic mixture by Gaussian mixtures
+  fitted to real Flickr8K embeddings (:mod:`eval.embedding_mixture`).
 * **scale**: ``Retriever.create`` on disk + ``add_vectors`` in chunks + ``close`` at each
   ``--scale-sizes`` and ``--scale-dtypes``, then ``Retriever.open`` and single searches in a fresh
   process: build, save and open times, resident memory, p50/p99 latency, disk
