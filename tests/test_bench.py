@@ -396,3 +396,19 @@ def test_ann_stage_on_fitted_mixture_with_rabitq(tmp_path: Path, restore_threads
         assert rows[name]["recall"] >= 0.95, rows[name]
     assert rows["ours: ivf 16b + fp16 rescoring"]["recall"] > 0.5
     assert json.loads((tmp_path / "b.json").read_text())["ann"]["data"]["queries_from"] == "text"
+
+
+def test_mixture_selection_table_scores_candidates_beside_the_real_split(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from eval import embedding_mixture
+
+    annotations, emb = write_embedding_cache(tmp_path)
+    rows = embedding_mixture.main(["--embeddings", str(emb), "--annotations", str(annotations),
+                                   "--candidates", "4:full", "1:spherical"])
+    real, full, spherical = rows
+    assert real["components"].startswith("real")
+    assert full["image_loglik"] > spherical["image_loglik"], "the clustered low-rank data fits 4 full components better"
+    assert abs(full["top1"] - real["top1"]) < abs(spherical["top1"] - real["top1"])
+    assert "| 4 | full |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        embedding_mixture.main(["--embeddings", str(emb), "--candidates", "4:round"])
