@@ -376,6 +376,7 @@ def test_embedding_mixture_draws_like_the_embeddings_it_was_fitted_to(tmp_path: 
     q = data.queries(200)
     assert nearest(q, real.query.text) > nearest(q, real.query.image) + 0.05
     assert data.pairs(10**6)[0].shape == (600, 16), "hasher pairs: every real train (image, caption) pair"
+    assert data.description["fit_texts"] == 120, "the caption mixture: one caption a photo"
     assert data.description["held_out_loglik_per_dim"]["image"] > 0
 
 
