@@ -27,6 +27,9 @@ says which command and machine produced each). Each timing is the best of ``--re
   search (ours, whose scan and depth trade against each other: the fastest single-query setting
   reaching it, :func:`tune_fastest`): QPS batch and single, RAM, build time (:func:`bench_ann`).
   Ours runs on each ``--ann-ours`` binary index (flat, IVF, HNSW) at each of ``--ann-bits``.
+  Its binary peer in faiss, ``IndexIVFRaBitQ`` with refinement (:func:`rabitq_rows`), is tuned
+  the same way. ``--ann-data flickr8k-gmm`` replaces the synthetic mixture by Gaussian mixtures
+  fitted to real Flickr8K embeddings (:mod:`eval.embedding_mixture`).
 * **scale**: ``Retriever.create`` on disk + ``add_vectors`` in chunks + ``close`` at each
   ``--scale-sizes`` and ``--scale-dtypes``, then ``Retriever.open`` and single searches in a fresh
   process: build, save and open times, resident memory, p50/p99 latency, disk
@@ -750,7 +753,7 @@ def tune_fastest(chains: list[list[dict[str, Any]]],
     return max(reached, key=lambda pair: pair[1]["single_qps_tuning"])[0], trace
 
 
-def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args: argparse.Namespace) -> dict[str, Any]:
+def bench_ann(n: int, data: Any, hasher_factory: Callable[[int], Any], args: argparse.Namespace) -> dict[str, Any]:
     """faiss IndexFlatIP / IndexHNSWFlat / IndexIVFPQ against ours at n items, recall@k vs exact float search.
 
     Every system is tuned on the benchmark's queries to its first setting (cheapest first)
@@ -783,7 +786,7 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
         rows.append(row)
         tqdm.write(f"[ann {n:,}] {name} {params}: recall@{k} {row['recall']:.3f}, batch {row['batch_qps']:.0f} qps, "
                    f"single {row['single_qps']:.0f} qps, build {build_s:.1f}s, RAM {human(ram)}"
-                   + (f" + {human(extra)} memory-mapped" if extra else ""))
+                   + (f" + {human(extra)} rescoring vectors" if extra else ""))
 
     faiss.omp_set_num_threads(args.threads)
     measure("faiss IndexFlatIP", {"dim": data.dim}, lambda q: flat.search(q, k)[1], flat_build, n * data.dim * 4)
@@ -835,6 +838,9 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
         if rows[-1]["recall"] >= args.target_recall:
             break  # the first m that reaches the target is the one reported
 
+    if args.ann_rabitq:
+        rabitq_rows(x, args.ann_ours_nlist or nlist, rng, measure, rows, k, xq, truth, single, args)
+
     vectors16 = x.astype(np.float16)
     for bits in args.ann_bits:
         t0 = time.perf_counter()
@@ -885,14 +891,67 @@ def bench_ann(n: int, data: Mixture, hasher_factory: Callable[[int], Any], args:
             "peak_rss_gib": gib(peak_rss()), "wall_s": time.perf_counter() - t_stage, "loadavg": os.getloadavg()}
 
 
+def rabitq_rows(x: np.ndarray, nlist: int, rng: np.random.Generator, measure: Callable[..., None],
+                rows: list[dict[str, Any]], k: int, xq: np.ndarray, truth: np.ndarray, single: int,
+                args: argparse.Namespace) -> None:
+    """faiss ``IndexIVFRaBitQ`` (1 bit a dimension) refined by ``IndexRefine``: the binary peer of ours.
+
+    At d = 256 a RaBitQ code is 256 bits plus two float factors (40 bytes; ours: 32), over the same
+    ``nlist`` as our binary IVF, so a probe scans the same share of the items. The refinement
+    re-ranks ``k_factor x k`` candidates from stored vectors: fp16 by default (``IndexRefine`` over
+    ``IndexScalarQuantizer(QT_fp16)``, the same 512 bytes an item as ours rescores from; faiss keeps
+    them in RAM, ours memory-maps them), fp32 with ``--ann-rabitq-refine fp32`` (``IndexRefineFlat``).
+    Queries are quantised to ``--ann-rabitq-qb`` bits (faiss' ``qb``; 0 = float queries). L2 on
+    unit vectors ranks as inner product does, as for IVFPQ. Tuned like ours (:func:`tune_fastest`):
+    nprobe from nlist/32 doubling, for each the first rescoring depth (``k_factor = depth / k``)
+    from ``--ann-min-depth`` doubling that reaches the target, the reaching settings timed.
+    """
+    n, dim = x.shape
+    faiss.omp_set_num_threads(args.build_threads)
+    t0 = time.perf_counter()
+    base = faiss.IndexIVFRaBitQ(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2)
+    base.qb = args.ann_rabitq_qb
+    if args.ann_rabitq_refine == "fp32":
+        refined = faiss.IndexRefineFlat(base)
+    else:
+        refined = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16))
+    refined.train(x[rng.choice(n, min(n, nlist * args.train_per_list), replace=False)])
+    refined.add(x)
+    build_s = time.perf_counter() - t0
+    faiss.omp_set_num_threads(args.threads)
+
+    def at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+        base.nprobe = setting["nprobe"]
+        refined.k_factor = setting["depth"] / k
+        return lambda q: refined.search(q, k)[1]
+
+    depths = doubling(args.ann_min_depth, args.ann_max_depth)
+    chains = [[{"depth": d, "nprobe": p} for d in depths] for p in doubling(max(1, nlist // 32), nlist)]
+    setting, trace = tune_fastest(chains, at, xq, truth, args.target_recall, single, args.repeats)
+    total, codes = faiss_size(refined), faiss_size(base)
+    measure(f"faiss IndexIVFRaBitQ + {args.ann_rabitq_refine} refine",
+            {"nlist": nlist, "qb": args.ann_rabitq_qb, **setting}, at(setting), build_s, codes, total - codes)
+    rows[-1]["tuning"] = trace
+    rows[-1]["rescoring_in_ram"] = True
+    rows[-1]["code_bytes_per_item"] = int(base.code_size)
+    del refined, base
+    gc.collect()
+
+
+def rescoring(row: dict[str, Any]) -> str:
+    if not row["mmap_bytes"]:
+        return "-"
+    return human(row["mmap_bytes"]) + (" in RAM" if row.get("rescoring_in_ram") else " memory-mapped")
+
+
 def ann_markdown(ann: dict[str, Any]) -> str:
     lines = [f"| system | setting | recall@{ann['k']} | batch QPS | single QPS | build s | RAM | × HNSW RAM | "
-             "+ memory-mapped rescoring vectors |", "|---|---|---|---|---|---|---|---|---|"]
+             "+ rescoring vectors |", "|---|---|---|---|---|---|---|---|---|"]
     for r in ann["rows"]:
         params = ", ".join(f"{a}={b}" for a, b in r["params"].items())
         lines.append(f"| {r['system']} | {params} | {r['recall']:.3f} | {r['batch_qps']:,.0f} | {r['single_qps']:,.0f} | "
                      f"{r['build_s']:.1f} | {human(r['ram_bytes'])} | {r['ram_x_hnsw']:.3f} | "
-                     f"{human(r['mmap_bytes']) if r['mmap_bytes'] else '-'} |")
+                     f"{rescoring(r)} |")
     return "\n".join(lines)
 
 
@@ -1147,6 +1206,7 @@ def plot(sizes: list[dict[str, Any]], path: Path) -> Path:
 
 
 STAGES = ("encode", "hash", "sizes", "ann", "scale")
+ANN_DATA = ("mixture", "flickr8k-gmm")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1203,6 +1263,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ann-k", type=int, default=10)
     p.add_argument("--ann-intrinsic", type=int, default=16,
                    help="ann data: within-cluster variation in this many directions (0: isotropic, as --sizes)")
+    p.add_argument("--ann-data", choices=ANN_DATA, default="mixture",
+                   help="mixture: eval.bench's synthetic mixture (shaped by --ann-intrinsic); flickr8k-gmm: Gaussian "
+                        "mixtures fitted to --ann-embeddings' Flickr8K train images (database) and captions "
+                        "(queries), eval.embedding_mixture")
+    p.add_argument("--ann-embeddings", type=Path, default=Path("cache/flickr8k-lite.npz"),
+                   help="flickr8k-gmm: the Flickr8K embedding cache (encoded with --ann-embeddings-model if missing "
+                        "or made by another encoder)")
+    p.add_argument("--ann-embeddings-model", default="lite",
+                   help="flickr8k-gmm: the encoder of --ann-embeddings ('': take the cache as it is)")
+    p.add_argument("--ann-gmm-components", type=int, default=32)
+    p.add_argument("--ann-gmm-covariance", default="full", choices=["full", "tied", "diag", "spherical"])
+    p.add_argument("--ann-gmm-queries", default="text", choices=["text", "image"],
+                   help="flickr8k-gmm: queries drawn from the caption mixture (text-to-image search) or the image one")
+    p.add_argument("--no-ann-rabitq", dest="ann_rabitq", action="store_false",
+                   help="leave out faiss IndexIVFRaBitQ + refinement")
+    p.add_argument("--ann-rabitq-qb", type=int, default=4,
+                   help="bits a RaBitQ query is quantised to (faiss' qb; 0: float queries; 4 as in the RaBitQ paper)")
+    p.add_argument("--ann-rabitq-refine", default="fp16", choices=["fp16", "fp32"],
+                   help="vectors the RaBitQ candidates are re-ranked from (fp16: the same bytes as ours rescores)")
     p.add_argument("--ann-hnsw-M", type=int, default=32)
     p.add_argument("--ann-hnsw-efc", type=int, default=40, help="faiss' default efConstruction")
     p.add_argument("--ann-pq-m", type=int, nargs="+", default=[32, 64], help="IVFPQ bytes per vector, tried in order")
@@ -1245,6 +1324,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rerank_candidates > args.k:
         p.error(f"--rerank-candidates ({args.rerank_candidates}) cannot exceed --k ({args.k})")
     return args
+
+
+def ann_dataset(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The ann stage's data (``--ann-data``) and a description of it for the JSON."""
+    if args.ann_data == "mixture":
+        data = Mixture(args.dim, args.clusters, args.spread, seed=args.seed, intrinsic=args.ann_intrinsic or None)
+        return data, {"kind": "mixture", "clusters": args.clusters, "spread": args.spread,
+                      "intrinsic": args.ann_intrinsic or None, "fit_pairs": args.fit_n}
+    from .datasets_hashing import flickr8k_embeddings
+    from .embedding_mixture import flickr8k_mixture
+
+    path = flickr8k_embeddings(args.ann_embeddings, args.ann_embeddings_model or None, args.annotations, args.images,
+                               progress=True)
+    t0 = time.perf_counter()
+    data = flickr8k_mixture(path, args.annotations, args.ann_gmm_components, args.ann_gmm_covariance,
+                            args.ann_gmm_queries, args.seed)
+    tqdm.write(f"[ann] fitted {args.ann_gmm_components} {args.ann_gmm_covariance}-covariance components to "
+               f"{path} in {time.perf_counter() - t0:.1f}s: {data.description}")
+    if data.dim != args.dim:
+        raise ValueError(f"{path} holds {data.dim}-d embeddings but --dim is {args.dim}")
+    return data, {"kind": "flickr8k-gmm", **data.description, "fit_pairs": len(data.pair_images)}
 
 
 def previous(path: Path) -> dict[str, Any]:
@@ -1331,10 +1431,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "ann" in args.stages:
         from hashing import create_hasher
 
-        ann_data = Mixture(args.dim, args.clusters, args.spread, seed=args.seed, intrinsic=args.ann_intrinsic or None)
+        ann_data, described = ann_dataset(args)
         pairs = ann_data.pairs(args.fit_n)
         result["ann"] = bench_ann(args.ann_n, ann_data, lambda bits: create_hasher("itq", bits=bits).fit(*pairs), args)
-        result["ann"]["intrinsic"] = args.ann_intrinsic or None
+        result["ann"]["intrinsic"] = (args.ann_intrinsic or None) if args.ann_data == "mixture" else None
+        result["ann"]["data"] = described
         markdowns["ann"] = ann_markdown(result["ann"])
         print("\n" + markdowns["ann"] + "\n", flush=True)
         done("ann")

@@ -224,8 +224,9 @@ def test_ann_stage_tiny(restore_threads: None, monkeypatch: pytest.MonkeyPatch) 
     pairs = data.pairs(800)
     ann = bench.bench_ann(3000, data, lambda bits: create_hasher("itq", bits=bits).fit(*pairs), args)
     systems = [r["system"] for r in ann["rows"]]
-    assert systems[:3] == ["faiss IndexFlatIP", "faiss IndexHNSWFlat", "faiss IndexIVFPQ"]
-    assert systems[3:] == [f"ours: {kind} 16b + fp16 rescoring" for kind in ("flat", "ivf", "hnsw")]
+    assert systems[:4] == ["faiss IndexFlatIP", "faiss IndexHNSWFlat", "faiss IndexIVFPQ",
+                           "faiss IndexIVFRaBitQ + fp16 refine"]
+    assert systems[4:] == [f"ours: {kind} 16b + fp16 rescoring" for kind in ("flat", "ivf", "hnsw")]
     flat, hnsw = ann["rows"][0], ann["rows"][1]
     assert flat["recall"] == 1.0 and flat["ram_bytes"] == 3000 * 16 * 4
     for r in ann["rows"][1:]:
@@ -237,7 +238,12 @@ def test_ann_stage_tiny(restore_threads: None, monkeypatch: pytest.MonkeyPatch) 
                                                            if key not in ("recall", "single_qps_tuning"))]
         assert chosen or "tuning" not in r, r
         assert all(t["recall"] == r["recall"] for t in chosen), "the reported recall is the chosen setting's"
-    ours = ann["rows"][3]
+    rabitq = ann["rows"][3]
+    assert rabitq["recall"] >= 0.95, "refined RaBitQ reaches the target on easy data"
+    assert rabitq["mmap_bytes"] >= 3000 * 16 * 2 and rabitq["rescoring_in_ram"], "its fp16 refine vectors, in RAM"
+    assert rabitq["code_bytes_per_item"] == 16 // 8 + 8, "1 bit a dimension plus two float factors"
+    assert " in RAM |" in bench.ann_markdown(ann)
+    ours = ann["rows"][4]
     assert ours["mmap_bytes"] == 3000 * 16 * 2, "fp16 rescoring vectors, counted apart from RAM"
     assert ours["ram_x_hnsw"] == pytest.approx(ours["ram_bytes"] / hnsw["ram_bytes"])
     assert "| faiss IndexHNSWFlat |" in bench.ann_markdown(ann)
@@ -325,3 +331,93 @@ def test_encode_stage_on_real_files(restore_threads: None, monkeypatch: pytest.M
         if name != "int8":
             assert texts["min_cosine_to_before"] >= 0.9999, name
     assert "| int8 |" in bench.encode_markdown(enc)
+
+
+def write_embedding_cache(tmp_path: Path, n_train: int = 120, n_test: int = 20, dim: int = 16) -> tuple[Path, Path]:
+    """A Flickr8K-shaped annotations file and embedding cache: 4 clusters varying in 3 directions,
+    each caption its image moved along one shared direction (a modality gap) plus noise."""
+    rng = np.random.default_rng(0)
+    centres, basis = rng.standard_normal((4, dim)), rng.standard_normal((3, dim))
+    gap = 0.8 * rng.standard_normal(dim)
+    (tmp_path / "images").mkdir()
+    images = [{"filename": f"{i}.jpg", "split": "train" if i < n_train else "test",
+               "sentences": [{"raw": f"caption {j} of {i}"} for j in range(5)]} for i in range(n_train + n_test)]
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"dataset": "flickr8k", "images": images}))
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        img = centres[rng.integers(0, 4, n)] + rng.standard_normal((n, 3)) @ basis * 0.5
+        img /= np.linalg.norm(img, axis=1, keepdims=True)
+        txt = np.repeat(img, 5, axis=0) + gap / np.sqrt(dim) * 4 + 0.05 * rng.standard_normal((5 * n, dim))
+        arrays[f"{split}_image"], arrays[f"{split}_text"] = img, txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    np.savez(tmp_path / "emb.npz", **arrays)
+    return tmp_path / "dataset_flickr8k.json", tmp_path / "emb.npz"
+
+
+def test_embedding_mixture_draws_like_the_embeddings_it_was_fitted_to(tmp_path: Path) -> None:
+    from eval.datasets_hashing import load_flickr8k
+    from eval.embedding_mixture import flickr8k_mixture
+
+    annotations, emb = write_embedding_cache(tmp_path)
+    data = flickr8k_mixture(emb, annotations, components=4, covariance="full", queries_from="text")
+    real = load_flickr8k(emb, annotations)
+    db = np.concatenate(list(data.database(700, chunk=256)))
+    assert db.shape == (700, 16) and db.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(db, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(db[:300], np.concatenate(list(data.database(300, chunk=256))))
+    # draws lie where the real images lie: their nearest real test image is as close as the real
+    # test images' nearest real train image, and much closer than for isotropic vectors
+    def nearest(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a @ b.T).max(axis=1).mean())
+    iso = np.random.default_rng(1).standard_normal((300, 16))
+    iso /= np.linalg.norm(iso, axis=1, keepdims=True)
+    assert nearest(db[:300], real.query.image) > nearest(iso, real.query.image) + 0.2
+    assert abs(nearest(db[:300], real.train.image) - nearest(real.query.image, real.train.image)) < 0.1
+    # queries come from the caption side of the gap
+    q = data.queries(200)
+    assert nearest(q, real.query.text) > nearest(q, real.query.image) + 0.05
+    assert data.pairs(10**6)[0].shape == (600, 16), "hasher pairs: every real train (image, caption) pair"
+    assert data.description["fit_texts"] == 120, "the caption mixture: one caption a photo"
+    assert data.description["held_out_loglik_per_dim"]["image"] > 0
+
+
+def test_ann_stage_on_fitted_mixture_with_rabitq(tmp_path: Path, restore_threads: None) -> None:
+    annotations, emb = write_embedding_cache(tmp_path)
+    result = bench.main([
+        "--stages", "ann", "--ann-data", "flickr8k-gmm", "--ann-embeddings", str(emb), "--ann-embeddings-model", "",
+        "--annotations", str(annotations), "--ann-gmm-components", "4", "--dim", "16", "--ann-n", "3000",
+        "--nq", "30", "--single", "5", "--repeats", "1", "--ann-pq-m", "4", "--ann-bits", "16", "32",
+        "--ann-max-depth", "3000", "--ann-hnsw-M", "8", "--max-nlist", "32", "--train-per-list", "40",
+        "--build-threads", "1", "--ann-ours", "ivf", "--ann-ours-nlist", "32", "--output", str(tmp_path / "b.json")])
+    ann = result["ann"]
+    assert ann["data"]["kind"] == "flickr8k-gmm" and ann["data"]["components"] == 4 and ann["intrinsic"] is None
+    rows = {r["system"]: r for r in ann["rows"]}
+    rabitq = rows["faiss IndexIVFRaBitQ + fp16 refine"]
+    assert rabitq["params"]["nlist"] == 32 and rabitq["params"]["qb"] == 4
+    for name in ("faiss IndexIVFRaBitQ + fp16 refine", "ours: ivf 32b + fp16 rescoring"):
+        assert rows[name]["recall"] >= 0.95, rows[name]
+    assert rows["ours: ivf 16b + fp16 rescoring"]["recall"] > 0.5
+    assert json.loads((tmp_path / "b.json").read_text())["ann"]["data"]["queries_from"] == "text"
+
+
+def test_mixture_selection_table_scores_candidates_beside_the_real_split(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from eval import embedding_mixture
+
+    annotations, emb = write_embedding_cache(tmp_path)
+    rows = embedding_mixture.main(["--embeddings", str(emb), "--annotations", str(annotations),
+                                   "--candidates", "4:full", "1:spherical"])
+    real, full, spherical = rows
+    assert real["components"].startswith("real")
+    assert full["image_loglik"] > spherical["image_loglik"], "the clustered low-rank data fits 4 full components better"
+    assert abs(full["top1"] - real["top1"]) < abs(spherical["top1"] - real["top1"])
+    assert "| 4 | full |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        embedding_mixture.main(["--embeddings", str(emb), "--candidates", "4:round"])
+    from eval import ann_compare
+
+    text = ann_compare.main([str(tmp_path / "b.json")])
+    line = next(x for x in text.splitlines() if x.startswith("| fitted to lite Flickr8K (4 full components, text queries)"))
+    ours, rbq = rows["ours: ivf 16b + fp16 rescoring"], rabitq  # the first ours: ivf row is the 16-bit one
+    assert line.endswith(f"| {ours['single_qps'] / rows['faiss IndexHNSWFlat']['single_qps']:.1f}x | "
+                         f"{ours['single_qps'] / rbq['single_qps']:.1f}x |")
+    assert "| faiss IndexIVFRaBitQ + fp16 refine |" in text

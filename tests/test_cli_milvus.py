@@ -40,9 +40,17 @@ def index_args(photos: Path, out: Path, uri: Path) -> list[str]:
             "--collection", "photos", "--chunk-size", "4", "--batch-size", "4", "-q"]
 
 
-def test_milvus_index_equals_the_local_one_and_searches_the_same(photos, clean_index, tmp_path):
-    out, uri = tmp_path / "index", tmp_path / "milvus.db"
+@pytest.fixture(scope="module")
+def milvus_index(photos, tmp_path_factory) -> tuple[Path, Path]:
+    """(index folder, Milvus Lite file) of ``crossmodal index --store milvus`` on the photos."""
+    root = tmp_path_factory.mktemp("milvus")
+    out, uri = root / "index", root / "milvus.db"
     crossmodal(*index_args(photos, out, uri))
+    return out, uri
+
+
+def test_milvus_index_equals_the_local_one_and_searches_the_same(photos, clean_index, milvus_index, tmp_path):
+    out, uri = milvus_index
     assert stored(out) == stored(clean_index)
     info = json.loads(crossmodal("info", str(out), "--json").stdout)
     assert (info["store"], info["milvus_uri"], info["collection"]) == ("milvus", str(uri), "photos")
@@ -78,3 +86,31 @@ def test_kill_9_during_a_milvus_backed_index_then_rerun_holds_every_image_once(p
         assert store.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"] == N_PHOTOS
     hits = json.loads(crossmodal("search", str(out), "a dog", "-k", "3", "--json").stdout)["hits"]
     assert len(hits) == 3
+
+
+def test_serve_on_a_milvus_index_answers_what_search_answers(milvus_index):
+    """``crossmodal serve`` opens a Milvus-backed index unchanged: its /search gives the CLI's top-10.
+
+    The CLI runs first: a Milvus Lite file serves one process at a time."""
+    import httpx
+
+    from eval.load_test import free_port
+    from test_server import wait_for_health
+
+    out, _ = milvus_index
+    queries = ("a dog running on grass", "children playing")
+    want = {q: json.loads(crossmodal("search", str(out), q, "-k", "10", "--json").stdout)["hits"] for q in queries}
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "retrieval", "serve", str(out), "--port", str(port),
+                               "--log-level", "warning"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for_health(url, server)["items"] == {"image": N_PHOTOS}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for q in queries:
+                got = client.get("/search", params={"q": q, "k": 10}).json()["hits"]
+                assert [(h["path"], round(h["score"], 5)) for h in got] == \
+                    [(h["item"], round(h["score"], 5)) for h in want[q]]
+    finally:
+        server.terminate()
+        assert server.wait(30) in (0, -15)

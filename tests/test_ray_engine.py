@@ -93,3 +93,56 @@ def test_a_rerun_after_an_interruption_reuses_the_written_shards(photos, tmp_pat
     assert report.shards_reused == written - 1  # every written shard but the committed one
     index(tmp_path / "local", photos)
     same_index(out, tmp_path / "local")
+
+
+#: Indexes ``photos`` into ``out`` with the Ray engine on the cluster at ``address``, then kills
+#: itself with SIGKILL (no handler, no cleanup: kill -9) once the first chunk is committed and a
+#: second shard is on disk. It joins the cluster first with the PYTHONPATH its actors need (a job's
+#: runtime_env is its own), so the engine finds Ray started and uses it.
+KILLED_RUN = r"""
+import os, signal, sys, time
+from pathlib import Path
+import ray
+ray.init(address=sys.argv[3], log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+from retrieval.collection import FolderIndexer
+from retrieval.ray_engine import shard_folder
+from toy_encoder import ToyEncoder
+
+out, photos = Path(sys.argv[1]), Path(sys.argv[2])
+
+def kill(position):
+    if position >= 4:
+        deadline = time.monotonic() + 120
+        while len(list(shard_folder(out).iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+FolderIndexer(out, encoder=ToyEncoder(), progress=False, chunk_size=4, fit_chunk_size=4, engine="ray",
+              on_chunk=kill).run([photos])
+"""
+
+
+def test_a_rerun_after_kill_9_holds_every_image_once_and_searches(photos, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "ray"
+    tests = Path(toy_encoder.__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent), os.environ.get("PYTHONPATH", "")])}
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out), str(photos), address], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    written = len(list(shard_folder(out).iterdir()))
+    assert written >= 2
+    assert 0 < len(stored(out)) < len(COLORS), "killed part way: some images committed, not all"
+    report = index(out, photos, engine="ray")  # the rerun, on this process's Ray
+    assert report.shards_reused == written - 1  # every shard written but not committed; the committed one is skipped
+    index(tmp_path / "local", photos)
+    same_index(out, tmp_path / "local")  # every image once, same ids, codes and vectors
+    r = Retriever.open(out, encoder=ToyEncoder())
+    try:
+        assert Path(r.search("navy", k=1, rerank="float")[0].payload["path"]).name == "navy.png"
+    finally:
+        r.close()
