@@ -398,6 +398,15 @@ def test_ann_stage_on_fitted_mixture_with_rabitq(tmp_path: Path, restore_threads
     assert rows["ours: ivf 16b + fp16 rescoring"]["recall"] > 0.5
     assert json.loads((tmp_path / "b.json").read_text())["ann"]["data"]["queries_from"] == "text"
 
+    from eval import ann_compare
+
+    text = ann_compare.main([str(tmp_path / "b.json")])
+    line = next(x for x in text.splitlines() if x.startswith("| fitted to lite Flickr8K (4 full components, text queries)"))
+    ours, rbq = rows["ours: ivf 16b + fp16 rescoring"], rabitq  # the first ours: ivf row is the 16-bit one
+    assert line.endswith(f"| {ours['single_qps'] / rows['faiss IndexHNSWFlat']['single_qps']:.1f}x | "
+                         f"{ours['single_qps'] / rbq['single_qps']:.1f}x |")
+    assert "| faiss IndexIVFRaBitQ + fp16 refine |" in text
+
 
 def test_mixture_selection_table_scores_candidates_beside_the_real_split(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture) -> None:
@@ -413,11 +422,3 @@ def test_mixture_selection_table_scores_candidates_beside_the_real_split(tmp_pat
     assert "| 4 | full |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         embedding_mixture.main(["--embeddings", str(emb), "--candidates", "4:round"])
-    from eval import ann_compare
-
-    text = ann_compare.main([str(tmp_path / "b.json")])
-    line = next(x for x in text.splitlines() if x.startswith("| fitted to lite Flickr8K (4 full components, text queries)"))
-    ours, rbq = rows["ours: ivf 16b + fp16 rescoring"], rabitq  # the first ours: ivf row is the 16-bit one
-    assert line.endswith(f"| {ours['single_qps'] / rows['faiss IndexHNSWFlat']['single_qps']:.1f}x | "
-                         f"{ours['single_qps'] / rbq['single_qps']:.1f}x |")
-    assert "| faiss IndexIVFRaBitQ + fp16 refine |" in text
