@@ -84,6 +84,20 @@ def reweight_by_prior(embeddings: torch.Tensor, prior: torch.Tensor, strength: f
     return embeddings / (1.0 + strength * embeddings.shape[0] * prior.to(embeddings.dtype))[:, None]
 
 
+def flickr8k_gate(head: torch.Tensor, bank: torch.Tensor, center: float, temperature: float) -> torch.Tensor:
+    """(n, 1) per-image weight of the concept term: sigmoid((center - max_j cos(head, bank_j)) / temperature).
+
+    Why: the concepts are for photos the Flickr8K head has no words for. How well the head already
+    places a photo is its best cosine to a bank of Flickr8K captions (``gate_bank``: one caption of
+    each train image outside the held-out draw and its padding, so no evaluated image has its own
+    caption in it). Held-out Flickr8K photos score about .47-.63, the dev set's photos .33-.53
+    (issue 23, model card). The ImageNet classifier's own confidence (max probability, entropy) does
+    not tell the two apart (the same spread on both), so it is not the gate. ``head`` must be unit rows.
+    """
+    best = (head @ bank.to(head.dtype).T).max(dim=-1, keepdim=True).values
+    return torch.sigmoid((center - best) / temperature)
+
+
 @torch.inference_mode()
 def class_prior(model: Any, images: list[Any], transform: Any, batch_size: int = 50,
                 progress: bool = True) -> torch.Tensor:
@@ -123,9 +137,11 @@ def build_concept_embeddings(model: Any, prompts: tuple[str, ...] = PROMPTS, bat
 
 
 def save_concepts(directory: str | Path, embeddings: torch.Tensor, prompts: tuple[str, ...] = PROMPTS,
-                  prior: torch.Tensor | None = None, prior_source: str = "") -> Path:
-    """Atomic write of ``concepts.safetensors`` (fp16) with the prompts in its metadata, and the
-    Flickr8K class prior (fp32, :func:`class_prior`) when given."""
+                  prior: torch.Tensor | None = None, prior_source: str = "",
+                  gate_bank: torch.Tensor | None = None, gate_bank_source: str = "") -> Path:
+    """Atomic write of ``concepts.safetensors`` (fp16) with the prompts in its metadata, the
+    Flickr8K class prior (fp32, :func:`class_prior`) and the gate's caption bank (fp16,
+    :func:`flickr8k_gate`) when given."""
     from safetensors.torch import save
 
     from .atomic import atomic_write_file
@@ -141,6 +157,11 @@ def save_concepts(directory: str | Path, embeddings: torch.Tensor, prompts: tupl
             raise ValueError(f"class prior must be ({N_CLASSES},), got {tuple(prior.shape)}")
         tensors["class_prior"] = prior.detach().float().contiguous()
         meta["class_prior"] = prior_source
+    if gate_bank is not None:
+        if gate_bank.ndim != 2 or gate_bank.shape[0] == 0 or gate_bank.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"gate bank must be (n >= 1, {embeddings.shape[1]}), got {tuple(gate_bank.shape)}")
+        tensors["gate_bank"] = gate_bank.detach().to(torch.float16).contiguous()
+        meta["gate_bank"] = gate_bank_source
 
     def write(f: Any) -> None:
         f.write(save(tensors, metadata=meta))
@@ -164,6 +185,21 @@ def load_concepts(directory: str | Path, embed_dim: int) -> torch.Tensor:
     if tuple(emb.shape) != (N_CLASSES, embed_dim):
         raise ValueError(f"{path}: text_embeddings must be ({N_CLASSES}, {embed_dim}) for this model, got {tuple(emb.shape)}")
     return emb
+
+
+def load_gate_bank(directory: str | Path, embed_dim: int) -> torch.Tensor:
+    """The saved (n, embed_dim) Flickr8K caption bank of the gate (``concept_gate`` > 0 needs it), fp32 unit rows."""
+    from safetensors import safe_open
+
+    path = Path(directory) / CONCEPTS_FILE
+    with safe_open(str(path), framework="pt") as f:
+        if "gate_bank" not in f.keys():
+            raise ValueError(f"{path} has no tensor 'gate_bank', which concept_gate > 0 needs: rebuild it "
+                             f"with `python scripts/build_lite_concepts.py --model {Path(directory)}`")
+        bank = f.get_tensor("gate_bank").float()
+    if bank.ndim != 2 or bank.shape[0] == 0 or bank.shape[1] != embed_dim:
+        raise ValueError(f"{path}: gate_bank must be (n >= 1, {embed_dim}), got {tuple(bank.shape)}")
+    return F.normalize(bank, dim=-1)
 
 
 def load_class_prior(directory: str | Path) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2 as T
 
+from common.lite_concepts import flickr8k_gate
 from common.lite_files import FORMAT_VERSION, WEIGHTS_DIR, minilm_dir, read_config  # noqa: F401 - re-exported
 
 IMAGE_STAGES = 7  # timm efficientnet_lite0 has 7 block stages
@@ -162,6 +163,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # Classes Flickr8K photos often show weigh less (:func:`common.lite_concepts.reweight_by_prior`);
     # 0 = off.
     "concept_prior": 0.0,
+    # Per-image gate on the concept term (:func:`common.lite_concepts.flickr8k_gate`): sigmoid((concept_gate -
+    # best cosine of the head embedding to a bank of Flickr8K captions) / concept_gate_temperature), so
+    # photos the Flickr8K head already has words for keep their head embedding. 0 = off (gate 1).
+    "concept_gate": 0.0,
+    "concept_gate_temperature": 0.05,
 }
 
 
@@ -183,6 +189,9 @@ class LiteModel(nn.Module):
         #: (1000, embed_dim) ImageNet class text embeddings (:mod:`common.lite_concepts`), loaded from
         #: ``concepts.safetensors`` by :func:`load_lite_model`; not part of the trained state.
         self.register_buffer("concept_embeddings", torch.zeros(0, c["embed_dim"]), persistent=False)
+        #: (n, embed_dim) unit text embeddings of Flickr8K captions the gate compares the head with,
+        #: loaded by :func:`load_lite_model` when ``concept_gate`` > 0.
+        self.register_buffer("concept_gate_bank", torch.zeros(0, c["embed_dim"]), persistent=False)
         for p in list(self.image_tower.parameters()) + list(self.text_tower.parameters()):
             p.requires_grad_(False)
         for p in self.trainable_tower_parameters():
@@ -321,7 +330,14 @@ class LiteModel(nn.Module):
         return (probs * (probs >= kth).to(probs.dtype)) @ self.concept_embeddings.to(probs.dtype)
 
     def with_concepts(self, head: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return F.normalize(head.float(), dim=-1) + self.concept_weight * self.concept_embedding(pooled)
+        head = F.normalize(head.float(), dim=-1)
+        concepts = self.concept_weight * self.concept_embedding(pooled)
+        if self.config["concept_gate"] > 0:
+            if self.concept_gate_bank.shape[0] == 0:
+                raise RuntimeError("concept_gate > 0 but no caption bank is loaded: use load_lite_model")
+            concepts = concepts * flickr8k_gate(head, self.concept_gate_bank, self.config["concept_gate"],
+                                                self.config["concept_gate_temperature"])
+        return head + concepts
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text_tower(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -330,13 +346,19 @@ class LiteModel(nn.Module):
 
 def check_concepts(config: dict[str, Any]) -> tuple[float, int]:
     """``concept_weight`` (a float >= 0) and ``concept_top_k`` (an int in [1, 1000]) from a lite config;
-    ``concept_center`` must be a bool, ``concept_prior`` a float >= 0."""
+    ``concept_center`` must be a bool, ``concept_prior`` a float >= 0, ``concept_gate`` a cosine and
+    ``concept_gate_temperature`` a float > 0."""
     from .checks import check_int
 
     for key in ("concept_weight", "concept_prior"):
         v = config.get(key, 0.0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
+    gate, temperature = config.get("concept_gate", 0.0), config.get("concept_gate_temperature", 0.05)
+    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not -1 <= gate <= 1 or not math.isfinite(gate):
+        raise ValueError(f"concept_gate must be a cosine in [-1, 1] (0: off), got {gate!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"concept_gate_temperature must be a finite number > 0, got {temperature!r}")
     weight = config.get("concept_weight", 0.0)
     if not isinstance(config.get("concept_center", False), bool):
         raise ValueError(f"concept_center must be true or false, got {config['concept_center']!r}")
@@ -362,7 +384,7 @@ def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float |
     """
     from safetensors.torch import load_file
 
-    from .lite_concepts import center_concepts, load_class_prior, load_concepts, reweight_by_prior
+    from .lite_concepts import center_concepts, load_class_prior, load_concepts, load_gate_bank, reweight_by_prior
 
     directory = Path(directory)
     weights = directory / "model.safetensors"
@@ -381,6 +403,8 @@ def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float |
         if model.config["concept_prior"] > 0:
             classes = reweight_by_prior(classes, load_class_prior(directory), model.config["concept_prior"])
         model.concept_embeddings = classes
+        if model.config["concept_gate"] > 0:
+            model.concept_gate_bank = load_gate_bank(directory, model.config["embed_dim"])
     state = load_file(str(weights))
     expected = model.trainable_state_dict()
     if set(state) != set(expected):

@@ -3,6 +3,7 @@
     python -m eval.concept_dev                    # the shipped lite encoder: right-first count and MRR
     python -m eval.concept_dev --model ViT-B-32/openai
     python -m eval.concept_dev --sweep --prior 0 1 --weights 0 1 2 --top-k 1 3   # the lite concept settings
+    python -m eval.concept_dev --sweep --gate 0 0.45 0.5 --gate-temperature 0.02 0.05   # and the gate
 
 The photos are read at run time from packages that ship them (``eval/concept_dev.json`` names
 each source, its package and its licence; no image is committed): scikit-image's and matplotlib's
@@ -206,10 +207,28 @@ def prior_images(annotations: str | Path, images: str | Path) -> list[Path]:
     return [train.image_paths[i] for i in held.gallery_images[len(held.val_images):]]
 
 
+def gate_bank_captions(annotations: str | Path, images: str | Path) -> list[str]:
+    """The captions of the concept gate's bank (``common.lite_concepts.flickr8k_gate``): the first
+    caption of each Flickr8K train image outside ``held_out_train``'s gallery (val + padding), so
+    no image the held-out numbers query or search has its own caption in it (5,000 captions)."""
+    from .karpathy import load_karpathy
+    from .validation import held_out_train
+
+    train = load_karpathy(annotations, images, "train")
+    held = held_out_train(train.caption_image, train.n_images)
+    first: dict[int, int] = {}
+    for j, i in enumerate(np.asarray(train.caption_image)):
+        first.setdefault(int(i), j)
+    outside = np.setdiff1d(np.arange(train.n_images), held.gallery_images)
+    return [train.captions[first[int(i)]] for i in outside]
+
+
 def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
     """Every setting on the padded held-out galleries and the dev set, from one pass of the towers.
 
-    Image side: the shipped ConSE (``concept_weight``, ``concept_top_k``, ``concept_center``).
+    Image side: the shipped ConSE (``concept_weight``, ``concept_top_k``, ``concept_center``,
+    ``concept_prior``) and its per-image gate (``--gate`` centres, 0 = off, x ``--gate-temperature``;
+    the caption bank is embedded here from :func:`gate_bank_captions`, as the build script does).
     Text side (``--text-weights`` above 0; measured, not shipped): ConSE on the query too, with
     class probabilities softmax(cos / ``--text-temperature``) between MiniLM's own sentence
     embedding of the query and of the class prompts, top ``--text-top-k``, through the same class
@@ -217,7 +236,7 @@ def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
     """
     import torch
 
-    from common.lite_concepts import center_concepts, class_prompts, load_concepts, reweight_by_prior
+    from common.lite_concepts import center_concepts, class_prompts, flickr8k_gate, load_concepts, reweight_by_prior
     from common.lite_model import load_lite_model
 
     from .karpathy import load_karpathy
@@ -243,6 +262,12 @@ def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
         np.add.at(names, prompt_class.numpy(), minilm_sentences(prompts))
         text_cos = minilm_sentences(captions + list(dev.queries)) @ unit(names).T
     n = len(gallery)
+    gate_settings = [(0.0, 0.0)] + [(g, t) for g in args.gate if g for t in args.gate_temperature]
+    gates = {(0.0, 0.0): np.ones((len(heads), 1))}
+    if len(gate_settings) > 1:
+        bank = torch.from_numpy(lite_texts(model, gate_bank_captions(args.annotations, args.images)))
+        for g, t in gate_settings[1:]:
+            gates[g, t] = flickr8k_gate(torch.from_numpy(heads), bank, g, t).numpy()
     # the class prior over the padding images (gallery distractors from the fit set), as
     # scripts/build_lite_concepts.py computes it from prior_images()
     prior = torch.from_numpy(softmax_top_k(logits[len(held.val_images):n], 1000).mean(axis=0))
@@ -253,15 +278,18 @@ def sweep(args: argparse.Namespace, dev: DevSet) -> list[dict[str, Any]]:
         t_c = center_concepts(classes) if center else classes
         t_c = (reweight_by_prior(t_c, prior.float(), strength) if strength else t_c).numpy()
         image_concept = softmax_top_k(logits, top_k) @ t_c
-        for weight, (tw, tk, tau) in itertools.product(args.weights, text_settings):
-            images = unit(heads + weight * image_concept)
+        for weight, (gc, gt), (tw, tk, tau) in itertools.product(args.weights, gate_settings, text_settings):
+            if weight == 0 and gc:
+                continue
+            images = unit(heads + weight * gates[gc, gt] * image_concept)
             queries = texts if not tw else unit(texts + tw * softmax_top_k(text_cos / tau, tk) @ t_c)
             val = padded_held_out_rsum(images[:n], queries[:len(captions)], owner, len(held.val_images))
             m = dev_metrics(images[n:], queries[len(captions):], dev.right)
             rows.append({"concept_center": center, "concept_prior": strength, "concept_weight": weight,
-                         "concept_top_k": top_k, "text_weight": tw, "text_top_k": tk, "text_temperature": tau,
+                         "concept_top_k": top_k, "concept_gate": gc, "concept_gate_temperature": gt, "text_weight": tw, "text_top_k": tk, "text_temperature": tau,
                          "held_out": val, **m})
             text = f" text w={tw:g} k={tk} T={tau:g}" if tw else ""
+            text += f" gate={gc:g} T={gt:g}" if gc else ""
             print(f"center={center:d} prior={strength:<4g} weight={weight:<4g} top_k={top_k:<2d}{text}  "
                   f"held-out rsum {val['rsum']:6.2f}   dev right first {m['right_first']}/{m['queries']}, "
                   f"MRR {m['mrr']:.3f}", flush=True)
@@ -280,6 +308,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="concept_center settings (1: class embeddings less their mean)")
     p.add_argument("--prior", type=float, nargs="+", default=[0.0, 0.5, 1.0],
                    help="concept_prior strengths (0: off; the prior is taken over prior_images())")
+    p.add_argument("--gate", type=float, nargs="+", default=[0.0],
+                   help="concept_gate centres (0: off; a cosine to the Flickr8K caption bank)")
+    p.add_argument("--gate-temperature", type=float, nargs="+", default=[0.05],
+                   help="concept_gate_temperature settings")
     p.add_argument("--text-weights", type=float, nargs="*", default=[],
                    help="text-side concept weights to measure (0: the query's head embedding alone)")
     p.add_argument("--text-top-k", type=int, nargs="+", default=[3, 10])
