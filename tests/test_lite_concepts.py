@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from common.lite_concepts import (CONCEPTS_FILE, PROMPTS, center_concepts, imagenet_synonyms, load_class_prior,
-                                  load_concepts, reweight_by_prior, save_concepts)
+from common.lite_concepts import (CONCEPTS_FILE, PROMPTS, center_concepts, flickr8k_gate, imagenet_synonyms,
+                                  load_class_prior, load_concepts, load_gate_bank, reweight_by_prior, save_concepts)
 from common.lite_model import WEIGHTS_DIR, load_lite_model, read_config
 from eval.concept_dev import DEV_SET, load_dev_set, ranks_of_right
 
@@ -60,6 +60,63 @@ def test_concept_embedding_keeps_only_the_top_k_classes(model):
                 torch.testing.assert_close(out.gather(1, top.indices), top.values)
     finally:
         model.concept_embeddings, model.concept_top_k = saved
+
+
+def test_gate_keeps_concepts_off_photos_the_head_already_has_captions_for():
+    """flickr8k_gate: sigmoid((centre - best cosine to the bank) / temperature), per image."""
+    torch.manual_seed(0)
+    bank = F.normalize(torch.randn(5, 16), dim=-1)
+    far = F.normalize(-bank.sum(0, keepdim=True), dim=-1)  # opposite every bank row on average
+    heads = torch.cat([bank[:1], F.normalize(bank[:1] + far, dim=-1), far])
+    gate = flickr8k_gate(heads, bank, 0.45, 0.05).ravel()
+    torch.testing.assert_close(gate, torch.sigmoid((0.45 - (heads @ bank.T).max(-1).values) / 0.05))
+    assert gate[0] < 1e-4  # its caption is in the bank: the head has words for it
+    assert gate[2] > 0.99  # nothing in the bank is near: the concepts speak
+
+
+def test_gated_model_adds_concepts_only_where_the_gate_opens(model, tmp_path):
+    """concept_gate > 0: an image whose head sits on a bank caption keeps its head embedding; the bank
+    loads from concepts.safetensors and a file without one fails clearly."""
+    from common.lite_model import image_transform
+
+    pixels = torch.stack([image_transform(model.config)(skimage_photo(n)) for n in ("chelsea", "coffee")])
+    saved_config, saved_bank = model.config, model.concept_gate_bank
+    try:
+        with torch.inference_mode():
+            head = F.normalize(model.image_head_features(pixels), dim=-1)
+            model.config = {**saved_config, "concept_gate": 0.5, "concept_gate_temperature": 0.01}
+            model.concept_gate_bank = head[:1].clone()  # image 0's head is in the bank, image 1's is not
+            out = model.image_features(pixels)
+            pooled = model.image_tower.forward_features(pixels).mean((2, 3))
+            gate = torch.sigmoid((0.5 - head @ head[0]) / 0.01)[:, None]
+            expected = head + model.concept_weight * gate * model.concept_embedding(pooled)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(out[0], head[0], atol=1e-4, rtol=0)  # on a bank caption: the head alone
+        assert gate[1] > 0.5 and (out[1] - head[1]).norm() > 0.05  # the coffee is far from the cat: concepts added
+        model.concept_gate_bank = torch.zeros(0, head.shape[1])
+        with pytest.raises(RuntimeError, match="caption bank"):
+            model.image_features(pixels)
+    finally:
+        model.config, model.concept_gate_bank = saved_config, saved_bank
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    config = json.loads((tmp_path / "config.json").read_text())
+    emb = F.normalize(torch.randn(1000, 256), dim=-1)
+    save_concepts(tmp_path, emb, prior=torch.full((1000,), 1e-3))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "concept_gate": 0.45}))
+    with pytest.raises(ValueError, match="gate_bank"):
+        load_lite_model(tmp_path, concept_weight=1.0)
+    bank = F.normalize(torch.randn(7, 256), dim=-1)
+    save_concepts(tmp_path, emb, prior=torch.full((1000,), 1e-3), gate_bank=bank)
+    torch.testing.assert_close(load_gate_bank(tmp_path, 256), bank, atol=2e-3, rtol=0)
+    torch.testing.assert_close(load_lite_model(tmp_path, concept_weight=1.0).concept_gate_bank, bank, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="gate bank"):
+        save_concepts(tmp_path, emb, gate_bank=torch.zeros(3, 8))
+    for key, bad in (("concept_gate", 1.5), ("concept_gate", True), ("concept_gate_temperature", 0),
+                     ("concept_gate_temperature", float("inf"))):
+        (tmp_path / "config.json").write_text(json.dumps({**config, key: bad}))
+        with pytest.raises(ValueError, match=key):
+            load_lite_model(tmp_path)
 
 
 def test_classifier_and_class_names_share_one_order(model):
