@@ -149,8 +149,8 @@ def test_weights_that_do_not_match_the_config_are_rejected(tmp_path):
 
 
 #: Regression floors, a few points under the measured Flickr8K-1K test numbers in README / model card.
-#: Measured (python -m eval.retrieval --model lite ... --split test): I->T 22.9 / 65.4, T->I 19.2 / 60.2 (the
-#: default, concept_weight 0; lite:concepts, opt-in, measured 24.0 / 64.3, 19.5 / 59.8: issue 23).
+#: Measured (python -m eval.retrieval --model lite ... --split test): I->T 25.2 / 64.0, T->I 19.9 / 59.8 (the
+#: default since issue 23's gated concepts; the heads alone, concept_weight 0, measured 22.9 / 65.4, 19.2 / 60.2).
 FLOORS = {"text_retrieval_recall@1": 0.20, "image_retrieval_recall@1": 0.16,
           "text_retrieval_recall@10": 0.61, "image_retrieval_recall@10": 0.57}
 

@@ -21,7 +21,7 @@ OPT_IN_WEIGHT = read_config(WEIGHTS_DIR)["concept_weight_opt_in"]
 
 @pytest.fixture(scope="module")
 def model():
-    """The lite model with the concepts on, as ``load_encoder("lite:concepts")`` runs it."""
+    """The lite model with the concepts on, as ``load_encoder("lite")`` (and ``"lite:concepts"``) runs it."""
     return load_lite_model(concept_weight=OPT_IN_WEIGHT)
 
 
@@ -30,12 +30,14 @@ def skimage_photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(data, name)())
 
 
-def test_shipped_default_is_off_and_the_opt_in_weight_turns_concepts_on(model):
+def test_shipped_default_has_the_concepts_on_and_weight_0_turns_them_off(model):
     assert model.concept_weight == OPT_IN_WEIGHT > 0
+    assert read_config(WEIGHTS_DIR)["concept_weight"] == OPT_IN_WEIGHT  # the default "lite" since session 10
     assert model.concept_embeddings.shape == (1000, model.config["embed_dim"])
-    off = load_lite_model()
-    assert off.concept_weight == 0  # the default "lite" is the pre-issue-23 model (see the README)
-    assert off.concept_embeddings.shape[0] == 0  # nothing loaded
+    assert model.concept_gate_bank.shape[1] == model.config["embed_dim"] and model.config["concept_gate"] > 0
+    off = load_lite_model(concept_weight=0)
+    assert off.concept_weight == 0  # the Flickr8K heads alone: the lite model before issue 23
+    assert off.concept_embeddings.shape[0] == 0 and off.concept_gate_bank.shape[0] == 0  # nothing loaded
     pixels = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         head = off.image_features(pixels)
@@ -183,8 +185,8 @@ def test_plain_queries_find_imagenet_objects(model):
     """What the concepts are for: plain queries find ImageNet objects in photos outside Flickr8K."""
     from retrieval import load_encoder
 
-    encoder = load_encoder("lite:concepts", device="cpu")
-    assert encoder.model_id == "lite:concepts"  # other vectors than "lite": caches and stores tell them apart
+    encoder = load_encoder("lite", device="cpu")  # the default has them since issue 23's gate
+    assert encoder.model_id == "lite"
     data = pytest.importorskip("skimage.data")
     photos = [data.chelsea(), data.coffee(), data.stereo_motorcycle()[0], data.astronaut()]
     images = encoder.encode_images([Image.fromarray(p) for p in photos])
