@@ -238,8 +238,9 @@ def gib(b: float) -> float:
 # -- stages --------------------------------------------------------------------------------------
 ENCODE_VARIANTS = ("before", "torch", "onnxruntime", "int8")
 #: Also offered, not run by default: ``concepts`` = onnxruntime with the ImageNet concepts of issue
-#: 23 (``load_encoder("lite:concepts")``), to compare with ``onnxruntime`` side by side in one run.
-ENCODE_CHOICES = ENCODE_VARIANTS + ("concepts",)
+#: 23 (``load_encoder("lite:concepts")``, the same as the default since issue 23's gate) and
+#: ``heads`` = onnxruntime with the Flickr8K heads alone (``lite:heads``), to compare side by side.
+ENCODE_CHOICES = ENCODE_VARIANTS + ("concepts", "heads")
 
 
 class BeforeIssue13:
@@ -303,6 +304,8 @@ def make_variant(variant: str, model: str, device: str | None) -> tuple[Any, Any
         encoder = load_encoder("lite", device=device, runtime="onnxruntime", int8=True)
     elif variant == "concepts":
         encoder = load_encoder("lite:concepts", device=device, runtime="onnxruntime")
+    elif variant == "heads":
+        encoder = load_encoder("lite:heads", device=device, runtime="onnxruntime")
     else:
         encoder = load_encoder("lite", device=device, runtime=variant)
     return encoder, encoder
@@ -1257,7 +1260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encode-variants", nargs="+", default=list(ENCODE_VARIANTS), choices=ENCODE_CHOICES,
                    help="lite only: before = PyTorch NCHW without prefetching (as before issue 13), torch = "
                         "channels_last + prefetching, onnxruntime = the CPU default, int8 = onnxruntime + int8 "
-                        "text, concepts = onnxruntime with lite:concepts (issue 23; not run by default)")
+                        "text, concepts = onnxruntime with lite:concepts (issue 23; not run by default), heads = "
+                        "onnxruntime with lite:heads (the heads alone, no concepts; not run by default)")
     p.add_argument("--encode-threads", type=int, default=None, help="torch / ONNX Runtime threads (default: all cores)")
     p.add_argument("--ann-n", type=int, default=1_000_000, help="items of the comparison with faiss float indexes")
     p.add_argument("--ann-k", type=int, default=10)

@@ -194,6 +194,19 @@ def test_plain_queries_find_imagenet_objects(model):
     assert ((texts @ images.T).argmax(1) == [0, 1, 2]).all()
 
 
+def test_heads_id_gives_the_vectors_before_the_concepts():
+    """``lite:heads``: the Flickr8K heads alone (concept_weight 0), its own id for caches and stores."""
+    from retrieval import load_encoder
+
+    heads = load_encoder("lite:heads", device="cpu")
+    assert heads.model_id == "lite:heads" and heads.config["concept_weight"] == 0
+    assert load_encoder("lite", device="cpu").config["concept_weight"] == OPT_IN_WEIGHT
+    from retrieval.encoders import LiteEncoder
+
+    with pytest.raises(ValueError, match="contradict"):
+        LiteEncoder(device="cpu", concepts=True, heads=True)
+
+
 def test_concept_files_fail_clearly(tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(WEIGHTS_DIR / name, tmp_path / name)

@@ -3,8 +3,9 @@
 Ids, in the order they are tried:
 
 - ``lite``: the embedded offline default (weights ship with the package); ``lite:int8`` the same
-  with its text tower quantised to int8 (ONNX Runtime, approximate, opt-in); ``lite:concepts`` the
-  same with ImageNet concepts in the image embedding (issue 23; other vectors, opt-in).
+  with its text tower quantised to int8 (ONNX Runtime, approximate, opt-in). Since issue 23 ``lite``
+  has ImageNet concepts in its image embedding; ``lite:concepts`` is kept as a name for the same
+  vectors, and ``lite:heads`` gives the Flickr8K heads alone (the image vectors before issue 23).
 - ``open_clip:ARCH[/PRETRAINED]``, ``hf-hub:org/repo``, ``local-dir:/path``: open_clip. A bare
   ``ARCH/PRETRAINED`` also works when ARCH is an open_clip architecture (``ViT-B-32/laion2b_s34b_b79k``);
   PRETRAINED may be a tag or a checkpoint file.
@@ -46,6 +47,8 @@ def load_encoder(model_id: str = "lite", **kwargs: Any) -> Encoder:
         return LiteEncoder(int8=True, **kwargs)
     if model_id == "lite:concepts":
         return LiteEncoder(concepts=True, **kwargs)
+    if model_id == "lite:heads":
+        return LiteEncoder(heads=True, **kwargs)
     from .hf_encoder import TransformersEncoder
     from .open_clip_encoder import OpenClipEncoder, is_open_clip_id
 

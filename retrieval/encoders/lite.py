@@ -230,7 +230,7 @@ class LiteEncoder(Encoder):
 
     def __init__(self, path: str | Path = WEIGHTS_DIR, device: "str | torch.device | None" = None,
                  precision: str | None = None, runtime: str | None = None, int8: bool = False,
-                 concepts: bool = False) -> None:
+                 concepts: bool = False, heads: bool = False) -> None:
         if device is None and not gpu_may_be_present():
             device = "cpu"
         if device is not None and str(device) == "cpu" and runtime != "torch":
@@ -264,6 +264,10 @@ class LiteEncoder(Encoder):
                 raise ValueError(f"{self.path / 'config.json'} has no concept_weight_opt_in: these weights "
                                  "have no ImageNet concepts chosen for them")
             self.config = {**self.config, "concept_weight": self.config["concept_weight_opt_in"]}
+        if heads:  # the Flickr8K heads alone, as "lite" was before issue 23's concepts became its default
+            if concepts:
+                raise ValueError("concepts=True and heads=True contradict each other")
+            self.config = {**self.config, "concept_weight": 0.0}
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
@@ -276,6 +280,8 @@ class LiteEncoder(Encoder):
             self.model_id = "lite:int8"  # other vectors than "lite": caches and saved retrievers tell them apart
         elif concepts:
             self.model_id = "lite:concepts"
+        elif heads:
+            self.model_id = "lite:heads"
 
     def _cpu_without_torch(self, precision: str | None) -> None:
         precision = "fp32" if precision is None else precision
