@@ -28,7 +28,7 @@ import numpy as np
 from common.atomic import atomic_write_file
 from common.checks import check_int
 
-from .datasets_hashing import FLICKR8K_SPLITS
+from .datasets_hashing import FLICKR8K_SPLITS, HashingData
 from .karpathy import load_karpathy
 
 META_KEY = "fine_meta"
@@ -215,7 +215,7 @@ def load_flickr8k_fine(path: str | Path, annotations: str | Path) -> dict[str, F
 ALIGNED_COSINE = 0.99
 
 
-def check_aligned(path: str | Path, data) -> None:
+def check_aligned(path: str | Path, data: HashingData) -> None:
     """Raises ValueError unless the fine cache's global embeddings are ``data``'s rows (a
     :class:`eval.datasets_hashing.HashingData` of Flickr8K), row by row within ``ALIGNED_COSINE``.
 

@@ -74,7 +74,7 @@ def recalls(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFA
     return {f"R@{k}": float(hits[k].mean()) for k in ks}
 
 
-def uses_fine(hasher) -> bool:
+def uses_fine(hasher: object) -> bool:
     """Whether ``hasher`` takes fine-grained inputs (an MGSGH hasher with ``fine=True``)."""
     return bool(getattr(getattr(hasher, "config", None), "fine", False))
 
