@@ -28,7 +28,7 @@ import numpy as np
 from common.atomic import atomic_write_file
 from common.checks import check_int
 
-from .datasets_hashing import FLICKR8K_SPLITS
+from .datasets_hashing import FLICKR8K_SPLITS, HashingData
 from .karpathy import load_karpathy
 
 META_KEY = "fine_meta"
@@ -209,6 +209,39 @@ def load_flickr8k_fine(path: str | Path, annotations: str | Path) -> dict[str, F
                                  f"{len(ds.captions)}; re-encode the cache")
             out[role] = fine
     return out
+
+
+#: least row-wise cosine between the cache's global embeddings and another cache's for "the same rows"
+ALIGNED_COSINE = 0.99
+
+
+def check_aligned(path: str | Path, data: HashingData) -> None:
+    """Raises ValueError unless the fine cache's global embeddings are ``data``'s rows (a
+    :class:`eval.datasets_hashing.HashingData` of Flickr8K), row by row within ``ALIGNED_COSINE``.
+
+    Why: the fine inputs are matched to embedding rows by position only. A global cache from the
+    same lite weights through another runtime (ONNX) differs in float noise (cosine ~1); one from
+    another encoder, or rows in another order, would silently pair items with other items' regions.
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        keys = [f"{split}_{m}" for split in FLICKR8K_SPLITS.values() for m in ("image", "text")]
+        missing = [k for k in keys if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}: a fine cache holds its global embeddings too")
+        cached = {k: z[k] for k in keys}
+    train_split, query_split = FLICKR8K_SPLITS["train"], FLICKR8K_SPLITS["query"]
+    pairs = {f"{train_split}_image": (cached[f"{train_split}_image"][data.train.image_labels], data.train.image),
+             f"{train_split}_text": (cached[f"{train_split}_text"], data.train.text),
+             f"{query_split}_image": (cached[f"{query_split}_image"], data.query.image),
+             f"{query_split}_text": (cached[f"{query_split}_text"], data.query.text)}
+    for key, (ours, theirs) in pairs.items():
+        if ours.shape != theirs.shape:
+            raise ValueError(f"{path}: {key} has shape {ours.shape}, the embeddings {theirs.shape}: not the same rows")
+        cosine = np.sum(_normalise(ours) * _normalise(theirs), axis=1)
+        if cosine.min() < ALIGNED_COSINE:
+            raise ValueError(f"{path}: {key} is not the embeddings' rows (row {int(cosine.argmin())} has cosine "
+                             f"{cosine.min():.3f} < {ALIGNED_COSINE}): another encoder or row order; re-encode one of them")
 
 
 def main(argv: list[str] | None = None) -> Path | None:

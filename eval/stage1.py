@@ -21,6 +21,13 @@ with each of the N candidates' +-1 codes, keeping the best ``candidates``.
 
 ``--multi-positive`` fits learned hashers with each train pair's image as its label, so all five
 captions of an image are positives for each other (the contrastive hasher's SupCon-style target).
+
+``--fine CACHE`` (the cache of ``python -m eval.fine_features``) gives the region grids and caption
+words to every hasher configured with ``fine=True`` (MGSGH's fine-grained branch, e.g.
+``--hasher-arg mgsgh.fine=true``), in fit, in encode and in the asymmetric projection; the
+others ignore it. The cache's own global embeddings must be those of ``--embeddings`` (row by
+row, up to the float noise of another runtime): a cache of another encoder or order is refused.
+``--seed`` seeds every hasher (and the ``--fit-pairs`` sample): run it several times for a spread.
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ import numpy as np
 from hashing import available_methods, create_hasher
 from hashing.base import unpack_codes
 from hashing.index import create_index
+from hashing.mgsgh_fine import as_fine
 from common.atomic import write_json
 from common.settings_args import by_name, named_setting
 
 from .datasets_hashing import flickr8k_embeddings, load_flickr8k
+from .fine_features import check_aligned, load_flickr8k_fine
 from .hash_metrics import hamming_distances
 from .machine import machine
 from .recall import DEFAULT_KS, expected_hits
@@ -63,6 +72,17 @@ def candidate_scores(candidates: np.ndarray, float_scores: np.ndarray) -> np.nda
 def recalls(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
     hits = expected_hits(scores, relevant, ks)
     return {f"R@{k}": float(hits[k].mean()) for k in ks}
+
+
+def uses_fine(hasher: object) -> bool:
+    """Whether ``hasher`` takes fine-grained inputs (an MGSGH hasher with ``fine=True``)."""
+    return bool(getattr(getattr(hasher, "config", None), "fine", False))
+
+
+def fine_fit_inputs(fine: dict, owner: np.ndarray, rows: np.ndarray) -> dict:
+    """``fit``'s fine inputs for the train pairs ``rows``: each pair's image grid (``owner``: the
+    image of every train caption) and its caption's words."""
+    return {"image_fine": fine["train"].regions[owner[rows]], "text_fine": fine["train"].text_rows(rows)}
 
 
 def evaluate_direction(q_float: np.ndarray, db_float: np.ndarray, q_codes: np.ndarray, db_codes: np.ndarray,
@@ -130,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="cascade depths N to measure (Hamming top-N, then float or asymmetric rescoring)")
     p.add_argument("--multi-positive", action="store_true",
                    help="fit with each pair's image as its label (all captions of an image are positives)")
+    p.add_argument("--fine", type=Path, default=None,
+                   help="fine-feature cache (python -m eval.fine_features) for hashers with fine=True")
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args(argv)
     depths = tuple(args.hamming_candidates)
@@ -141,6 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
     except FileNotFoundError as e:
         raise SystemExit(str(e)) from None
     data = load_flickr8k(args.embeddings, args.annotations, args.images)
+    fine = None
+    if args.fine is not None:
+        try:
+            fine = load_flickr8k_fine(args.fine, args.annotations)
+            check_aligned(args.fine, data)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(str(e)) from None
     fit_rows = np.arange(len(data.train.image))
     if args.fit_pairs and args.fit_pairs < len(fit_rows):
         fit_rows = np.sort(np.random.default_rng(args.seed).choice(fit_rows, args.fit_pairs, replace=False))
@@ -154,24 +183,36 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             hasher = create_hasher(method, bits, seed=args.seed, **hasher_args.get(method, {}))
             labels = data.train.text_labels[fit_rows] if args.multi_positive else None
-            hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows], labels)
+            with_fine = uses_fine(hasher)
+            if with_fine and fine is None:
+                raise SystemExit(f"{method} is configured with fine=True: pass --fine CACHE "
+                                 "(python -m eval.fine_features)")
+            fit_fine = fine_fit_inputs(fine, data.train.image_labels, fit_rows) if with_fine else {}
+            hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows], labels, **fit_fine)
             fit_seconds = time.perf_counter() - t0
+            # the test items' fine inputs, for hashers that take them (encode's and _project's ``fine``)
+            extra = ({"image": {"fine": fine["query"].regions}, "text": {"fine": fine["query"].text_rows()}}
+                     if with_fine else {"image": {}, "text": {}})
             encode_seconds = []
             for _ in range(ENCODE_REPEATS):  # the fastest of a few calls: a busy machine only adds time
                 t0 = time.perf_counter()
-                img_codes, txt_codes = hasher.encode(test.image, "image"), hasher.encode(test.text, "text")
+                img_codes = hasher.encode(test.image, "image", **extra["image"])
+                txt_codes = hasher.encode(test.text, "text", **extra["text"])
                 encode_seconds.append(time.perf_counter() - t0)
             encode_rate = (len(test.image) + len(test.text)) / min(encode_seconds)
+            projected = ({m: hasher._project(x, m, **({"fine": as_fine(extra[m]["fine"], m, len(x))} if with_fine else {}))
+                          for m, x in (("image", test.image), ("text", test.text))} if depths else {})
             row = {
                 "i2t": evaluate_direction(test.image, test.text, img_codes, txt_codes, i2t_relevant, bits,
-                                          args.candidates, depths, hasher._project(test.image, "image")),
+                                          args.candidates, depths, projected.get("image")),
                 "t2i": evaluate_direction(test.text, test.image, txt_codes, img_codes, i2t_relevant.T, bits,
-                                          args.candidates, depths, hasher._project(test.text, "text")),
+                                          args.candidates, depths, projected.get("text")),
             }
             for d in row.values():
                 d["fit_seconds"] = fit_seconds
                 d["encode_items_per_s"] = encode_rate  # test images + captions, one call per modality, best of 3
-            results.setdefault(method, {})[bits] = row
+            name = f"{method} (fine)" if with_fine else method
+            results.setdefault(name, {})[bits] = row
             print(f"{method} {bits} bits: top-10 in candidates i2t {row['i2t']['top10_in_candidates']:.3f}, "
                   f"t2i {row['t2i']['top10_in_candidates']:.3f} (fit {fit_seconds:.0f}s, encode {encode_rate:,.0f} items/s)", flush=True)
     table = markdown(results, args.candidates, depths)
@@ -179,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"dataset": "flickr8k-1k test", "embeddings": str(args.embeddings), "model": args.model,
               "candidates": args.candidates, "hamming_candidates": list(depths), "fit_pairs": len(fit_rows),
               "multi_positive": args.multi_positive, "hasher_args": hasher_args,
+              "fine": None if args.fine is None else str(args.fine), "seed": args.seed,
               "results": results, "machine": machine(),
               "tie_convention": "R@K: expected value over random order of ties; candidates: faiss order"}
     if args.output:

@@ -507,7 +507,7 @@ class Retriever:
         return {
             "format_version": FORMAT_VERSION,
             "encoder": {"id": self.encoder.model_id, "class": type(self.encoder).__name__, "dim": self.encoder.dim,
-                        "preprocess": self.encoder.preprocess_config},
+                        "preprocess": self.encoder.preprocess_config, "weights": self.encoder.weights_id},
             "hasher": {"method": self.hasher.method, "bits": self.hasher.bits, "path": "hasher"},
             "index": {"kind": self.index_kind, "params": self.index_params},
             "store_vectors": self.store_vectors,
@@ -613,12 +613,14 @@ class Retriever:
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, encoder: Encoder | str | None = None,
-                        device: str | None = None, check_preprocess: bool = True, writable: bool = False,
-                        **hub_kwargs: Any) -> "Retriever":
+                        device: str | None = None, check_preprocess: bool = True, check_weights: bool = True,
+                        writable: bool = False, **hub_kwargs: Any) -> "Retriever":
         """Loads from a directory or a Hub repo id (``HF_HUB_OFFLINE`` and the cache respected).
 
         The encoder is rebuilt from the saved id (or ``encoder`` overrides it); its preprocessing
-        must equal the saved one unless ``check_preprocess=False``. Format 1 directories (one
+        must equal the saved one unless ``check_preprocess=False``, and so must its weights'
+        fingerprint (:attr:`Encoder.weights_id`, where both the index and the encoder have one) unless
+        ``check_weights=False``. Format 1 directories (one
         safetensors and one JSON per gallery) load into memory; format 2 opens the store.
         """
         from common.hub import resolve_pretrained_dir
@@ -645,6 +647,11 @@ class Retriever:
             raise ValueError(f"{config_file}: encoder {encoder.model_id!r} preprocesses images as "
                              f"{encoder.preprocess_config}, but the index was built with {saved['preprocess']}; "
                              f"pass check_preprocess=False to load anyway")
+        if check_weights and saved.get("weights") and encoder.weights_id and encoder.weights_id != saved["weights"]:
+            raise ValueError(f"{config_file}: the index was built with other weights than encoder "
+                             f"{encoder.model_id!r} has now (weights {saved['weights'][:12]}, now "
+                             f"{encoder.weights_id[:12]}), so its vectors and codes do not match new queries; "
+                             f"index into a new folder, or pass check_weights=False to load anyway")
         hasher = Hasher.from_pretrained(directory / config["hasher"]["path"])
         reranker = reranker_from_config(config["reranker"]) if config.get("reranker") else None
         retriever = cls(encoder, hasher, index=config["index"]["kind"], index_params=config["index"]["params"],

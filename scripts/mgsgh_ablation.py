@@ -33,7 +33,7 @@ import time  # noqa: E402
 from common.atomic import write_json  # noqa: E402
 from common.settings_args import key_setting  # noqa: E402
 from eval.datasets_hashing import flickr8k_embeddings, load_flickr8k, load_wiki  # noqa: E402
-from eval.fine_features import load_flickr8k_fine  # noqa: E402
+from eval.fine_features import check_aligned, load_flickr8k_fine  # noqa: E402
 from eval.hashing import evaluate_method  # noqa: E402
 from eval.machine import machine  # noqa: E402
 from eval.stage1 import recalls  # noqa: E402
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         flickr8k_embeddings(embeddings, args.model, args.data, None)
         data = load_flickr8k(embeddings, args.data)
         fine = load_flickr8k_fine(args.fine, args.data) if args.fine else None
+        if fine is not None and embeddings != args.fine:
+            check_aligned(args.fine, data)  # the fine rows must be the embeddings' rows
     names = args.variants or [v for v in VARIANTS if fine is not None or not VARIANTS[v].get("fine")]
     if fine is None and any(VARIANTS[v].get("fine") for v in names):
         p.error("a fine-branch variant needs --fine CACHE")

@@ -165,3 +165,23 @@ def test_flickr8k_recall_floor(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["n_captions"] == 5000
     for key, floor in FLOORS.items():
         assert result[key] >= floor, f"{key} = {result[key]:.3f} fell under {floor}"
+
+
+def test_weights_id_follows_the_heads_and_the_vector_settings_only(tmp_path):
+    import shutil
+
+    shutil.copytree(WEIGHTS_DIR, tmp_path / "lite")
+    shipped = LiteEncoder(tmp_path / "lite", device="cpu").weights_id
+    assert shipped == LiteEncoder(WEIGHTS_DIR, device="cpu").weights_id  # same bytes, same id (not the path)
+    assert LiteEncoder(tmp_path / "lite", device="cpu", concepts=True).weights_id != shipped
+    config_file = tmp_path / "lite" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["training"]["note"] = "a retraining record is not a vector setting"
+    config["concept_top_k"] = config["concept_top_k"] + 1  # concepts are off in plain lite: not a vector setting
+    config_file.write_text(json.dumps(config))
+    assert LiteEncoder(tmp_path / "lite", device="cpu").weights_id == shipped
+    heads = tmp_path / "lite" / "model.safetensors"
+    data = bytearray(heads.read_bytes())
+    data[-1] ^= 1
+    heads.write_bytes(bytes(data))
+    assert LiteEncoder(tmp_path / "lite", device="cpu").weights_id != shipped

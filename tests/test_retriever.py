@@ -37,8 +37,9 @@ def paths(tmp_path: Path) -> list[str]:
 def build(paths: list[str], **kwargs) -> Retriever:
     """Images of ``paths`` (colours in NAMES order) and one caption per colour, paired by colour."""
     kwargs.setdefault("fit_pairs", (np.arange(len(paths)), np.arange(len(paths))))
+    kwargs.setdefault("encoder", ToyEncoder())
     return Retriever.build(
-        images=paths, texts=[f"a {n} square" for n in NAMES], encoder=ToyEncoder(), bits=16,
+        images=paths, texts=[f"a {n} square" for n in NAMES], bits=16,
         image_payloads=[{"name": n} for n in NAMES[:len(paths)]], text_payloads=[{"caption": n} for n in NAMES], **kwargs)
 
 
@@ -132,7 +133,8 @@ def test_save_and_load_round_trip(paths, tmp_path, index):
     before = [hits_of(r.search(q, k=5)) for q in ("red", "cyan", Path(paths[2]))]
     saved = r.save_pretrained(tmp_path / "saved")
     config = json.loads((saved / "retriever.json").read_text())
-    assert config["encoder"] == {"id": "toy", "class": "ToyEncoder", "dim": 16, "preprocess": {"size": 4}}
+    assert config["encoder"] == {"id": "toy", "class": "ToyEncoder", "dim": 16, "preprocess": {"size": 4},
+                                 "weights": None}
     assert sorted(p.name for p in saved.iterdir()) == ["chunks", "hasher", "retriever.json", "store.sqlite"]
     assert config["reranker"] == {"method": "float"} and config["index"]["kind"] == index
     loaded = Retriever.from_pretrained(saved, encoder=ToyEncoder())
@@ -165,6 +167,25 @@ def test_loading_refuses_an_encoder_with_other_preprocessing(paths, tmp_path):
     assert Retriever.from_pretrained(saved, encoder=Other(), check_preprocess=False).search("red", k=1)
     with pytest.raises(ValueError, match="16-d encoder"):
         Retriever.from_pretrained(saved, encoder=ToyEncoder(dim=8))
+
+
+def test_loading_refuses_an_encoder_whose_weights_changed(paths, tmp_path):
+    class Fingerprinted(ToyEncoder):
+        def __init__(self, weights_id, seed=0):
+            super().__init__(seed=seed)
+            self._weights_id = weights_id
+
+        @property
+        def weights_id(self):
+            return self._weights_id
+
+    saved = build(paths, encoder=Fingerprinted("a" * 64)).save_pretrained(tmp_path / "saved")
+    assert json.loads((saved / "retriever.json").read_text())["encoder"]["weights"] == "a" * 64
+    assert Retriever.from_pretrained(saved, encoder=Fingerprinted("a" * 64)).search("red", k=1)[0].payload == {"name": "red"}
+    with pytest.raises(ValueError, match="other weights than encoder 'toy'.*aaaaaaaaaaaa.*bbbbbbbbbbbb"):
+        Retriever.from_pretrained(saved, encoder=Fingerprinted("b" * 64, seed=1))
+    assert Retriever.from_pretrained(saved, encoder=Fingerprinted("b" * 64), check_weights=False).search("red", k=1)
+    assert Retriever.from_pretrained(saved, encoder=ToyEncoder()).search("red", k=1)  # an encoder without one: not checked
 
 
 def test_a_failed_save_leaves_the_previous_save_intact(paths, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from eval.stage1 import candidate_scores, evaluate_direction
 from hashing.base import pack_signs
@@ -63,3 +64,73 @@ def test_float_top_kept_counts_the_float_top_among_finite_scores():
     candidates_only_0_and_2 = np.array([[0.3, -np.inf, 0.9, -np.inf]])
     assert float_top_kept(candidates_only_0_and_2, queries, gallery, top=2) == 0.5
     assert float_top_kept(np.zeros((1, 4)), queries, gallery, top=2) == 1.0
+
+
+# -- the fine-branch row: eval.stage1 --fine on a tiny synthetic Flickr8K-shaped cache ------------
+def tiny_flickr(tmp_path, n_train=4, n_test=3):
+    """(annotations, cache): 2 captions per image; the cache is both the embeddings and the fine cache."""
+    from test_fine_features import split_arrays, write_karpathy
+
+    annotations = write_karpathy(tmp_path, n_train, n_test)
+    rng = np.random.default_rng(0)
+    arrays = {**split_arrays("train", n_train, 2 * n_train), **split_arrays("test", n_test, 2 * n_test)}
+    for k in list(arrays):
+        if arrays[k].dtype == np.float16:
+            arrays[k] = rng.normal(size=arrays[k].shape).astype(np.float16)
+    for split, n in (("train", n_train), ("test", n_test)):
+        arrays[f"{split}_image"] = unit(rng.normal(size=(n, 6)))
+        arrays[f"{split}_text"] = unit(rng.normal(size=(2 * n, 6)))
+    cache = tmp_path / "fine.npz"
+    np.savez(cache, **arrays)
+    return annotations, cache, arrays
+
+
+def stage1_args(annotations, embeddings, *extra):
+    return ["--annotations", str(annotations), "--embeddings", str(embeddings), "--bits", "8",
+            "--hasher-arg", "mgsgh.epochs=1", "--hasher-arg", "mgsgh.hidden_dim=8",
+            "--hasher-arg", "mgsgh.progress=false", *extra]
+
+
+def test_a_fine_hasher_gets_each_pairs_grid_and_words_in_fit_and_encode(tmp_path, monkeypatch):
+    from eval.stage1 import main
+    from hashing.mgsgh import MGSGHHasher
+
+    annotations, cache, arrays = tiny_flickr(tmp_path)
+    seen = {}
+    fit, encode = MGSGHHasher.fit, MGSGHHasher.encode
+
+    def spy_fit(self, image, text, labels=None, **fine):
+        seen["fit"] = fine
+        return fit(self, image, text, labels, **fine)
+
+    def spy_encode(self, features, modality, fine=None):
+        seen.setdefault("encode", {})[modality] = fine
+        return encode(self, features, modality, fine)
+
+    monkeypatch.setattr(MGSGHHasher, "fit", spy_fit)
+    monkeypatch.setattr(MGSGHHasher, "encode", spy_encode)
+    report = main(stage1_args(annotations, cache, "--method", "itq", "mgsgh", "--fine", str(cache),
+                              "--hasher-arg", "mgsgh.fine=true", "--hamming-candidates", "6"))
+    assert set(report["results"]) == {"itq", "mgsgh (fine)"}  # itq ignores the fine cache
+    owner = np.repeat(np.arange(4), 2)  # write_karpathy: captions in image order, two each
+    assert (seen["fit"]["image_fine"] == arrays["train_image_regions"][owner]).all()
+    words, offsets = seen["fit"]["text_fine"]
+    assert (words == arrays["train_text_words"]).all() and (offsets == arrays["train_text_word_offsets"]).all()
+    assert (seen["encode"]["image"] == arrays["test_image_regions"]).all()
+    assert (seen["encode"]["text"][1] == arrays["test_text_word_offsets"]).all()
+    row = report["results"]["mgsgh (fine)"][8]
+    assert 0 <= row["i2t"]["hash_R@1"] <= row["i2t"]["hash_R@10"] <= 1 and "top10_in_asymmetric_top6" in row["t2i"]
+
+
+def test_a_fine_hasher_without_the_cache_or_with_a_misaligned_one_is_refused(tmp_path):
+    from eval.stage1 import main
+
+    annotations, cache, arrays = tiny_flickr(tmp_path)
+    with pytest.raises(SystemExit, match="pass --fine CACHE"):
+        main(stage1_args(annotations, cache, "--method", "mgsgh", "--hasher-arg", "mgsgh.fine=true"))
+    shuffled = dict(arrays, test_text=arrays["test_text"][::-1].copy())  # the captions' rows in another order
+    other = tmp_path / "other.npz"
+    np.savez(other, **shuffled)
+    with pytest.raises(SystemExit, match="test_text is not the embeddings' rows"):
+        main(stage1_args(annotations, cache, "--method", "mgsgh", "--hasher-arg", "mgsgh.fine=true",
+                         "--fine", str(other)))

@@ -76,6 +76,18 @@ class Encoder(ABC):
         """
         return {}
 
+    @property
+    def weights_id(self) -> str | None:
+        """A fingerprint of the weights this encoder's vectors come from, or None when it has none.
+
+        Why: a saved retriever holds gallery vectors and codes from the encoder that built it; a
+        model id alone ("lite") stays the same when the weights behind it are retrained, and new
+        queries against old vectors fail silently. A retriever records this and opening refuses a
+        mismatch (:meth:`retrieval.Retriever.from_pretrained`, ``check_weights``). Hub encoders
+        return None (their repo id and revision name them).
+        """
+        return None
+
     def load(self, modalities: Sequence[str] = ("image", "text")) -> None:
         """Loads what encoding ``modalities`` needs now rather than at first use.
 

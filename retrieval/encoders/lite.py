@@ -26,7 +26,7 @@ from common.lite_files import WEIGHTS_DIR, WEIGHTS_NAME, minilm_dir, read_config
 from common.texts import check_texts
 
 from .base import Encoder, progress_bar, show
-from .onnx_cache import cached_graphs, optimised_graph
+from .onnx_cache import cached_graphs, optimised_graph, remembered_vectors_key
 
 if TYPE_CHECKING:
     import torch
@@ -345,6 +345,11 @@ class LiteEncoder(Encoder):
     @property
     def dim(self) -> int:
         return int(self.config["embed_dim"])
+
+    @property
+    def weights_id(self) -> str:
+        """:func:`.onnx_cache.vectors_key`: the heads, the vector-shaping settings, the concepts if on."""
+        return remembered_vectors_key(self.path, self.config)
 
     @property
     def preprocess_config(self) -> dict[str, Any]:
