@@ -173,13 +173,20 @@ def test_weights_id_follows_the_heads_and_the_vector_settings_only(tmp_path):
     shutil.copytree(WEIGHTS_DIR, tmp_path / "lite")
     shipped = LiteEncoder(tmp_path / "lite", device="cpu").weights_id
     assert shipped == LiteEncoder(WEIGHTS_DIR, device="cpu").weights_id  # same bytes, same id (not the path)
-    assert LiteEncoder(tmp_path / "lite", device="cpu", concepts=True).weights_id != shipped
+    heads_only = LiteEncoder(tmp_path / "lite", device="cpu", heads=True).weights_id
+    assert heads_only != shipped  # issue 23: the default has the concepts on, lite:heads has them off
+    assert LiteEncoder(tmp_path / "lite", device="cpu", concepts=True).weights_id == shipped  # the same vectors
     config_file = tmp_path / "lite" / "config.json"
     config = json.loads(config_file.read_text())
     config["training"]["note"] = "a retraining record is not a vector setting"
-    config["concept_top_k"] = config["concept_top_k"] + 1  # concepts are off in plain lite: not a vector setting
     config_file.write_text(json.dumps(config))
     assert LiteEncoder(tmp_path / "lite", device="cpu").weights_id == shipped
+    config["concept_gate"] = config["concept_gate"] - 0.05  # shapes the default's vectors, not the heads'
+    config_file.write_text(json.dumps(config))
+    assert LiteEncoder(tmp_path / "lite", device="cpu").weights_id != shipped
+    assert LiteEncoder(tmp_path / "lite", device="cpu", heads=True).weights_id == heads_only
+    config["concept_gate"] = config["concept_gate"] + 0.05
+    config_file.write_text(json.dumps(config))
     heads = tmp_path / "lite" / "model.safetensors"
     data = bytearray(heads.read_bytes())
     data[-1] ^= 1
