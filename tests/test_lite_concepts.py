@@ -268,14 +268,15 @@ def test_dev_set_names_real_photos_and_fails_clearly(tmp_path):
     assert len(dev.paths) == len(spec["gallery"]) and all(p.is_file() for p in dev.paths)
 
 
-def test_concepts_and_plain_lite_get_different_onnx_graphs():
-    """The per-user ONNX cache keys on the concept setting, so lite:concepts never runs lite's graphs."""
+def test_concepts_and_heads_alone_get_different_onnx_graphs():
+    """The per-user ONNX cache keys on the concept setting, so lite (concepts on) never runs lite:heads' graphs."""
     from retrieval.encoders.onnx_cache import graphs_key
 
     config = read_config(WEIGHTS_DIR)
-    plain = graphs_key(WEIGHTS_DIR, config, False)
-    on = graphs_key(WEIGHTS_DIR, {**config, "concept_weight": OPT_IN_WEIGHT}, False)
-    assert plain != on
+    heads = graphs_key(WEIGHTS_DIR, {**config, "concept_weight": 0.0}, False)
+    on = graphs_key(WEIGHTS_DIR, config, False)
+    assert heads != on
+    assert on == graphs_key(WEIGHTS_DIR, {**config, "concept_weight": OPT_IN_WEIGHT}, False)  # lite:concepts
 
 
 def test_lite_concepts_refuses_weights_without_a_chosen_weight(tmp_path):
