@@ -254,7 +254,12 @@ class MGSGHConfig:
     ``balance_weight`` eta, ``reconstruction_weight`` the weight of eq. 8 (1 in eq. 10).
     Optimiser: SGD with ``lr``, ``momentum``, ``weight_decay``, ``batch_size`` of §IV-B by default;
     ``optimizer``, ``lr_schedule``, ``triplet_mining`` and ``shortcut`` are the held-out choices
-    for pairs-only training on aligned embeddings (MGSGH.md, "Tuning the training"). ``k = 0``
+    for pairs-only training on aligned embeddings (MGSGH.md, "Tuning the training").
+    ``triplet_negatives="both"`` also takes negatives from the anchor's own modality (§III-D's
+    "distinction between dissimilar items within the same modality"), and ``class_triplet_weight``
+    adds eqs. 5-7 with the whole class as positive and every other class as negative (the other
+    modality's class centres, recomputed each epoch; needs class ids): two readings of the paper
+    tried on Wiki and left off, since neither beat the defaults on held-out rows. ``k = 0``
     by default: every graph lowered held-out retrieval on Wiki and Flickr8K (MGSGH.md, "Choosing k").
     """
 
