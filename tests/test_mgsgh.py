@@ -234,7 +234,8 @@ def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tm
     ({"self_features": "yes"}, "self_features must be a bool"), ({"new_item_neighbors": "all"}, "new_item_neighbors"),
     ({"image_transform": "pca"}, "image_transform"), ({"kk": 3}, "kk"), ({"optimizer": "lbfgs"}, "optimizer"),
     ({"lr_schedule": "step"}, "lr_schedule"), ({"triplet_mining": "semi"}, "triplet_mining"),
-    ({"shortcut": 1}, "shortcut must be a bool"),
+    ({"shortcut": 1}, "shortcut must be a bool"), ({"triplet_negatives": "intra"}, "triplet_negatives"),
+    ({"class_triplet_weight": -1}, "class_triplet_weight"),
 ])
 def test_bad_settings_are_named(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -297,3 +298,58 @@ def test_images_only_fit_of_the_index_command_works_and_each_image_is_its_own_po
     # an image's own code is nearest to its own "text" code more often than chance
     ci, ct = unpack_codes(h.encode(x, "image"), 16), unpack_codes(h.encode(x, "text"), 16)
     assert (np.argmax(ci @ ct.T, axis=1) == np.arange(300)).mean() > 0.2
+
+
+def _relaxed(rows: list[list[float]], bits: int = 8):
+    import torch
+
+    out = torch.zeros(len(rows), bits)
+    out[:, :len(rows[0])] = torch.tensor(rows)
+    return out
+
+
+def test_intra_modal_negatives_penalise_an_anchor_close_to_other_classes_of_its_own_modality():
+    """triplet_negatives="both": the paper's <A_I, P_I, N_I> also take negatives from the anchor's
+    own modality. Four pairs, classes 0 0 1 1; every image code at the origin, text codes at +-e1:
+    cross-modal hinges are margin everywhere, the images' own negatives add (d_pos - 0 + margin),
+    the texts' (1/8 - 4/8 + 1/4) is below zero."""
+    import torch
+
+    hi = _relaxed([[0.0]] * 4)
+    ht = _relaxed([[1.0], [1.0], [-1.0], [-1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    same = labels[:, None] == labels[None, :]
+    zero = torch.tensor(0.0)
+    settings = {"margin": 0.25, "quantization_weight": 0.0, "balance_weight": 0.0, "reconstruction_weight": 0.0}
+    cross = MGSGHHasher(bits=8, **settings)._loss(hi, ht, same, zero)
+    both = MGSGHHasher(bits=8, triplet_negatives="both", **settings)._loss(hi, ht, same, zero)
+    assert float(cross) == pytest.approx(0.25 + 0.25)
+    # image anchors: (16 x 0.25 + 16 x (1/8 + 1/4)) / 32; text anchors: (16 x 0.25 + 16 x 0) / 32
+    assert float(both) == pytest.approx(0.3125 + 0.125)
+
+
+def test_class_triplet_scores_anchors_against_the_other_modalitys_class_centres():
+    """class_triplet_weight: positive = the anchor's class centre in the other modality, negatives =
+    every other class's; zero once the anchor sits at its own centre, margin when equidistant."""
+    import torch
+
+    centres = {"text": _relaxed([[1.0, 1.0], [-1.0, -1.0]]), "image": _relaxed([[1.0, 1.0], [-1.0, -1.0]])}
+    h = MGSGHHasher(bits=8)
+    groups = torch.tensor([0, 1])
+    at_centre = _relaxed([[1.0, 1.0], [-1.0, -1.0]])
+    equidistant = _relaxed([[0.0, 0.0], [0.0, 0.0]])
+    assert float(h._class_triplet(at_centre, at_centre, groups, centres)) == pytest.approx(0.0, abs=1e-6)
+    assert float(h._class_triplet(equidistant, at_centre, groups, centres)) == pytest.approx(1.0)  # images only
+
+
+def test_class_triplet_fits_on_class_ids_and_refuses_multi_hot_labels():
+    img, txt, labels = (a[:160] for a in clustered_pairs(240))
+    h = MGSGHHasher(bits=16, seed=0, class_triplet_weight=1.0, **FAST).fit(img, txt, labels)
+    test_img, test_txt, test_labels = held_out()
+    ci, ct = unpack_codes(h.encode(test_img, "image"), 16), unpack_codes(h.encode(test_txt, "text"), 16)
+    dist = (16 - ci @ ct.T) / 2
+    same = test_labels[:, None] == test_labels[None, :]
+    assert dist[same].mean() + 2 < dist[~same].mean()
+    multi_hot = np.eye(K, dtype=np.float32)[labels]
+    with pytest.raises(ValueError, match="class_triplet_weight"):
+        MGSGHHasher(bits=16, class_triplet_weight=1.0, **FAST).fit(img, txt, multi_hot)
