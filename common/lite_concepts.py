@@ -187,16 +187,21 @@ def load_concepts(directory: str | Path, embed_dim: int) -> torch.Tensor:
     return emb
 
 
-def load_gate_bank(directory: str | Path, embed_dim: int) -> torch.Tensor:
-    """The saved (n, embed_dim) Flickr8K caption bank of the gate (``concept_gate`` > 0 needs it), fp32 unit rows."""
+def _saved_tensor(directory: str | Path, name: str, needed_by: str) -> tuple[Path, torch.Tensor]:
+    """Tensor ``name`` of the concepts file as fp32; a clear error naming the setting that needs it."""
     from safetensors import safe_open
 
     path = Path(directory) / CONCEPTS_FILE
     with safe_open(str(path), framework="pt") as f:
-        if "gate_bank" not in f.keys():
-            raise ValueError(f"{path} has no tensor 'gate_bank', which concept_gate > 0 needs: rebuild it "
+        if name not in f.keys():
+            raise ValueError(f"{path} has no tensor {name!r}, which {needed_by} needs: rebuild it "
                              f"with `python scripts/build_lite_concepts.py --model {Path(directory)}`")
-        bank = f.get_tensor("gate_bank").float()
+        return path, f.get_tensor(name).float()
+
+
+def load_gate_bank(directory: str | Path, embed_dim: int) -> torch.Tensor:
+    """The saved (n, embed_dim) Flickr8K caption bank of the gate (``concept_gate`` > 0 needs it), fp32 unit rows."""
+    path, bank = _saved_tensor(directory, "gate_bank", "concept_gate > 0")
     if bank.ndim != 2 or bank.shape[0] == 0 or bank.shape[1] != embed_dim:
         raise ValueError(f"{path}: gate_bank must be (n >= 1, {embed_dim}), got {tuple(bank.shape)}")
     return F.normalize(bank, dim=-1)
@@ -204,14 +209,7 @@ def load_gate_bank(directory: str | Path, embed_dim: int) -> torch.Tensor:
 
 def load_class_prior(directory: str | Path) -> torch.Tensor:
     """The saved (1000,) Flickr8K class prior (``concept_prior`` > 0 needs it)."""
-    from safetensors import safe_open
-
-    path = Path(directory) / CONCEPTS_FILE
-    with safe_open(str(path), framework="pt") as f:
-        if "class_prior" not in f.keys():
-            raise ValueError(f"{path} has no tensor 'class_prior', which concept_prior > 0 needs: rebuild it "
-                             f"with `python scripts/build_lite_concepts.py --model {Path(directory)}`")
-        prior = f.get_tensor("class_prior").float()
+    path, prior = _saved_tensor(directory, "class_prior", "concept_prior > 0")
     if tuple(prior.shape) != (N_CLASSES,):
         raise ValueError(f"{path}: class_prior must be ({N_CLASSES},), got {tuple(prior.shape)}")
     return prior

@@ -74,7 +74,7 @@ def test_lite_regions_and_words_average_to_the_encoders_embeddings():
     from conftest import FLICKR8K
     from retrieval.encoders.lite import LiteEncoder, text_tokenizer
 
-    encoder = LiteEncoder(runtime="torch")
+    encoder = LiteEncoder(runtime="torch", heads=True)  # the fine cache is of the heads alone (eval.fine_features)
     paths = sorted((FLICKR8K / "images").glob("*.jpg"))[:2]
     pixels = torch.stack([encoder.preprocess_image(Image.open(p).convert("RGB")) for p in paths])
     regions, image = region_features(encoder.model, pixels)
