@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,16 @@ os.environ.setdefault("CROSSMODAL_CACHE", os.path.join(tempfile.gettempdir(), f"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FLICKR8K = SHARED_DATA / "flickr8k"
 WIKI = SHARED_DATA / "wiki" / "wikiData.mat"
+
+
+def load_script(name: str) -> Any:
+    """``scripts/NAME.py`` as a module: the scripts are not a package, and their tests call ``main``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

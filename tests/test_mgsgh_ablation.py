@@ -3,23 +3,13 @@ fine-feature cache, runs merge across invocations, the gain is paired by seed, W
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
 from test_fine_features import split_arrays, write_karpathy
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mgsgh_ablation.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("mgsgh_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def tiny(tmp_path_factory):
 
 def test_variants_merge_and_the_fine_gain_is_paired_by_seed(tiny, tmp_path):
     annotations, cache = tiny
-    script = load_script()
+    script = load_script("mgsgh_ablation")
     common = ["--dataset", "flickr8k", "--data", str(annotations), "--fine", str(cache), "--bits", "16",
               "--seeds", "0", "1", "--set", "k=2", "--set", "epochs=1", "--set", "hidden_dim=8",
               "--output", str(tmp_path / "a.json")]
@@ -58,5 +48,5 @@ def test_variants_merge_and_the_fine_gain_is_paired_by_seed(tiny, tmp_path):
 
 def test_wiki_refuses_the_fine_branch(capsys):
     with pytest.raises(SystemExit):
-        load_script().main(["--dataset", "wiki", "--data", "x.mat", "--fine", "y.npz"])
+        load_script("mgsgh_ablation").main(["--dataset", "wiki", "--data", "x.mat", "--fine", "y.npz"])
     assert "only the global branch runs there" in capsys.readouterr().err

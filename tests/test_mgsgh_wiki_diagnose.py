@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+from conftest import load_script
 from test_eval_hashing import write_wiki_like
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "mgsgh_wiki_diagnose.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("mgsgh_wiki_diagnose", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_diagnosis_scores_folds_and_finds_separable_classes(tmp_path):
     write_wiki_like(tmp_path / "w.mat")  # three well-separated classes: codes must find their class
-    report = load_script().main(["--data", str(tmp_path / "w.mat"), "--bits", "16", "--seeds", "0", "1",
-                                 "--set", "epochs=20", "--set", "hidden_dim=16", "--output", str(tmp_path / "d.json")])
+    report = load_script("mgsgh_wiki_diagnose").main([
+        "--data", str(tmp_path / "w.mat"), "--bits", "16", "--seeds", "0", "1",
+        "--set", "epochs=20", "--set", "hidden_dim=16", "--output", str(tmp_path / "d.json")])
     assert [f["seed"] for f in report["folds"]] == [0, 1]
     for key in ("i2t", "t2i", "image_class_fitted", "image_class_held", "text_class_held"):
         assert 0 <= report["mean"][key] <= 1

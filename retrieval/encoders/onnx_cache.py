@@ -110,6 +110,11 @@ def file_stamp(path: Path) -> list[Any] | None:
     return [str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
+def weights_stamps(weights: Path) -> list[list[Any] | None]:
+    """:func:`file_stamp` of each file of the lite weights directory a key covers."""
+    return [file_stamp(weights.resolve() / name) for name in ("model.safetensors", "config.json", "concepts.safetensors")]
+
+
 def key_stamp(weights: Path, config: dict[str, Any], int8: bool) -> str | None:
     """What :func:`graphs_key` reads, by file status instead of content: equal stamps, equal keys.
 
@@ -121,7 +126,7 @@ def key_stamp(weights: Path, config: dict[str, Any], int8: bool) -> str | None:
     for package in (image_package(config), TOWER_PACKAGES["text"]):
         spec = find_spec(package.replace("-", "_"))
         modules.append(file_stamp(Path(spec.origin)) if spec is not None and spec.origin else [package, None])
-    files = [file_stamp(weights.resolve() / name) for name in ("model.safetensors", "config.json", "concepts.safetensors")]
+    files = weights_stamps(weights)
     if None in files or None in modules:
         return None
     stamp = [EXPORT_VERSION, bool(int8), config.get("concept_weight", 0.0), files, modules]
@@ -185,7 +190,7 @@ def vectors_key(weights: Path, config: dict[str, Any]) -> str:
 def remembered_vectors_key(weights: Path, config: dict[str, Any]) -> str:
     """:func:`vectors_key`, computed once per stamp of the weights files (12 ms of hashing saved per open)."""
     weights = Path(weights)
-    files = [file_stamp(weights.resolve() / name) for name in ("model.safetensors", "config.json", "concepts.safetensors")]
+    files = weights_stamps(weights)
     stamp = None if None in files else hashlib.sha256(json.dumps(
         ["vectors", VECTORS_KEY_VERSION, vectors_settings(config), files]).encode()).hexdigest()
     return remembered(stamp, lambda: vectors_key(weights, config))
