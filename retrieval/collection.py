@@ -219,6 +219,9 @@ class FolderIndexer:
         self.retriever: Any = None
         self.load_seconds = 0.0
         self._caption_rows: list[tuple[str, str]] | None = None
+        # (path, caption) -> text vector encoded to fit the hasher at creation; indexing the captions
+        # afterwards takes them from here instead of encoding the first chunk's captions twice
+        self._fit_caption_vectors: dict[tuple[str, str], np.ndarray] = {}
 
     # -- opening ----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -258,12 +261,13 @@ class FolderIndexer:
             if first_vectors is None or not len(first_vectors):
                 raise ValueError("no readable image to fit the hasher on")
             row_of = {path: row for row, paths in enumerate(first_paths) for path in paths}
-            pairs = [(row_of[path], caption) for path, caption in self._caption_rows or () if path in row_of]
+            pairs = [(path, caption) for path, caption in self._caption_rows or () if path in row_of]
             captions = None
             if pairs:
                 self._load(encoder, "text")
-                captions = ([row for row, _ in pairs],
-                            encoder.encode_texts([caption for _, caption in pairs], progress=False))
+                vectors = encoder.encode_texts([caption for _, caption in pairs], progress=False)
+                captions = ([row_of[path] for path, _ in pairs], vectors)
+                self._fit_caption_vectors = dict(zip(pairs, vectors))
             hasher = fit_on_images(create_hasher(self.hasher_method, self.bits), first_vectors, captions)
         self.retriever = Retriever.create(self.directory, encoder=encoder, hasher=hasher,
                                           vector_dtype=self.vector_dtype, index=self.index_kind,
@@ -483,8 +487,12 @@ class FolderIndexer:
         step = 4 * self.chunk_size
         for start in range(0, len(new), step):
             part = new[start:start + step]
-            self._load(self.retriever.encoder, "text")
-            vectors = self.retriever.encoder.encode_texts([c for _, c in part], progress=False)
+            missing = [key for key in part if key not in self._fit_caption_vectors]
+            if missing:
+                self._load(self.retriever.encoder, "text")
+                encoded = self.retriever.encoder.encode_texts([c for _, c in missing], progress=False)
+                self._fit_caption_vectors.update(zip(missing, encoded))
+            vectors = np.stack([self._fit_caption_vectors.pop(key) for key in part])
             codes = self.retriever.hasher.encode(vectors, "text")
             with self.retriever.store.transaction() as tx:
                 ids = tx.append("text", codes, vectors, [c for _, c in part],
@@ -492,6 +500,7 @@ class FolderIndexer:
                 tx.executemany("INSERT INTO captions VALUES (?, ?, ?, ?)",
                                [(p, c, int(i), int(wanted[(p, c)])) for (p, c), i in zip(part, ids)])
             report.captions_added += len(part)
+        self._fit_caption_vectors.clear()
 
     def skipped(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self.retriever.store.db.execute(

@@ -264,9 +264,18 @@ def test_a_hasher_fitted_at_creation_fits_on_the_captions_of_the_first_chunk(pho
     named = ("red", "blue", "green")
     captions = tmp_path / "captions.csv"
     captions.write_text("path,caption\n" + "".join(f"{files[n]},a {n} square\n{files[n]},{n}\n" for n in named))
-    FolderIndexer(tmp_path / "index", encoder=ToyEncoder(), chunk_size=64, progress=False).run(
+    encoded = []
+
+    class CountingEncoder(ToyEncoder):
+        def encode_texts(self, texts, *args, **kwargs):
+            encoded.extend(texts)
+            return super().encode_texts(texts, *args, **kwargs)
+
+    report = FolderIndexer(tmp_path / "index", encoder=CountingEncoder(), chunk_size=64, progress=False).run(
         [photos], captions=captions)
     (images, texts), = seen
+    assert report.captions_added == 6
+    assert sorted(encoded) == sorted(t for n in named for t in (f"a {n} square", n))  # each caption once
     encoder = ToyEncoder()
     expected_texts = encoder.encode_texts([t for n in named for t in (f"a {n} square", n)])
     expected_images = encoder.encode_images([files[n] for n in named for _ in range(2)])
