@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.transforms import v2 as T
 
 from common.lite_concepts import flickr8k_gate
 from common.lite_files import FORMAT_VERSION, WEIGHTS_DIR, minilm_dir, read_config  # noqa: F401 - re-exported
+from common.lite_pixels import LitePixels
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_STAGES = 7  # timm efficientnet_lite0 has 7 block stages
 TEXT_LAYERS = 6  # all-MiniLM-L6-v2
@@ -365,15 +368,14 @@ def check_concepts(config: dict[str, Any]) -> tuple[float, int]:
     return float(weight), check_int("concept_top_k", config.get("concept_top_k", 1), 1, 1000)
 
 
-def image_transform(config: dict[str, Any]) -> T.Compose:
-    size = config["image_size"]
-    return T.Compose([
-        T.ToImage(),
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.CenterCrop(size),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(config["image_mean"], config["image_std"]),
-    ])
+def image_transform(config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """RGB PIL image -> (3, size, size) float32 tensor: :class:`common.lite_pixels.LitePixels`, as a tensor.
+
+    One preprocessing for every lite path (the encoder on either runtime, the cross-encoder, the
+    concept prior, the dev set), so vectors do not depend on which of them made them.
+    """
+    pixels = LitePixels(config)
+    return lambda image: torch.from_numpy(pixels(image))
 
 
 def load_lite_model(directory: str | Path = WEIGHTS_DIR, concept_weight: float | None = None) -> LiteModel:

@@ -274,7 +274,7 @@ class BeforeIssue13:
         with ThreadPoolExecutor(max_workers=num_workers) as pool, torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 chunk = list(enumerate(images[start:start + batch_size], start))
-                pixels = torch.stack(list(pool.map(enc._load_and_preprocess, chunk)))
+                pixels = torch.stack([torch.as_tensor(p) for p in pool.map(enc._load_and_preprocess, chunk)])
                 out.append(normalize(self.forward_images(pixels)))
         return np.concatenate(out)
 
@@ -352,7 +352,9 @@ def bench_encode(model: str, n_images: int, n_texts: int, annotations: Path, ima
                         return list(pool.map(lite._load_and_preprocess, enumerate(paths)))
 
                 decode_s, pixels = best_time(decode, repeats)
-                batches = [torch.stack(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+                # the ONNX path preprocesses to numpy arrays (no torch); as tensors they feed forward_images alike
+                batches = [torch.stack([torch.as_tensor(p) for p in pixels[i:i + batch_size]])
+                           for i in range(0, len(pixels), batch_size)]
                 with torch.inference_mode():
                     encoder.forward_images(batches[0][:8])  # warm-up
                     forward_s, _ = best_time(lambda: [encoder.forward_images(b) for b in batches], repeats)

@@ -7,7 +7,8 @@ In one run, on one machine: (1) the floor, ``python -c pass`` and ``python -c "i
 (2) the index of the first ``--limit`` images is built once (``crossmodal index``, not a goal);
 (3) for this tree, and for ``--baseline-tree`` when given (another checkout, e.g. main before a
 change, run through ``PYTHONPATH`` on the same index), the median wall of ``crossmodal search
-INDEX "text"`` over ``--queries`` different queries, each a fresh process, and of ``--reruns``
+INDEX "text"`` over ``--queries`` different queries, each a fresh process, of as many ``crossmodal
+search INDEX --image PHOTO`` (the album's first photos), and of ``--reruns``
 unchanged ``crossmodal index`` reruns; every search's stderr is kept (it must be empty);
 (4) with ``--open-items N``, a store of N synthetic 256-d vectors is built and ``Retriever.open``
 timed in fresh processes: with the encoder passed in (loaded before the clock), with the encoder
@@ -109,9 +110,16 @@ def cli_latency(tree: Path, album: Path, index: Path, queries: list[str], reruns
         stderr.append(result.stderr)
         print(f"  search {q!r}: {seconds:.2f} s" + (f"  stderr: {len(result.stderr)} chars" if result.stderr else ""),
               flush=True)
+    image_walls = []
+    for photo in sorted(album.iterdir())[:len(queries)]:  # as many image queries as text ones, each its own photo
+        seconds, result = run(cli + ["search", str(index), "--image", str(photo), "-k", "5"], tree)
+        image_walls.append(seconds)
+        stderr.append(result.stderr)
+        print(f"  search --image {photo.name}: {seconds:.2f} s", flush=True)
     rerun = median_wall(cli + ["index", str(album), "--out", str(index), "-q"], reruns, tree)
     print(f"  unchanged index rerun: median {rerun['median_s']:.2f} s", flush=True)
     return {"search_median_s": statistics.median(walls), "search_walls_s": walls,
+            "image_search_median_s": statistics.median(image_walls), "image_search_walls_s": image_walls,
             "search_stderr_chars": [len(s) for s in stderr], "search_stderr_sample": next((s for s in stderr if s), ""),
             "rerun_median_s": rerun["median_s"], "rerun_walls_s": rerun["walls_s"]}
 
@@ -190,10 +198,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["open"] = open_times(args.open_items, Path(tmp))
     this = latency["this"]
     numpy_floor = floor["python -c 'import numpy'"]["median_s"]
-    print(f"search median {this['search_median_s']:.2f} s, unchanged rerun median {this['rerun_median_s']:.2f} s; "
+    print(f"search median {this['search_median_s']:.2f} s, image search median {this['image_search_median_s']:.2f} s, "
+          f"unchanged rerun median {this['rerun_median_s']:.2f} s; "
           f"floor: python {floor['python -c pass']['median_s']:.2f} s, with numpy "
           f"{numpy_floor:.2f} s"
-          + (f"; baseline tree: search {latency['baseline']['search_median_s']:.2f} s, rerun "
+          + (f"; baseline tree: search {latency['baseline']['search_median_s']:.2f} s, image search "
+             f"{latency['baseline']['image_search_median_s']:.2f} s, rerun "
              f"{latency['baseline']['rerun_median_s']:.2f} s" if "baseline" in latency else ""), flush=True)
     if args.output:
         write_json(args.output, result)

@@ -253,3 +253,14 @@ def test_library_warnings_are_off_stderr_unless_verbose_ours_stay():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "from a library" not in result.stderr and "using LSH" in result.stderr  # ours still reach the user
+
+
+def test_image_search_runs_without_torch(clean_index, photos):
+    """The image graph runs in ONNX Runtime and its preprocessing in PIL and numpy
+    (common.lite_pixels): importing torch and torchvision was most of an image search's 3 s."""
+    image = sorted(photos.rglob("*.jpg"))[2]
+    crossmodal("search", str(clean_index), "--image", str(image), "-k", "1")  # a first export may load torch
+    result, modules = modules_after("search", str(clean_index), "--image", str(image), "-k", "3", "--json")
+    assert {m: modules[m] for m in HEAVY} == {"torch": False, "transformers": False, "onnxruntime": True}
+    hits = json.loads("\n".join(result.stdout.splitlines()[:-1]))["hits"]  # the last line: modules_after's
+    assert len(hits) == 3 and result.stderr == ""

@@ -192,3 +192,63 @@ def test_weights_id_follows_the_heads_and_the_vector_settings_only(tmp_path):
     data[-1] ^= 1
     heads.write_bytes(bytes(data))
     assert LiteEncoder(tmp_path / "lite", device="cpu").weights_id != shipped
+
+
+def torchvision_lite_transform(config):
+    """The lite tower's preprocessing as torchvision v2 writes it (what common.lite_pixels reproduces)."""
+    from torchvision.transforms import v2 as T
+
+    return T.Compose([T.ToImage(), T.Resize(config["image_size"], interpolation=T.InterpolationMode.BICUBIC,
+                                            antialias=True),
+                      T.CenterCrop(config["image_size"]), T.ToDtype(torch.float32, scale=True),
+                      T.Normalize(config["image_mean"], config["image_std"])])
+
+
+def varied_photos() -> list[Image.Image]:
+    """Real Flickr8K photos, odd sizes either way round, a tiny one upscaled, a panorama, one exactly 224."""
+    from common.images import load_image
+
+    photos = [load_image(p) for p in sorted((FLICKR8K / "images").glob("*.jpg"))[:12]]
+    rng = np.random.default_rng(0)
+    odd = [(301, 225), (225, 301), (223, 999), (31, 17), (224, 224), (1024, 128), (641, 480)]
+    photos += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in odd]
+    photos.append(photos[0].resize((333, 250)).rotate(90, expand=True))
+    return photos
+
+
+def test_pixels_match_torchvision_and_so_do_the_embeddings(lite):
+    """PIL/numpy preprocessing (no torch on the ONNX path) against torchvision's transform: same shape and
+    crop, at most two of 255 levels apart on a few pixels (the two round fixed-point sums differently),
+    and the same embeddings."""
+    from common.lite_pixels import LitePixels
+
+    config = lite.config
+    ours, reference = LitePixels(config), torchvision_lite_transform(config)
+    photos = varied_photos()
+    step = np.asarray(config["image_std"], np.float32)[:, None, None] * 255  # one level in normalised units
+    identical = 0
+    for photo in photos:
+        a, b = ours(photo), reference(photo).numpy()
+        assert a.shape == b.shape == (3, config["image_size"], config["image_size"]) and a.dtype == np.float32
+        levels = np.abs(a - b) * step
+        assert levels.max() < 2.01 and (levels > 0.5).mean() < 0.01, photo.size
+        identical += levels.max() < 0.5
+    assert identical >= len(photos) // 2  # mostly bit-identical, not merely close
+    assert lite.onnx is not None  # the default on CPU: these vectors are the numpy path's
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(
+            lite.onnx.image_features(torch.stack([reference(p) for p in photos])), dim=-1).numpy()
+    cosines = (lite.encode_images(photos) * expected).sum(axis=1)
+    assert cosines.min() > 0.9999, cosines
+
+
+def test_pixels_refuse_what_they_cannot_reproduce():
+    from common.lite_pixels import LitePixels
+
+    config = json.loads((WEIGHTS_DIR / "config.json").read_text())
+    with pytest.raises(ValueError, match="image_interpolation"):
+        LitePixels({**config, "image_interpolation": "bilinear"})
+    with pytest.raises(ValueError, match="image_std"):
+        LitePixels({**config, "image_std": [0.5, 0.0, 0.5]})
+    with pytest.raises(ValueError, match="mode 'L'"):
+        LitePixels(config)(Image.new("L", (10, 10)))

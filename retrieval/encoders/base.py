@@ -105,13 +105,29 @@ class Encoder(ABC):
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _load_and_preprocess(self, indexed: tuple[int, ImageInput]) -> torch.Tensor:
+    def batch_pixels(self, image: Any) -> Any:
+        """RGB PIL image -> what :meth:`embed_pixels` takes in a batch: :meth:`preprocess_image`'s tensor.
+
+        With :meth:`embed_pixels`, the one place an encoder may leave torch out of image encoding
+        (the lite encoder on ONNX Runtime preprocesses and runs in numpy: an image search then
+        imports no torch).
+        """
+        return self.preprocess_image(image)
+
+    def embed_pixels(self, pixels: list[Any]) -> np.ndarray:
+        """A batch of :meth:`batch_pixels` results -> (n, dim) float32 unit vectors."""
+        import torch
+
+        with torch.inference_mode(), self.autocast():
+            return normalize(self.forward_images(torch.stack(pixels).to(self.device)))
+
+    def _load_and_preprocess(self, indexed: tuple[int, ImageInput]) -> Any:
         from common.images import load_image  # PIL: imported by image encoding, not by a text search
 
         index, item = indexed
-        return self.preprocess_image(load_image(item, index))
+        return self.batch_pixels(load_image(item, index))
 
-    def _load_or_reason(self, indexed: tuple[int, ImageInput]) -> torch.Tensor | str:
+    def _load_or_reason(self, indexed: tuple[int, ImageInput]) -> Any:
         try:
             return self._load_and_preprocess(indexed)
         except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem only
@@ -131,14 +147,12 @@ class Encoder(ABC):
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        import torch
-
         n = len(check_images(images))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         load = self._load_or_reason if skip else self._load_and_preprocess
         bar = progress_bar(n, "encode images", "img", show(progress, n, batch_size))
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, torch.inference_mode():
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
             def submit(start: int) -> list[Future]:
                 return [pool.submit(load, item) for item in enumerate(images[start:start + batch_size], start)]
 
@@ -146,12 +160,9 @@ class Encoder(ABC):
             for start in range(0, n, batch_size):
                 loaded = [f.result() for f in pending]
                 pending = submit(start + batch_size) if start + batch_size < n else []
-                good = [(i, t) for i, t in enumerate(loaded, start) if isinstance(t, torch.Tensor)]
-                failed = [(i, t) for i, t in enumerate(loaded, start) if not isinstance(t, torch.Tensor)]
-                vectors = np.empty((0, self.dim), dtype=np.float32)
-                if good:
-                    with self.autocast():
-                        vectors = normalize(self.forward_images(torch.stack([t for _, t in good]).to(self.device)))
+                good = [(i, t) for i, t in enumerate(loaded, start) if not isinstance(t, str)]
+                failed = [(i, t) for i, t in enumerate(loaded, start) if isinstance(t, str)]  # the reasons
+                vectors = self.embed_pixels([t for _, t in good]) if good else np.empty((0, self.dim), np.float32)
                 bar.update(len(loaded))
                 yield [i for i, _ in good], vectors, failed
         bar.close()
@@ -222,6 +233,12 @@ def normalize(features: "torch.Tensor") -> np.ndarray:
 
     features = torch.nn.functional.normalize(features.float(), dim=-1)
     return features.cpu().numpy()
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """:func:`normalize` in numpy, for encoders that run without torch (the same eps as F.normalize)."""
+    features = np.asarray(features, dtype=np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 def show(progress: bool | None, n: int, batch_size: int) -> bool:

@@ -4,9 +4,8 @@ On CPU in fp32 the forward passes run in ONNX Runtime, from graphs exported once
 weights (:mod:`.onnx_cache`); elsewhere in PyTorch. Nothing is loaded at construction: each tower
 is loaded the first time it is used, so a text search loads only the text graph, an image search
 only the image graph, and opening a retriever to find that nothing needs encoding loads neither.
-With the ONNX runtime, text encoding imports no torch at all (the ``tokenizers`` library and ONNX
-Runtime only); image encoding still preprocesses with torchvision, the transform the index was
-built with.
+With the ONNX runtime, neither text nor image encoding imports torch: the ``tokenizers`` library,
+PIL and numpy (:class:`common.lite_pixels.LitePixels`) prepare the inputs, ONNX Runtime runs them.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from common.device import gpu_may_be_present
 from common.lite_files import WEIGHTS_DIR, WEIGHTS_NAME, minilm_dir, read_config
 from common.texts import check_texts
 
-from .base import Encoder, progress_bar, show
+from .base import Encoder, progress_bar, show, unit_rows
 from .onnx_cache import cached_graphs, optimised_graph, remembered_vectors_key
 
 if TYPE_CHECKING:
@@ -273,7 +272,7 @@ class LiteEncoder(Encoder):
         self._load_lock = threading.Lock()
         self.onnx = (OnnxTowers(self.path, self.config, self._threads(), int8, model=lambda: self._model)
                      if runtime == "onnxruntime" else None)
-        self._transform: Any = None
+        self._pixels: Any = None
         if self.path.resolve() != WEIGHTS_DIR:
             self.model_id = str(path)
         elif int8:
@@ -334,7 +333,7 @@ class LiteEncoder(Encoder):
             if modality == "text":
                 self.tokenizer  # noqa: B018
             else:
-                self.transform  # noqa: B018 - torchvision's preprocessing (and torch) load here, not mid-encoding
+                self.pixels  # noqa: B018 - loads here, not mid-encoding
 
     @property
     def is_loaded(self) -> dict[str, bool]:
@@ -357,12 +356,13 @@ class LiteEncoder(Encoder):
                 ("image_trainable_stages", "image_pool", "image_pool_heads", "image_tower")}
 
     @property
-    def transform(self) -> Any:
-        if self._transform is None:
-            from common.lite_model import image_transform
+    def pixels(self) -> Any:
+        """The tower's preprocessing (:class:`common.lite_pixels.LitePixels`): PIL and numpy, no torch."""
+        if self._pixels is None:
+            from common.lite_pixels import LitePixels
 
-            self._transform = image_transform(self.config)
-        return self._transform
+            self._pixels = LitePixels(self.config)
+        return self._pixels
 
     @property
     def tokenizer(self) -> Any:
@@ -371,7 +371,18 @@ class LiteEncoder(Encoder):
         return self._tokenizer
 
     def preprocess_image(self, image: "Image.Image") -> "torch.Tensor":
-        return self.transform(image)
+        import torch
+
+        return torch.from_numpy(self.pixels(image))
+
+    def batch_pixels(self, image: "Image.Image") -> Any:
+        """On ONNX Runtime the numpy array itself (no torch), else the base's tensor."""
+        return self.pixels(image) if self.onnx is not None else super().batch_pixels(image)
+
+    def embed_pixels(self, pixels: list[Any]) -> np.ndarray:
+        if self.onnx is None:
+            return super().embed_pixels(pixels)
+        return unit_rows(self.onnx.image_array(np.stack(pixels)))
 
     def token_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask) int64 arrays, padded to the longest text."""
@@ -396,9 +407,7 @@ class LiteEncoder(Encoder):
         bar = progress_bar(n, "encode texts", "txt", show(progress, n, batch_size))
         for start in range(0, n, batch_size):
             chunk = texts[start:start + batch_size]
-            features = self.onnx.text_array(*self.token_arrays(chunk)).astype(np.float32)
-            norms = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
-            out[start:start + len(chunk)] = features / norms
+            out[start:start + len(chunk)] = unit_rows(self.onnx.text_array(*self.token_arrays(chunk)))
             bar.update(len(chunk))
         bar.close()
         return out
