@@ -1,6 +1,7 @@
 """Open-vocabulary development set (issue 23): plain queries over photos outside Flickr8K's world.
 
     python -m eval.concept_dev                    # the shipped lite encoder: right-first count and MRR
+    python -m eval.concept_dev --explain          # and, per query, the tower's top ImageNet class and gate
     python -m eval.concept_dev --model ViT-B-32/openai
     python -m eval.concept_dev --sweep --prior 0 1 --weights 0 1 2 --top-k 1 3   # the lite concept settings
     python -m eval.concept_dev --sweep --gate 0 0.45 0.5 --gate-temperature 0.02 0.05   # and the gate
@@ -101,9 +102,38 @@ def ranks_of_right(scores: np.ndarray, right: list[list[int]]) -> np.ndarray:
 
 
 def dev_metrics(image_emb: np.ndarray, query_emb: np.ndarray, right: list[list[int]]) -> dict[str, Any]:
-    ranks = ranks_of_right(np.asarray(query_emb) @ np.asarray(image_emb).T, right)
+    scores = np.asarray(query_emb) @ np.asarray(image_emb).T
+    ranks = ranks_of_right(scores, right)
     return {"right_first": int((ranks == 1).sum()), "queries": len(ranks), "mrr": float(np.mean(1.0 / ranks)),
-            "ranks": ranks.tolist()}
+            "ranks": ranks.tolist(), "first": scores.argmax(axis=1).tolist()}
+
+
+def explain_concepts(dev: DevSet, first: list[int]) -> list[dict[str, Any]]:
+    """Per query, what the shipped lite tower makes of its right photo and of the photo ranked first:
+    the top ImageNet class with its probability, and the concept gate (1: the concepts count fully).
+
+    Why: it tells a miss of the classifier (the right photo's top class is unrelated to the query,
+    so no weighting of the concept term can help) from a miss of the weighting.
+    """
+    import torch
+
+    from common.lite_concepts import flickr8k_gate, imagenet_synonyms
+    from common.lite_model import load_lite_model
+
+    model = load_lite_model()
+    heads, pooled = lite_parts(model, list(dev.paths))
+    with torch.inference_mode():
+        probs = model.image_tower.imagenet_classifier(pooled.float()).softmax(dim=-1)
+        gate = (flickr8k_gate(heads, model.concept_gate_bank, model.config["concept_gate"],
+                              model.config["concept_gate_temperature"]).reshape(-1)
+                if model.config["concept_gate"] > 0 else torch.ones(len(heads)))
+    names = imagenet_synonyms()
+
+    def seen(i: int) -> dict[str, Any]:
+        top = int(probs[i].argmax())
+        return {"photo": dev.names[i], "class": names[top][0], "p": float(probs[i, top]), "gate": float(gate[i])}
+
+    return [{"query": q, "right": seen(r[0]), "first": seen(f)} for q, r, f in zip(dev.queries, dev.right, first)]
 
 
 def evaluate_encoder(encoder: Any, dev: DevSet) -> dict[str, Any]:
@@ -318,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-temperature", type=float, nargs="+", default=[0.05, 0.1])
     p.add_argument("--annotations", type=Path, default=DATA / "dataset_flickr8k.json")
     p.add_argument("--images", type=Path, default=DATA / "images")
+    p.add_argument("--explain", action="store_true",
+                   help="also print the shipped lite tower's top ImageNet class and gate for each query's "
+                        "right photo and first-ranked photo")
     p.add_argument("--output", type=Path, default=None, help="write the result JSON here")
     return p.parse_args(argv)
 
@@ -335,8 +368,15 @@ def main(argv: list[str] | None = None) -> Any:
 
         result = evaluate_encoder(load_encoder(args.model), dev)
         result["model"] = args.model
-        for query, rank in zip(dev.queries, result["ranks"]):
-            print(f"{rank:3d}  {query}")
+        if args.explain:
+            result["explained"] = explain_concepts(dev, result["first"])
+            for rank, e in zip(result["ranks"], result["explained"]):
+                r, f = e["right"], e["first"]
+                print(f"{rank:3d}  {e['query']:<36} right: {r['class']} p={r['p']:.2f} gate={r['gate']:.2f}"
+                      + (f"  | first: {f['photo']} ({f['class']} p={f['p']:.2f})" if rank > 1 else ""))
+        else:
+            for query, rank in zip(dev.queries, result["ranks"]):
+                print(f"{rank:3d}  {query}")
         print(f"{args.model}: right photo first for {result['right_first']} of {result['queries']} queries, "
               f"MRR {result['mrr']:.3f} ({len(dev.paths)} photos)")
     if args.output:

@@ -312,3 +312,21 @@ def test_padded_held_out_recall_queries_only_the_held_out_images():
     assert out["text_retrieval_recall@1"] == pytest.approx((1 / 2 + 2 / 6) / 2)
     p = softmax_top_k(np.array([[3.0, 2.0, 1.0, 0.0]]), 2)
     assert (p[0, 2:] == 0).all() and 0 < p.sum() < 1 and p[0, 0] > p[0, 1]
+
+
+def test_explain_names_what_the_tower_sees_in_the_right_and_the_first_photo():
+    """--explain's per-query view: the right photo's top ImageNet class, its probability and the gate."""
+    from eval.concept_dev import explain_concepts
+
+    pytest.importorskip("skimage")
+    if not Path(json.loads(DEV_SET.read_text())["sources"]["mate"]["directory"]).is_dir():
+        pytest.skip("mate-backgrounds (Debian) is not installed")
+    dev = load_dev_set()
+    coffee, cat = dev.queries.index("a cup of coffee"), dev.queries.index("a cat")
+    first = [0] * len(dev.queries)
+    first[cat] = dev.right[coffee][0]  # as if the coffee photo had been ranked first for "a cat"
+    explained = explain_concepts(dev, first)
+    assert [e["query"] for e in explained] == dev.queries
+    right = explained[coffee]["right"]
+    assert right["photo"] == dev.names[dev.right[coffee][0]] and right["class"] == "espresso" and right["p"] > 0.5
+    assert explained[cat]["first"] == right and 0 < right["gate"] <= 1
