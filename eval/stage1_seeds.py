@@ -30,24 +30,28 @@ SAME_FIELDS = ("dataset", "embeddings", "model", "candidates", "hamming_candidat
                "multi_positive", "hasher_args", "fine")
 
 
-def load_reports(paths: list[Path]) -> list[dict]:
+def load_reports(paths: list[Path], kind: str = "eval.stage1") -> list[dict]:
+    """The reports, each checked to hold ``results`` and ``seed`` (``kind`` names the producer in errors)."""
     reports = []
     for path in paths:
         try:
             report = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a readable eval.stage1 report ({e})") from None
+            raise ValueError(f"{path}: not a readable {kind} report ({e})") from None
         if not isinstance(report, dict) or "results" not in report or "seed" not in report:
-            raise ValueError(f"{path}: not an eval.stage1 report with a seed (it lacks 'results' or 'seed')")
+            raise ValueError(f"{path}: not an {kind} report with a seed (it lacks 'results' or 'seed')")
         reports.append(report)
     return reports
 
 
-def summarise(reports: list[dict], baseline: str = "itq") -> dict:
-    """``{"seeds", "results": {method: {bits: {dir: {metric: {mean, sd, runs}}}}}, "vs_baseline"}``."""
+def summarise(reports: list[dict], baseline: str = "itq", *, same_fields: tuple[str, ...] = SAME_FIELDS,
+              paired: str = "hash_R@1") -> dict:
+    """``{"seeds", "results": {method: {bits: {dir: {metric: {mean, sd, runs}}}}},
+    "<paired>_minus_baseline"}``: ``same_fields`` must agree across the reports, and ``paired`` is
+    the metric differenced against ``baseline`` seed by seed (``eval.hashing_seeds`` passes its own)."""
     if len(reports) < 2:
         raise ValueError(f"a seed spread needs at least 2 reports, got {len(reports)}")
-    for field in SAME_FIELDS:
+    for field in same_fields:
         values = [r.get(field) for r in reports]
         if any(v != values[0] for v in values):
             raise ValueError(f"the reports differ in {field!r} ({values}): only the seed may differ")
@@ -74,11 +78,11 @@ def summarise(reports: list[dict], baseline: str = "itq") -> dict:
                 if bits not in results[baseline]:
                     continue
                 for d, metrics in by_dir.items():
-                    diff = np.subtract(metrics["hash_R@1"]["runs"], results[baseline][bits][d]["hash_R@1"]["runs"])
+                    diff = np.subtract(metrics[paired]["runs"], results[baseline][bits][d][paired]["runs"])
                     vs.setdefault(method, {}).setdefault(bits, {})[d] = {
                         "mean": float(diff.mean()), "sd": float(diff.std()), "runs": diff.tolist(),
                         "ahead_in": int((diff > 0).sum()), "of": len(diff)}
-    return {"seeds": seeds, "baseline": baseline, "results": results, "hash_R@1_minus_baseline": vs}
+    return {"seeds": seeds, "baseline": baseline, "results": results, f"{paired}_minus_baseline": vs}
 
 
 def markdown(summary: dict) -> str:

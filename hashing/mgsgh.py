@@ -47,6 +47,8 @@ OPTIMIZERS = ("sgd", "adam")  # sgd: the paper's §IV-B; adam: the held-out choi
 LR_SCHEDULES = ("constant", "cosine")
 TRIPLET_MINING = ("all", "hardest")  # which in-batch negatives enter eqs. 5-7 (MGSGH.md)
 TRIPLET_NEGATIVES = ("cross", "both")  # negatives of the other modality only, or of both (MGSGH.md)
+SHORTCUT_INITS = ("zero", "ridge")  # the shortcut starts at zero, or at a class-code ridge fit (MGSGH.md)
+TRIPLET_ACTIVATIONS = ("hinge", "softplus")  # eqs. 5-7's [x]_+, or its smooth soft-margin form (MGSGH.md)
 _BLOCK = 2048
 #: squared distance (relative to the mean squared norm of the nodes) under which a row is a training node
 _SAME_NODE = 1e-8  # rows of one distance block while building the graph or encoding
@@ -259,7 +261,14 @@ class MGSGHConfig:
     "distinction between dissimilar items within the same modality"), and ``class_triplet_weight``
     adds eqs. 5-7 with the whole class as positive and every other class as negative (the other
     modality's class centres, recomputed each epoch; needs class ids): two readings of the paper
-    tried on Wiki and left off, since neither beat the defaults on held-out rows. ``k = 0``
+    tried on Wiki and left off, since neither beat the defaults on held-out rows.
+    ``triplet_activation="softplus"`` replaces eqs. 5-7's hinge ``[x]_+`` by ``log(1 + e^x)`` (the
+    soft-margin triplet), which keeps pulling after the margin is met; ``class_softmax_weight`` adds
+    a deviation from the paper: a softmax over the other modality's class centres at temperature
+    ``class_softmax_temperature`` (cross-entropy towards the anchor's class; MGSGH.md, "Wiki,
+    session 11"). Both are off by default, and so is ``shortcut_init="ridge"`` (with ``shortcut``
+    and class ids: the shortcut starts as a ridge regression of each modality's standardised input
+    onto seeded random ±1 codes of its class, shared by both modalities). ``k = 0``
     by default: every graph lowered held-out retrieval on Wiki and Flickr8K (MGSGH.md, "Choosing k").
     """
 
@@ -278,7 +287,11 @@ class MGSGHConfig:
     triplet_mining: str = "all"
     triplet_negatives: str = "cross"
     class_triplet_weight: float = 0.0
+    triplet_activation: str = "hinge"
+    class_softmax_weight: float = 0.0
+    class_softmax_temperature: float = 0.4
     shortcut: bool = False
+    shortcut_init: str = "zero"
     margin: float = 1.0
     triplet_weight: float = 1.0
     reconstruction_weight: float = 1.0
@@ -307,18 +320,24 @@ class MGSGHConfig:
             "lr_schedule": check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES),
             "triplet_mining": check_choice(self.triplet_mining, "triplet_mining", TRIPLET_MINING),
             "triplet_negatives": check_choice(self.triplet_negatives, "triplet_negatives", TRIPLET_NEGATIVES),
+            "shortcut_init": check_choice(self.shortcut_init, "shortcut_init", SHORTCUT_INITS),
+            "triplet_activation": check_choice(self.triplet_activation, "triplet_activation", TRIPLET_ACTIVATIONS),
+            "class_softmax_temperature": _check_number(self.class_softmax_temperature, "class_softmax_temperature",
+                                                       allow_zero=False),
         }
         for name in ("graph", "self_features", "fine"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("dropout", "momentum", "weight_decay", "margin", "triplet_weight", "reconstruction_weight",
-                     "quantization_weight", "balance_weight", "class_triplet_weight"):
+                     "quantization_weight", "balance_weight", "class_triplet_weight", "class_softmax_weight"):
             checked[name] = _check_number(getattr(self, name), name)
         for name in ("dropout", "momentum"):
             if checked[name] >= 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not isinstance(self.shortcut, bool):
             raise TypeError(f"shortcut must be a bool, got {self.shortcut!r}")
+        if self.shortcut_init != "zero" and not self.shortcut:
+            raise ValueError(f"shortcut_init={self.shortcut_init!r} needs shortcut=True")
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -389,8 +408,12 @@ class MGSGHHasher(Hasher):
             self.graphs[m] = Graph.build(self.nodes[m], self.config.k if self.config.graph else 0)
             inputs[m] = self._with_self(self.nodes[m], self.graphs[m].propagate(self.nodes[m]))
         ids, multi_hot = positive_groups(labels, n, row_node["image"])
-        if self.config.class_triplet_weight > 0 and ids is None:
-            raise ValueError("class_triplet_weight > 0 needs one class id per pair (labels of shape (n,)); "
+        by_class = self._uses_class_centres()
+        if self.config.shortcut_init == "ridge" and ids is None:
+            raise ValueError("shortcut_init='ridge' needs one class id per pair (labels of shape (n,), or none: "
+                             "pairs sharing an image); multi-hot labels have no single class code")
+        if by_class and ids is None:
+            raise ValueError(f"{by_class} > 0 needs one class id per pair (labels of shape (n,)); "
                              "multi-hot labels have no single class centre")
         self._index_digests()
 
@@ -414,6 +437,8 @@ class MGSGHHasher(Hasher):
                 branches[m].std.copy_(x.std(0).clamp_min(1e-6))
                 t = target[m][rows[m]]
                 stats[m] = (t.mean(0), t.std(0).clamp_min(1e-6))
+            if self.config.shortcut_init == "ridge":
+                self._ridge_shortcut(branches, data, rows, ids)
             params = [p for b in branches.values() for p in b.parameters()]
             opt = _optimizer(params, self.config)
             bs = min(self.config.batch_size, n)
@@ -423,7 +448,7 @@ class MGSGHHasher(Hasher):
             lab_ids = None if ids is None else torch.from_numpy(ids)
             lab_hot = None if multi_hot is None else torch.from_numpy(multi_hot)
             group, n_groups = None, 0
-            if self.config.class_triplet_weight > 0:
+            if by_class:
                 uniq, inverse = np.unique(ids, return_inverse=True)
                 group, n_groups = torch.from_numpy(inverse.reshape(-1).astype(np.int64)), len(uniq)
             gen = torch.Generator().manual_seed(self.seed)
@@ -435,7 +460,7 @@ class MGSGHHasher(Hasher):
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
                 centres = (self._class_centres(branches, data, rows, fine, group, n_groups)
-                           if self.config.class_triplet_weight > 0 else None)
+                           if by_class else None)
                 for start in range(0, n, bs):
                     idx = perm[start:start + bs]
                     if len(idx) < 2:
@@ -449,8 +474,11 @@ class MGSGHHasher(Hasher):
                     recon = {m: ((branches[m].decoder(out[m][1]) - (target[m][rows[m][idx]] - stats[m][0]) / stats[m][1])
                                  ** 2).mean() for m in MODALITIES}
                     loss = self._loss(out["image"][0], out["text"][0], same, recon["image"] + recon["text"])
-                    if centres is not None:
+                    if centres is not None and self.config.class_triplet_weight > 0:
                         loss = loss + self.config.class_triplet_weight * self._class_triplet(
+                            out["image"][0], out["text"][0], group[idx], centres)
+                    if centres is not None and self.config.class_softmax_weight > 0:
+                        loss = loss + self.config.class_softmax_weight * self._class_softmax(
                             out["image"][0], out["text"][0], group[idx], centres)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -527,8 +555,59 @@ class MGSGHHasher(Hasher):
             pos = d.gather(1, batch_groups[:, None])
             neg = torch.ones_like(d, dtype=torch.bool)
             neg[torch.arange(len(h)), batch_groups] = False
-            loss = loss + torch.relu(pos - d + self.config.margin)[neg].mean()
+            loss = loss + self._hinge(pos - d + self.config.margin)[neg].mean()
         return loss
+
+    def _ridge_shortcut(self, branches, data, rows, ids) -> None:
+        """``shortcut_init="ridge"`` (not in the paper; MGSGH.md, "Wiki, session 11"): each class gets
+        a seeded random ±1 code, shared by both modalities, and each modality's shortcut starts as
+        the ridge regression (lambda 1 on standardised inputs) of its training rows onto their
+        class's code, so the hash layer begins from a supervised linear hash, the form that the
+        contrastive hasher's head can reach and an MLP started at random must find."""
+        import torch
+
+        classes = np.unique(ids, return_inverse=True)[1].reshape(-1)
+        gen = torch.Generator().manual_seed(self.seed)
+        codes = torch.where(torch.randn(int(classes.max()) + 1, self.bits, generator=gen) >= 0, 1.0, -1.0)
+        y = codes[torch.from_numpy(classes.astype(np.int64))]  # (n, bits)
+        with torch.no_grad():
+            for m in MODALITIES:
+                b = branches[m]
+                xs = (data[m][rows[m]] - b.mean) / b.std
+                gram = xs.T @ xs / len(xs) + torch.eye(xs.shape[1])
+                b.shortcut.weight.copy_(torch.linalg.solve(gram, xs.T @ y / len(xs)).T)
+
+    def _uses_class_centres(self) -> str:
+        """The name of the first class-centre loss in use ("" if none): those need class ids."""
+        for name in ("class_triplet_weight", "class_softmax_weight"):
+            if getattr(self.config, name) > 0:
+                return name
+        return ""
+
+    def _class_softmax(self, hi, ht, batch_groups, centres):
+        """Not in the paper (MGSGH.md, "Wiki, session 11"): cross-entropy of a softmax over the other
+        modality's class centres, logits ``-d / temperature`` with eqs. 5-7's distance ``d``, target
+        the anchor's class; image anchors against text centres and text anchors against image
+        centres, averaged. Unlike the hinge it never stops pulling an anchor towards its class."""
+        import torch.nn.functional as F
+
+        loss = 0.0
+        for h, other in ((hi, centres["text"]), (ht, centres["image"])):
+            d = self._distance(h, other)
+            loss = loss + F.cross_entropy(-d / self.config.class_softmax_temperature, batch_groups)
+        return loss / 2
+
+    def _distance(self, a, b):
+        """Eqs. 5-7's d: squared Euclidean / bits (4 x Hamming / bits once codes are binary)."""
+        import torch
+
+        return torch.cdist(a, b) ** 2 / self.bits
+
+    def _hinge(self, x):
+        """Eqs. 5-7's ``[x]_+``, or its smooth form ``log(1 + e^x)`` (``triplet_activation``)."""
+        import torch.nn.functional as F
+
+        return F.relu(x) if self.config.triplet_activation == "hinge" else F.softplus(x)
 
     def _loss(self, hi, ht, same, reconstruction):
         """Eq. 10 on a batch: triplet (eqs. 5-7) + reconstruction (eq. 8) + L_HS (eq. 9), as means."""
@@ -554,9 +633,9 @@ class MGSGHHasher(Hasher):
                                            for dn in negatives]).min(0).values[:, None]  # (a, 1)
                     valid = same & torch.isfinite(closest)
                     if valid.any():
-                        trip = trip + torch.relu(dist - closest + c.margin)[valid].mean()
+                        trip = trip + self._hinge(dist - closest + c.margin)[valid].mean()
                     continue
-                t = torch.cat([torch.relu(dist[:, :, None] - dn[:, None, :] + c.margin) for dn in negatives],
+                t = torch.cat([self._hinge(dist[:, :, None] - dn[:, None, :] + c.margin) for dn in negatives],
                               dim=2)  # [a, p, n (, n own)]
                 valid = (same[:, :, None] & neg[:, None, :]).repeat(1, 1, len(negatives))
                 if valid.any():

@@ -235,7 +235,10 @@ def test_save_and_load_give_the_same_codes_and_bad_files_fail_clearly(fitted, tm
     ({"image_transform": "pca"}, "image_transform"), ({"kk": 3}, "kk"), ({"optimizer": "lbfgs"}, "optimizer"),
     ({"lr_schedule": "step"}, "lr_schedule"), ({"triplet_mining": "semi"}, "triplet_mining"),
     ({"shortcut": 1}, "shortcut must be a bool"), ({"triplet_negatives": "intra"}, "triplet_negatives"),
-    ({"class_triplet_weight": -1}, "class_triplet_weight"),
+    ({"class_triplet_weight": -1}, "class_triplet_weight"), ({"triplet_activation": "relu"}, "triplet_activation"),
+    ({"class_softmax_weight": -0.5}, "class_softmax_weight"),
+    ({"class_softmax_temperature": 0}, "class_softmax_temperature"), ({"shortcut_init": "ones"}, "shortcut_init"),
+    ({"shortcut_init": "ridge"}, "needs shortcut=True"),
 ])
 def test_bad_settings_are_named(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -353,3 +356,81 @@ def test_class_triplet_fits_on_class_ids_and_refuses_multi_hot_labels():
     multi_hot = np.eye(K, dtype=np.float32)[labels]
     with pytest.raises(ValueError, match="class_triplet_weight"):
         MGSGHHasher(bits=16, class_triplet_weight=1.0, **FAST).fit(img, txt, multi_hot)
+
+
+def test_softplus_triplet_keeps_pulling_where_the_hinge_has_stopped():
+    """triplet_activation="softplus": a triplet whose margin is met costs nothing and moves nothing
+    under eqs. 5-7's hinge; its smooth form log(1 + e^x) still has a loss and a gradient there."""
+    import torch
+
+    labels = torch.tensor([0, 1])
+    same = labels[:, None] == labels[None, :]
+    zero = torch.tensor(0.0)
+    settings = {"margin": 0.25, "quantization_weight": 0.0, "balance_weight": 0.0, "reconstruction_weight": 0.0}
+    losses, grads = {}, {}
+    for activation in ("hinge", "softplus"):
+        hi = _relaxed([[1.0], [-1.0]]).requires_grad_(True)  # each image on its own text, 4 from the other
+        ht = _relaxed([[1.0], [-1.0]])
+        loss = MGSGHHasher(bits=8, triplet_activation=activation, **settings)._loss(hi, ht, same, zero)
+        loss.backward()
+        losses[activation], grads[activation] = float(loss.detach()), hi.grad.abs().sum()
+    assert losses["hinge"] == 0.0 and float(grads["hinge"]) == 0.0
+    # d_pos = 0, d_neg = 4/8: x = 0 - 0.5 + 0.25 = -0.25 in each of the two directions
+    assert losses["softplus"] == pytest.approx(2 * float(np.log1p(np.exp(-0.25))), rel=1e-5)
+    assert float(grads["softplus"]) > 0
+
+
+def test_class_softmax_is_the_cross_entropy_over_the_other_modalitys_class_centres():
+    """class_softmax_weight: logits -d / temperature against the other modality's class centres,
+    target the anchor's class; lower at the own centre than at the other, and never zero."""
+    import torch
+
+    centres = {"text": _relaxed([[1.0, 1.0], [-1.0, -1.0]]), "image": _relaxed([[1.0, 1.0], [-1.0, -1.0]])}
+    h = MGSGHHasher(bits=8, class_softmax_temperature=0.5)
+    groups = torch.tensor([0, 1])
+    at_centre = _relaxed([[1.0, 1.0], [-1.0, -1.0]])
+    swapped = _relaxed([[-1.0, -1.0], [1.0, 1.0]])
+    # at the own centre d = 0, at the other 8/8 = 1: cross-entropy log(1 + e^(-1 / 0.5)) per anchor
+    expected = float(np.log1p(np.exp(-2.0)))
+    assert float(h._class_softmax(at_centre, at_centre, groups, centres)) == pytest.approx(expected, rel=1e-5)
+    assert float(h._class_softmax(swapped, swapped, groups, centres)) == pytest.approx(expected + 2.0, rel=1e-5)
+
+
+def test_ridge_shortcut_starts_as_a_linear_hash_that_puts_classes_on_shared_codes():
+    """shortcut_init="ridge": before any training step, the shortcut alone already maps images and
+    texts of one class near one code (the zero shortcut maps everything to 0)."""
+    import torch
+
+    img, txt, labels = (a[:160] for a in clustered_pairs(240))
+    h = MGSGHHasher(bits=16, seed=0, shortcut=True, shortcut_init="ridge", **{**FAST, "epochs": 0}).fit(img, txt, labels)
+    lin = {}
+    for x, m in ((img, "image"), (txt, "text")):
+        b = h.branches[m]
+        with torch.no_grad():
+            xs = (torch.from_numpy(h.propagated(x, m)) - b.mean) / b.std
+            lin[m] = np.sign(b.shortcut(xs).numpy())
+    agree = (lin["image"] @ lin["text"].T) / 16
+    same = labels[:, None] == labels[None, :]
+    assert agree[same].mean() > 0.6 > 0.2 > agree[~same].mean()
+    zero = MGSGHHasher(bits=16, seed=0, shortcut=True, **{**FAST, "epochs": 0}).fit(img, txt, labels)
+    assert float(zero.branches["image"].shortcut.weight.detach().abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="class id"):
+        MGSGHHasher(bits=16, shortcut=True, shortcut_init="ridge", **FAST).fit(img, txt, np.eye(K, dtype=np.float32)[labels])
+
+
+@pytest.mark.parametrize("settings", [{"triplet_activation": "softplus"}, {"class_softmax_weight": 1.0},
+                                      {"shortcut": True, "shortcut_init": "ridge"}])
+def test_the_session_11_settings_change_training_and_survive_save_and_load(settings, tmp_path):
+    img, txt, labels = (a[:160] for a in clustered_pairs(240))
+    base = MGSGHHasher(bits=16, seed=0, **{**FAST, "epochs": 5}).fit(img, txt, labels)
+    h = MGSGHHasher(bits=16, seed=0, **{**FAST, "epochs": 5}, **settings).fit(img, txt, labels)
+    assert h.loss_history_ != base.loss_history_
+    assert not (h.encode(img, "image") == base.encode(img, "image")).all()
+    loaded = Hasher.from_pretrained(h.save_pretrained(tmp_path / "m"))
+    assert loaded.get_config() == h.get_config()
+    assert all(loaded.get_config()[k] == v for k, v in settings.items())
+    for x, m in ((img, "image"), (txt, "text")):
+        assert (loaded.encode(x, m) == h.encode(x, m)).all()
+    if "class_softmax_weight" in settings:
+        with pytest.raises(ValueError, match="class_softmax_weight"):
+            MGSGHHasher(bits=16, **FAST, **settings).fit(img, txt, np.eye(K, dtype=np.float32)[labels])
