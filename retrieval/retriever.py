@@ -652,6 +652,14 @@ class Retriever:
                              f"{encoder.model_id!r} has now (weights {saved['weights'][:12]}, now "
                              f"{encoder.weights_id[:12]}), so its vectors and codes do not match new queries; "
                              f"index into a new folder, or pass check_weights=False to load anyway")
+        if check_weights and not saved.get("weights") and encoder.weights_id:
+            # saved before retrievers recorded it (session 10): nothing to compare, so say what can go wrong
+            warnings.warn(f"{config_file} records no weights fingerprint (saved before they were recorded), so "
+                          f"whether its vectors come from the weights encoder {encoder.model_id!r} has now cannot be "
+                          f"checked. The lite encoder's image vectors changed with issue 23 (ImageNet concepts): "
+                          f"an index built before then matches encoder 'lite:heads'; adding to it with 'lite' "
+                          f"would mix two kinds of vectors. Rebuild it, or open it with the encoder it was built with",
+                          stacklevel=2)
         hasher = Hasher.from_pretrained(directory / config["hasher"]["path"])
         reranker = reranker_from_config(config["reranker"]) if config.get("reranker") else None
         retriever = cls(encoder, hasher, index=config["index"]["kind"], index_params=config["index"]["params"],

@@ -186,6 +186,11 @@ def test_loading_refuses_an_encoder_whose_weights_changed(paths, tmp_path):
         Retriever.from_pretrained(saved, encoder=Fingerprinted("b" * 64, seed=1))
     assert Retriever.from_pretrained(saved, encoder=Fingerprinted("b" * 64), check_weights=False).search("red", k=1)
     assert Retriever.from_pretrained(saved, encoder=ToyEncoder()).search("red", k=1)  # an encoder without one: not checked
+    config = json.loads((saved / "retriever.json").read_text())
+    config["encoder"].pop("weights")  # as saved before fingerprints were recorded
+    (saved / "retriever.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="records no weights fingerprint.*'lite:heads'"):
+        assert Retriever.from_pretrained(saved, encoder=Fingerprinted("b" * 64)).search("red", k=1)
 
 
 def test_a_failed_save_leaves_the_previous_save_intact(paths, tmp_path, monkeypatch):
