@@ -247,7 +247,10 @@ class BeforeIssue13:
     """The lite encoder as it ran before issue 13, for the before/after rows of one run.
 
     PyTorch with a contiguous (NCHW) image tower, and the old loop: a batch is decoded by the
-    pool, then run through the model, then the next batch is decoded (no overlap).
+    pool, then run through the model, then the next batch is decoded (no overlap). Only the
+    runtime path is the old one: the model is ``encoder``'s, so with today's ``lite`` (gated
+    ImageNet concepts since issue 23) every variant computes the same vectors and the cosine
+    column compares runtimes, not models.
     """
 
     def __init__(self, encoder: Any) -> None:
