@@ -156,14 +156,22 @@ def advance_frozen(model: LiteModel, trunk: torch.Tensor, image_from: int, hidde
         x = torch.cat([model.image_stages(flat[s:s + 256].float(), image_from, model.image_split).half()
                        for s in range(0, len(flat), 256)])
         trunk, image_from = x.reshape(*trunk.shape[:2], *x.shape[1:]), model.image_split
-    if text_from < model.text_split:
-        out = hidden.clone()
-        for s in range(0, len(hidden), 512):
-            length = max(int(mask[s:s + 512].sum(1).max()), 1)
-            out[s:s + 512, :length] = model.text_layers(hidden[s:s + 512, :length].float(), mask[s:s + 512, :length],
-                                                        range(text_from, model.text_split)).half()
-        hidden = out
-    return trunk, image_from, hidden
+    return trunk, image_from, advance_text(model, hidden, mask, text_from)
+
+
+@torch.inference_mode()
+def advance_text(model: LiteModel, hidden: torch.Tensor, mask: torch.Tensor, text_from: int) -> torch.Tensor:
+    """Hidden states cached at layer ``text_from`` run through the frozen layers up to ``model.text_split``, once."""
+    if text_from > model.text_split:
+        raise ValueError(f"a text cache at layer {text_from} is above the model's split ({model.text_split})")
+    if text_from == model.text_split:
+        return hidden
+    out = hidden.clone()
+    for s in range(0, len(hidden), 512):
+        length = max(int(mask[s:s + 512].sum(1).max()), 1)
+        out[s:s + 512, :length] = model.text_layers(hidden[s:s + 512, :length].float(), mask[s:s + 512, :length],
+                                                    range(text_from, model.text_split)).half()
+    return out
 
 
 # -- losses -----------------------------------------------------------------------------------------
@@ -191,6 +199,66 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, owner: torch.Tenso
     return loss
 
 
+def class_distill_loss(image: torch.Tensor, class_text: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """KL(teacher || student), averaged over images: the ImageNet classifier distilled into the joint space.
+
+    student = softmax over classes of cos(image, class_text_c) / ``tau``: the joint space's own
+    zero-shot classifier, whose class vectors are the class-name prompts through the trainable text
+    top and head. ``teacher``: (B, C) probabilities over the same C classes, rows summing to 1. Why
+    KL and not a hard label: most Flickr8K photos get no confident ImageNet class (median top
+    probability about .2), and the spread is what the classifier knows.
+    """
+    if teacher.shape != (image.shape[0], class_text.shape[0]):
+        raise ValueError(f"teacher must be (images={image.shape[0]}, classes={class_text.shape[0]}), "
+                         f"got {tuple(teacher.shape)}")
+    logits = F.normalize(image, dim=-1) @ F.normalize(class_text, dim=-1).T / tau
+    return F.kl_div(F.log_softmax(logits, dim=-1), teacher, reduction="batchmean")
+
+
+@dataclass
+class ClassPrompts:
+    """The ImageNet class-name prompts (:func:`common.lite_concepts.class_prompts`) as cached text trunk states.
+
+    ``hidden``/``mask``: from :func:`text_trunk_features` at layer ``text_from``; ``owner``: the class
+    of each text (every class must have at least one).
+    """
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    owner: torch.Tensor
+    text_from: int
+
+
+@torch.inference_mode()
+def teacher_logits(model: LiteModel, image_x: torch.Tensor, image_from: int) -> torch.Tensor:
+    """(views, n, 1000) ImageNet classifier logits on the pooled final feature map of cached images.
+
+    Taken from the model as it stands, so call it before training: the tower top still has the pip
+    weights the classifier was trained with (training moves them, and the teacher must not move).
+    """
+    model.eval()
+    flat = image_x.flatten(0, 1)
+    out = []
+    for s in range(0, len(flat), 256):
+        x = flat[s:s + 256].float()
+        if image_from <= IMAGE_STAGES:
+            x = model.image_feature_map(model.image_stages(x, image_from))
+        out.append(model.image_tower.imagenet_classifier(x.mean(dim=(2, 3))))
+    return torch.cat(out).reshape(*image_x.shape[:2], -1)
+
+
+def sample_classes(teacher: torch.Tensor, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` class indices for one step: the n // 2 classes the batch's teacher is surest of (its max
+    probability over the batch), the rest drawn at random, so that the student's softmax over them
+    sees where the teacher's mass is and enough other classes to push away from. All when n >= C."""
+    n_classes = teacher.shape[1]
+    if n >= n_classes:
+        return np.arange(n_classes)
+    sure = torch.argsort(teacher.max(dim=0).values, descending=True)[:n // 2].numpy()
+    rest = np.setdiff1d(np.arange(n_classes), sure)
+    return np.concatenate([sure, rng.choice(rest, size=n - len(sure), replace=False)])
+
+
 @dataclass
 class TrainOptions:
     """The defaults are the shipped model's recipe; the model card's table says what the other settings gave."""
@@ -207,6 +275,13 @@ class TrainOptions:
     margin: float = 0.2
     views: int = 0
     seed: int = 0
+    # Class distillation (issue 23): weight of :func:`class_distill_loss` (0: off, the shipped recipe,
+    # byte-identical), the teacher's softmax temperature, the student's cosine temperature and the
+    # classes per step (one random prompt of each goes through the text top).
+    class_distill_weight: float = 0.0
+    class_distill_temperature: float = 1.0
+    class_distill_tau: float = 0.05
+    class_distill_classes: int = 256
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -232,20 +307,40 @@ def select(caption_image: np.ndarray, image_ids: np.ndarray) -> tuple[np.ndarray
 
 def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor,
           caption_image: np.ndarray, val_ids: np.ndarray, fit_ids: np.ndarray, options: TrainOptions,
-          image_from: int | None = None, text_from: int | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+          image_from: int | None = None, text_from: int | None = None,
+          classes: ClassPrompts | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Trains ``model``'s top on cached trunk outputs; returns the best-validation-rsum state and the history.
 
     ``image_trunk``: (views, n_images, C, h, w) from :func:`image_trunk_features` at stage ``image_from``
     (default ``model.image_split``); ``hidden``/``mask``: from :func:`text_trunk_features` at layer
     ``text_from`` (default ``model.text_split``). Caches below the split are advanced once.
+    ``classes``: the class-name prompts, needed when ``options.class_distill_weight`` > 0 (the
+    teacher is the tower's ImageNet classifier before the first step; the prompts draw from their
+    own random stream, so the caption and view draws are those of the plain recipe).
     """
     from .recall import retrieval_recall
 
     o = options
+    distill = o.class_distill_weight
+    if distill < 0 or not math.isfinite(distill):
+        raise ValueError(f"class_distill_weight must be a finite number >= 0, got {distill!r}")
+    if distill and classes is None:
+        raise ValueError("class_distill_weight > 0 needs the class prompts (classes=ClassPrompts(...))")
+    if distill and (o.class_distill_temperature <= 0 or o.class_distill_tau <= 0 or o.class_distill_classes < 2):
+        raise ValueError("class distillation needs temperature > 0, tau > 0 and at least 2 classes per step, got "
+                         f"{o.class_distill_temperature}, {o.class_distill_tau}, {o.class_distill_classes}")
     torch.manual_seed(o.seed)
     rng = np.random.default_rng(o.seed + 1)
     image_from = model.image_split if image_from is None else image_from
     text_from = model.text_split if text_from is None else text_from
+    if distill:
+        assert classes is not None
+        teacher = (teacher_logits(model, image_trunk, image_from) / o.class_distill_temperature).softmax(dim=-1)
+        class_hidden = advance_text(model, classes.hidden, classes.mask, classes.text_from)
+        texts_of = [np.flatnonzero(classes.owner.numpy() == c) for c in range(teacher.shape[-1])]
+        if any(len(t) == 0 for t in texts_of):
+            raise ValueError("every ImageNet class needs at least one prompt text")
+        distill_rng = np.random.default_rng(o.seed + 2)
     image_trunk, image_from, hidden = advance_frozen(model, image_trunk, image_from, hidden, mask, text_from)
     caption_image = np.asarray(caption_image)
     val_caps, val_owner = select(caption_image, val_ids)
@@ -266,7 +361,7 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
         model.image_tower.eval()  # BatchNorm statistics stay those of ImageNet
         perm = rng.permutation(fit_ids)
         hard = o.hard_weight if epoch >= o.hard_start_epoch else 0.0
-        start_time, losses = time.time(), []
+        start_time, losses, class_kls = time.time(), [], []
         for b in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{o.epochs}", leave=False, disable=not o.progress):
             images = perm[b * o.batch_size:(b + 1) * o.batch_size]
             caps, owner = [], []
@@ -284,6 +379,16 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
             length = int(mask[caps].sum(1).max())
             txt = model.text_top(hidden[caps, :length], mask[caps, :length])
             loss = contrastive_loss(img, txt, torch.as_tensor(owner), model.logit_scale, hard, o.margin)
+            if distill:
+                batch_teacher = teacher[view, torch.as_tensor(images)]
+                chosen = sample_classes(batch_teacher, o.class_distill_classes, distill_rng)
+                rows = torch.as_tensor(np.array([distill_rng.choice(texts_of[c]) for c in chosen]))
+                length = int(classes.mask[rows].sum(1).max())
+                class_text = model.text_top(class_hidden[rows, :length], classes.mask[rows, :length])
+                target = batch_teacher[:, torch.as_tensor(chosen)]
+                kl = class_distill_loss(img, class_text, target / target.sum(1, keepdim=True), o.class_distill_tau)
+                loss = loss + distill * kl
+                class_kls.append(kl.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -295,6 +400,8 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
         metrics = retrieval_recall((txt @ img.T).numpy(), val_owner)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **metrics,
                         "seconds": round(time.time() - start_time, 1)})
+        if distill:
+            history[-1]["class_kl"] = float(np.mean(class_kls))
         print(json.dumps(history[-1]), flush=True)
         if metrics["rsum"] > best:
             best = metrics["rsum"]
@@ -323,5 +430,9 @@ def save_lite(directory: Path, config: dict[str, Any], state: dict[str, torch.Te
 
 
 def options_record(options: TrainOptions) -> dict[str, Any]:
-    return {k: v for k, v in asdict(options).items() if k not in ("progress", "extra")} | options.extra
+    """The options as ``config.json`` records them; the class-distillation ones only when it is on, so the
+    shipped recipe's record is what it was before the option existed."""
+    skip = {"progress", "extra"} | ({k for k in asdict(options) if k.startswith("class_distill_")}
+                                    if not options.class_distill_weight else set())
+    return {k: v for k, v in asdict(options).items() if k not in skip} | options.extra
 

@@ -7,6 +7,12 @@ Writes ``model.safetensors`` + ``config.json`` to ``--output`` (required: nothin
 the package's shipped weights unless told to). The defaults are the shipped model's recipe:
 
     python scripts/train_lite.py --output runs/lite
+
+``--class-distill-weight`` above 0 adds issue 23's class distillation
+(``eval.lite_training.class_distill_loss``): the tower's ImageNet classifier is the teacher, the
+joint space's cosine to the 1,000 class-name prompts (``common.lite_concepts.class_prompts``,
+their text trunk cached like the captions') the student, so the text head learns where the class
+names sit. Rebuild the concepts of such a model (``scripts/build_lite_concepts.py --model``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 
 from common.lite_model import DEFAULT_CONFIG, IMAGE_TOWERS, LiteModel
 from eval.karpathy import load_karpathy
-from eval.lite_training import (TrainOptions, image_trunk_features, options_record, save_lite,
+from eval.lite_training import (ClassPrompts, TrainOptions, image_trunk_features, options_record, save_lite,
                                 text_trunk_features, train)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hard-start-epoch", type=int, default=d.hard_start_epoch, help="epochs of plain InfoNCE first")
     p.add_argument("--margin", type=float, default=d.margin)
     p.add_argument("--views", type=int, default=d.views, help="augmented views of each train image, cached once")
+    p.add_argument("--class-distill-weight", type=float, default=d.class_distill_weight,
+                   help="weight of the ImageNet class distillation term (0: off, the shipped recipe)")
+    p.add_argument("--class-distill-temperature", type=float, default=d.class_distill_temperature,
+                   help="softmax temperature of the teacher (the tower's ImageNet classifier)")
+    p.add_argument("--class-distill-tau", type=float, default=d.class_distill_tau,
+                   help="cosine temperature of the student (image vs class-name prompt)")
+    p.add_argument("--class-distill-classes", type=int, default=d.class_distill_classes,
+                   help="classes per step (half the batch's surest, half random; 1000: all)")
     p.add_argument("--image-tower", default=DEFAULT_CONFIG["image_tower"], choices=sorted(IMAGE_TOWERS))
     p.add_argument("--image-size", type=int, default=DEFAULT_CONFIG["image_size"],
                    help="input side (Lite0 224, Lite1 240, Lite2 260 natively)")
@@ -75,14 +89,23 @@ def main(argv: list[str] | None = None) -> dict:
     image_from, text_from = min(model.image_split, CACHE_IMAGE_STAGE), min(model.text_split, CACHE_TEXT_LAYER)
     trunk = image_trunk_features(model, data.image_paths, args.cache, image_from, views=args.views, seed=args.seed)
     hidden, mask = text_trunk_features(model, data.captions, args.cache, text_from)
+    classes = None
+    if args.class_distill_weight:
+        from common.lite_concepts import class_prompts
+
+        texts, owner = class_prompts()
+        classes = ClassPrompts(*text_trunk_features(model, texts, args.cache, text_from), owner, text_from)
     order = np.random.default_rng(args.seed).permutation(data.n_images)  # eval.validation.held_out_train's draw
     val_ids, fit_ids = np.sort(order[:args.val_images]), np.sort(order[args.val_images:])
     options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, captions_per_image=args.captions_per_image,
                            lr=args.lr, tower_lr=args.tower_lr, weight_decay=args.weight_decay,
                            warmup_steps=args.warmup_steps, hard_weight=args.hard_weight,
-                           hard_start_epoch=args.hard_start_epoch, margin=args.margin, views=args.views, seed=args.seed)
+                           hard_start_epoch=args.hard_start_epoch, margin=args.margin, views=args.views, seed=args.seed,
+                           class_distill_weight=args.class_distill_weight,
+                           class_distill_temperature=args.class_distill_temperature,
+                           class_distill_tau=args.class_distill_tau, class_distill_classes=args.class_distill_classes)
     state, history = train(model, trunk, hidden, mask, data.caption_image, val_ids, fit_ids, options,
-                           image_from, text_from)
+                           image_from, text_from, classes)
     best = max(history, key=lambda h: h["rsum"])
     training = {"data": "Flickr8K train (Karpathy split), minus a seeded validation draw",
                 "val_images": args.val_images, **options_record(options), "best_epoch": best["epoch"],

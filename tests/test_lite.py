@@ -134,6 +134,77 @@ def test_cached_trunk_training_advances_frozen_layers_and_learns(tmp_path):
         contrastive_loss(img, close, owner, torch.tensor(math.log(10)))
 
 
+def test_class_distill_loss_is_kl_to_the_teacher_and_pulls_class_prompts_to_their_images():
+    """KL(teacher || softmax(cos / tau)): zero when the joint space already classifies as the teacher
+    does; a gradient step on the class-prompt embeddings moves each class towards its images."""
+    from eval.lite_training import class_distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    image, classes = torch.randn(6, 8, generator=g), torch.randn(5, 8, generator=g)
+    same = (torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(classes, dim=-1).T / 0.1).softmax(-1)
+    assert class_distill_loss(image, classes, same, 0.1).abs() < 1e-6
+    teacher = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 4, 0]), 5).float() * 0.9 + 0.02  # rows sum to 1
+    classes.requires_grad_(True)
+    before = class_distill_loss(image, classes, teacher, 0.1)
+    before.backward()
+    moved = (classes - 0.05 * classes.grad).detach()
+    assert class_distill_loss(image, moved, teacher, 0.1) < before
+    target = torch.tensor([0, 1, 2, 3, 4, 0])  # each image's teacher class
+
+    def own_class_cos(c: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cosine_similarity(image, c[target]).mean()
+
+    assert own_class_cos(moved) > own_class_cos(classes.detach()) + 1e-3
+    with pytest.raises(ValueError, match="teacher must be"):
+        class_distill_loss(image, classes, teacher[:, :4], 0.1)
+
+
+def test_class_distillation_is_off_at_weight_0_and_moves_the_joint_space_towards_the_teacher():
+    """train() with the ImageNet class prompts: weight 0 is the plain recipe to the bit (state, history,
+    record); weight > 0 brings the joint space's zero-shot classifier towards the tower's own."""
+    from common.lite_model import LiteModel
+    from eval.lite_training import (ClassPrompts, TrainOptions, advance_text, class_distill_loss, options_record,
+                                    teacher_logits, train)
+
+    g = torch.Generator().manual_seed(0)
+    n = 32
+    trunk = torch.randn(1, n, 192, 7, 7, generator=g).half()  # Lite0 stage-6 outputs
+    owner = np.repeat(np.arange(n), 2)
+    hidden = (torch.randn(n, 1, 384, generator=g)[owner] + 0.3 * torch.randn(n * 2, 5, 384, generator=g)).half()
+    mask = torch.ones(n * 2, 5, dtype=torch.long)
+    classes = ClassPrompts(torch.randn(1000, 3, 384, generator=g).half(), torch.ones(1000, 3, dtype=torch.long),
+                           torch.arange(1000), 4)  # one synthetic layer-4 "prompt" per ImageNet class
+    ids = np.arange(n)
+
+    def run(weight: float, prompts: ClassPrompts | None):
+        torch.manual_seed(0)
+        model = LiteModel({"image_trainable_stages": 0, "text_trainable_layers": 1, "dropout": 0.0})
+        options = TrainOptions(epochs=4, batch_size=8, lr=1e-3, warmup_steps=1, progress=False,
+                               class_distill_weight=weight, class_distill_classes=64)
+        state, history = train(model, trunk, hidden, mask, owner, ids[:8], ids[8:], options, 6, 4, prompts)
+        model.load_state_dict(state, strict=False)
+        model.eval()
+        with torch.inference_mode():  # the student over all 1000 classes, on the fit images
+            image = model.image_top(trunk[0, 8:].float(), 6)
+            text = model.text_top(advance_text(model, classes.hidden, classes.mask, 4)[:, :3].float(), classes.mask)
+            teacher = teacher_logits(model, trunk[:, 8:], 6)[0].softmax(-1)  # the tower top never trains here
+            kl = float(class_distill_loss(image, text, teacher, options.class_distill_tau))
+        return state, history, options, kl
+
+    plain, plain_history, plain_options, plain_kl = run(0.0, None)
+    off, off_history, _, off_kl = run(0.0, classes)
+    timeless = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert all(torch.equal(plain[k], off[k]) for k in plain) and timeless(plain_history) == timeless(off_history)
+    assert not any(k.startswith("class_distill") for k in options_record(plain_options))
+    on, on_history, on_options, on_kl = run(1.0, classes)
+    assert "class_kl" in on_history[-1] and options_record(on_options)["class_distill_weight"] == 1.0
+    assert not torch.equal(on["text_head.proj.weight"], plain["text_head.proj.weight"])
+    assert on_kl < plain_kl - 0.05, (on_kl, plain_kl)
+    with pytest.raises(ValueError, match="needs the class prompts"):
+        train(LiteModel({"image_trainable_stages": 0, "text_trainable_layers": 1}), trunk, hidden, mask, owner,
+              ids[:8], ids[8:], TrainOptions(epochs=1, batch_size=8, progress=False, class_distill_weight=1.0), 6, 4)
+
+
 def test_weights_that_do_not_match_the_config_are_rejected(tmp_path):
     import shutil
 
