@@ -277,11 +277,13 @@ class TrainOptions:
     seed: int = 0
     # Class distillation (issue 23): weight of :func:`class_distill_loss` (0: off, the shipped recipe,
     # byte-identical), the teacher's softmax temperature, the student's cosine temperature and the
-    # classes per step (one random prompt of each goes through the text top).
+    # classes per step (one random prompt of each goes through the text top); ``text_only`` stops its
+    # gradient at the image embedding, so only the text side learns where the class names sit.
     class_distill_weight: float = 0.0
     class_distill_temperature: float = 1.0
     class_distill_tau: float = 0.05
     class_distill_classes: int = 256
+    class_distill_text_only: bool = False
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -386,7 +388,8 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
                 length = int(classes.mask[rows].sum(1).max())
                 class_text = model.text_top(class_hidden[rows, :length], classes.mask[rows, :length])
                 target = batch_teacher[:, torch.as_tensor(chosen)]
-                kl = class_distill_loss(img, class_text, target / target.sum(1, keepdim=True), o.class_distill_tau)
+                student_img = img.detach() if o.class_distill_text_only else img
+                kl = class_distill_loss(student_img, class_text, target / target.sum(1, keepdim=True), o.class_distill_tau)
                 loss = loss + distill * kl
                 class_kls.append(kl.item())
             optimizer.zero_grad(set_to_none=True)

@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cosine temperature of the student (image vs class-name prompt)")
     p.add_argument("--class-distill-classes", type=int, default=d.class_distill_classes,
                    help="classes per step (half the batch's surest, half random; 1000: all)")
+    p.add_argument("--class-distill-text-only", action="store_true",
+                   help="the distillation term trains the text side only (no gradient into the image embedding)")
     p.add_argument("--image-tower", default=DEFAULT_CONFIG["image_tower"], choices=sorted(IMAGE_TOWERS))
     p.add_argument("--image-size", type=int, default=DEFAULT_CONFIG["image_size"],
                    help="input side (Lite0 224, Lite1 240, Lite2 260 natively)")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                            hard_start_epoch=args.hard_start_epoch, margin=args.margin, views=args.views, seed=args.seed,
                            class_distill_weight=args.class_distill_weight,
                            class_distill_temperature=args.class_distill_temperature,
-                           class_distill_tau=args.class_distill_tau, class_distill_classes=args.class_distill_classes)
+                           class_distill_tau=args.class_distill_tau, class_distill_classes=args.class_distill_classes,
+                           class_distill_text_only=args.class_distill_text_only)
     state, history = train(model, trunk, hidden, mask, data.caption_image, val_ids, fit_ids, options,
                            image_from, text_from, classes)
     best = max(history, key=lambda h: h["rsum"])

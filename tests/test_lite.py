@@ -176,11 +176,12 @@ def test_class_distillation_is_off_at_weight_0_and_moves_the_joint_space_towards
                            torch.arange(1000), 4)  # one synthetic layer-4 "prompt" per ImageNet class
     ids = np.arange(n)
 
-    def run(weight: float, prompts: ClassPrompts | None):
+    def run(weight: float, prompts: ClassPrompts | None, text_only: bool = False):
         torch.manual_seed(0)
         model = LiteModel({"image_trainable_stages": 0, "text_trainable_layers": 1, "dropout": 0.0})
         options = TrainOptions(epochs=4, batch_size=8, lr=1e-3, warmup_steps=1, progress=False,
-                               class_distill_weight=weight, class_distill_classes=64)
+                               class_distill_weight=weight, class_distill_classes=64,
+                               class_distill_text_only=text_only)
         state, history = train(model, trunk, hidden, mask, owner, ids[:8], ids[8:], options, 6, 4, prompts)
         model.load_state_dict(state, strict=False)
         model.eval()
@@ -200,6 +201,9 @@ def test_class_distillation_is_off_at_weight_0_and_moves_the_joint_space_towards
     assert "class_kl" in on_history[-1] and options_record(on_options)["class_distill_weight"] == 1.0
     assert not torch.equal(on["text_head.proj.weight"], plain["text_head.proj.weight"])
     assert on_kl < plain_kl - 0.05, (on_kl, plain_kl)
+    text_only, _, _, text_only_kl = run(1.0, classes, text_only=True)  # the class prompts move, not the images
+    assert text_only_kl < plain_kl - 0.05, (text_only_kl, plain_kl)
+    assert not torch.equal(text_only["text_head.proj.weight"], on["text_head.proj.weight"])
     with pytest.raises(ValueError, match="needs the class prompts"):
         train(LiteModel({"image_trainable_stages": 0, "text_trainable_layers": 1}), trunk, hidden, mask, owner,
               ids[:8], ids[8:], TrainOptions(epochs=1, batch_size=8, progress=False, class_distill_weight=1.0), 6, 4)
