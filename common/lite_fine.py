@@ -8,8 +8,9 @@ be had offline, so this is the offline substitute (``hashing/MGSGH.md``, "The fi
 * image nodes = the cells of the image tower's final feature map (7 x 7 at 224 px for
   EfficientNet-Lite0), each passed through the trained image head's projection. The head is a
   linear map of the mean cell (``ImageHead`` with ``pool="avg"``), so the mean of the projected
-  cells *is* the global embedding before normalisation: regions and the global vector live in one
-  space. The relations are the grid's (left, right, up, down), which the hasher reads from the shape.
+  cells *is* the head's embedding before normalisation: regions and the global vector live in one
+  space (the default ``lite`` adds a per-image ImageNet concept vector to the global one, issue 23;
+  the regions do not change with it). The relations are the grid's (left, right, up, down), which the hasher reads from the shape.
 * text nodes = the words of the caption (the tokenizer's pre-tokenised words: whitespace and
   punctuation), each the mean of its word pieces' last hidden states passed through the trained text
   head's projection (also linear, so the same remark holds up to [CLS]/[SEP], which are not words).
@@ -33,15 +34,21 @@ from .lite_model import LiteModel
 def region_features(model: LiteModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(regions (B, H, W, embed_dim), global (B, embed_dim))`` for preprocessed pixels.
 
-    ``global`` is the encoder's image embedding without concepts (the head on the mean cell),
-    unnormalised; ``regions.mean((1, 2))`` equals it up to float rounding.
+    ``global`` is ``model``'s image embedding, unnormalised: the head on the mean cell, plus the
+    ImageNet concept term when the model has it on (issue 23; ``LiteModel.image_features``), so that
+    a fine cache's global vectors are the encoder's. ``regions.mean((1, 2))`` equals the head part
+    (``model.image_head``) up to float rounding: the concepts are one vector per image, not per cell,
+    so the regions are the same with or without them.
     """
     if model.config["image_pool"] != "avg":
         raise ValueError("region features need the lite image head with image_pool='avg' (a linear map of the "
                          f"mean cell), got image_pool={model.config['image_pool']!r}")
     fmap = model.image_tower.forward_features(pixels)  # (B, C, H, W): conv head + BN + activation
     regions = model.image_head.proj(fmap.permute(0, 2, 3, 1))
-    return regions, model.image_head(fmap)
+    head = model.image_head(fmap)
+    if model.concept_weight == 0:
+        return regions, head
+    return regions, model.with_concepts(head, fmap.mean(dim=(2, 3)))
 
 
 @torch.no_grad()

@@ -1,11 +1,19 @@
 """The Flickr8K cache of MGSGH's fine-grained inputs: lite region grids and caption words.
 
     HF_HUB_OFFLINE=1 python -m eval.fine_features --data ../shared/data/flickr8k/dataset_flickr8k.json \\
-        --out cache/flickr8k-lite-fine.npz
+        --out cache/flickr8k-lite-fine.npz [--model lite:heads]
 
 One pass of the lite towers (:mod:`common.lite_fine`) over the Karpathy train and test splits gives
 both the global embeddings (L2-normalised; the keys :func:`eval.datasets_hashing.load_flickr8k`
-reads, so the cache is also a plain embedding cache) and the nodes of the per-item graphs.
+reads, so the cache is also a plain embedding cache, stamped with the encoder's fingerprint like
+:func:`eval.datasets_hashing.encode_flickr8k`'s) and the nodes of the per-item graphs.
+
+Which encoder. ``--model`` is ``lite`` (the default encoder: since issue 23 its image vectors hold
+ImageNet concepts) or ``lite:heads`` (the Flickr8K heads alone, the image vectors before issue 23).
+The region and word nodes are the same for both (the concepts are one vector per image, added to
+the global embedding only); the global image embeddings differ, and ``--fine`` checks them against
+``--embeddings`` (:func:`check_aligned`), so the cache is made with the encoder of the embeddings
+it is used with.
 
 Size. 7,000 images x 49 cells x 256 dims in float32 is 351 MB, and the 35,000 captions' words
 another ~400 MB. The nodes are therefore reduced to ``dim`` (64) dimensions by a PCA fitted on the
@@ -32,7 +40,9 @@ from .datasets_hashing import FLICKR8K_SPLITS, HashingData
 from .karpathy import load_karpathy
 
 META_KEY = "fine_meta"
-VERSION = 1
+#: 2: parts and cache are stamped with the encoder's fingerprint (issue 23: ``lite`` or ``lite:heads``);
+#: version-1 parts (always the heads alone) are refused rather than mixed with the default's.
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -110,14 +120,16 @@ def _encode_part(model, transform, tokenizer, ds, modality: str, start: int, bat
 
 def encode_flickr8k_fine(annotations: str | Path, out: str | Path, images: str | Path | None = None,
                          dim: int = 64, batch_size: int = 32, budget_s: float | None = None,
-                         progress: bool = True) -> Path | None:
-    """Runs the shipped lite model over Flickr8K train and test and writes the cache (module docstring).
+                         progress: bool = True, model_id: str = "lite") -> Path | None:
+    """Runs the lite model ``model_id`` over Flickr8K train and test and writes the cache (module docstring).
 
     Work is done in parts (``IMAGES_PER_PART`` images, ``CAPTIONS_PER_PART`` captions) saved next
     to ``out`` (``out.parts/``), so that a run can stop after ``budget_s`` seconds and the next run
     go on where it stopped (the 2-core VM's heavy jobs take turns in slots of under 10 minutes).
-    Returns the cache once every part exists, else None. Parts are checked against the weights'
-    SHA-256 and the annotation file, so a retrained head never mixes with old parts.
+    Returns the cache once every part exists, else None. Parts are checked against the encoder's
+    fingerprint (model id, config with its concept settings, weights), the SHA-256 of the weight
+    files and the annotation file, so neither a retrained head nor the other encoder's global
+    vectors (``lite`` / ``lite:heads``) ever mix with old parts.
     """
     import time
 
@@ -125,21 +137,34 @@ def encode_flickr8k_fine(annotations: str | Path, out: str | Path, images: str |
     from tqdm.auto import tqdm
 
     from common.digests import file_sha256
-    from common.lite_files import WEIGHTS_DIR
-    from common.lite_model import image_transform, load_lite_model
+    from common.lite_model import image_transform
+    from retrieval.encoders import LiteEncoder, load_encoder
     from retrieval.encoders.lite import text_tokenizer
+
+    from .datasets_hashing import FINGERPRINT_KEY
+    from .embedding_cache import encoder_fingerprint
 
     began = time.monotonic()
     dim = check_int("dim", dim, 1)
     out, annotations = Path(out), Path(annotations)
     images = Path(images) if images is not None else annotations.parent / "images"
-    stamp = {"version": VERSION, "weights_sha256": file_sha256(WEIGHTS_DIR / "model.safetensors"),
+    try:  # torch: the region grids need the tower's feature map, which the ONNX graphs do not return
+        encoder = load_encoder(model_id, runtime="torch", device="cpu")
+    except TypeError:  # an encoder class without a runtime argument: not lite
+        encoder = None
+    if not isinstance(encoder, LiteEncoder):
+        raise ValueError(f"fine features need a lite encoder (lite, lite:heads or a lite weights directory), "
+                         f"got {model_id!r}")
+    fingerprint = json.loads(json.dumps(encoder_fingerprint(encoder), sort_keys=True))
+    weight_files = {f.name: file_sha256(f) for f in sorted(encoder.path.glob("*.safetensors"))}
+    stamp = {"version": VERSION, "encoder": fingerprint, "weight_files_sha256": weight_files,
              "annotations_sha256": file_sha256(annotations)}
     parts = _part_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
     stamp_file = parts / "stamp.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
-        raise ValueError(f"{parts} holds parts of other weights or annotations: remove it and rerun")
+        raise ValueError(f"{parts} holds parts of another encoder (or version, weights or annotations) than "
+                         f"{model_id!r} now: remove it and rerun, or give another --out")
     stamp_file.write_text(json.dumps(stamp, sort_keys=True))
     datasets = {split: load_karpathy(annotations, images, split=split) for split in FLICKR8K_SPLITS.values()}
     todo = [(split, modality, start) for split, ds in datasets.items()
@@ -148,12 +173,12 @@ def encode_flickr8k_fine(annotations: str | Path, out: str | Path, images: str |
     name = lambda split, modality, start: parts / f"{split}-{modality}-{start:06d}.npz"  # noqa: E731
     missing = [t for t in todo if not name(*t).is_file()]
     if missing:
-        model = load_lite_model(concept_weight=0.0)
+        model = encoder.model
         if dim > model.config["embed_dim"]:
             raise ValueError(f"dim must be at most the lite embed_dim {model.config['embed_dim']}, got {dim}")
         transform = image_transform(model.config)
         tokenizer = text_tokenizer(int(model.config["text_max_length"]))
-        model = model.to(memory_format=torch.channels_last)
+        model.image_tower.to(memory_format=torch.channels_last)
         for split, modality, start in tqdm(missing, desc="fine-feature parts", disable=not progress):
             if budget_s is not None and time.monotonic() - began > budget_s:
                 print(f"stopped after {time.monotonic() - began:.0f} s: {len(missing)} parts were missing; rerun to go on")
@@ -185,6 +210,7 @@ def encode_flickr8k_fine(annotations: str | Path, out: str | Path, images: str |
                   text_pca_mean=txt_mean, text_pca_components=txt_pc, text_pca_kept=np.float32(txt_kept))
     meta = {**stamp, "dim": dim}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    arrays[FINGERPRINT_KEY] = np.frombuffer(json.dumps(fingerprint, sort_keys=True).encode(), dtype=np.uint8)
     return atomic_write_file(out, lambda fh: np.savez(fh, **arrays))
 
 
@@ -249,12 +275,14 @@ def main(argv: list[str] | None = None) -> Path | None:
     p.add_argument("--data", type=Path, required=True, help="dataset_flickr8k.json")
     p.add_argument("--images", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", default="lite", help="lite (default: the image vectors with ImageNet concepts) or "
+                   "lite:heads (the heads alone, before issue 23): the encoder of the --embeddings it goes with")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--budget-s", type=float, help="start no new part after this many seconds (rerun to go on)")
     args = p.parse_args(argv)
     path = encode_flickr8k_fine(args.data, args.out, args.images, dim=args.dim, batch_size=args.batch_size,
-                                budget_s=args.budget_s)
+                                budget_s=args.budget_s, model_id=args.model)
     if path is not None:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path

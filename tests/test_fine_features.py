@@ -63,25 +63,45 @@ def test_the_reader_checks_the_split_sizes_and_names_missing_keys(tmp_path):
         load_flickr8k_fine(tmp_path / "none.npz", annotations)
 
 
+def test_parts_of_another_encoder_or_version_are_refused_not_mixed(tmp_path):
+    """Version-1 parts (the heads alone, before issue 23) must not be completed with the default
+    encoder's parts: the stamp names the encoder, and a differing stamp stops the run."""
+    from eval.fine_features import _part_dir, encode_flickr8k_fine
+
+    annotations = write_karpathy(tmp_path, 1, 1)
+    out = tmp_path / "fine.npz"
+    _part_dir(out).mkdir()
+    (_part_dir(out) / "stamp.json").write_text(json.dumps({"version": 1, "weights_sha256": "x"}))
+    with pytest.raises(ValueError, match="parts of another encoder"):
+        encode_flickr8k_fine(annotations, out, progress=False)
+    with pytest.raises(ValueError, match="need a lite encoder"):
+        encode_flickr8k_fine(annotations, tmp_path / "other.npz", progress=False, model_id="open_clip:RN50")
+
+
 @pytest.mark.data
-def test_lite_regions_and_words_average_to_the_encoders_embeddings():
-    """The nodes live in the encoder's space: the mean region is the image embedding, and the
+@pytest.mark.parametrize("model_id", ["lite", "lite:heads"])
+def test_lite_regions_and_words_average_to_the_encoders_embeddings(model_id):
+    """The nodes live in the encoder's space: the mean region is the head's image embedding, the
+    global vector is the encoder's (with ImageNet concepts for the default ``lite``), and the
     words are the caption's words (pre-tokenised), each in the text head's space."""
     import torch
     from PIL import Image
 
     from common.lite_fine import region_features, word_features
     from conftest import FLICKR8K
-    from retrieval.encoders.lite import LiteEncoder, text_tokenizer
+    from retrieval.encoders import load_encoder
+    from retrieval.encoders.lite import text_tokenizer
 
-    encoder = LiteEncoder(runtime="torch", heads=True)  # the fine cache is of the heads alone (eval.fine_features)
+    encoder = load_encoder(model_id, runtime="torch")
     paths = sorted((FLICKR8K / "images").glob("*.jpg"))[:2]
     pixels = torch.stack([encoder.preprocess_image(Image.open(p).convert("RGB")) for p in paths])
     regions, image = region_features(encoder.model, pixels)
     assert regions.shape == (2, 7, 7, encoder.dim)
-    assert torch.allclose(regions.mean((1, 2)), image, atol=1e-4)
+    head = encoder.model.image_head_features(pixels)
+    assert torch.allclose(regions.mean((1, 2)), head, atol=1e-4)
     expected = encoder.encode_images([str(p) for p in paths], progress=False)
     assert np.allclose(torch.nn.functional.normalize(image, dim=1).numpy(), expected, atol=1e-4)
+    assert torch.allclose(image, encoder.model.image_features(pixels), atol=1e-4)
     texts = ["A dog runs on the beach .", "Two kids, playing football"]
     words, text = word_features(encoder.model, text_tokenizer(64), texts)
     assert [len(w) for w in words] == [7, 5]  # punctuation marks are words of the pre-tokeniser
