@@ -45,10 +45,7 @@ def region_features(model: LiteModel, pixels: torch.Tensor) -> tuple[torch.Tenso
                          f"mean cell), got image_pool={model.config['image_pool']!r}")
     fmap = model.image_tower.forward_features(pixels)  # (B, C, H, W): conv head + BN + activation
     regions = model.image_head.proj(fmap.permute(0, 2, 3, 1))
-    head = model.image_head(fmap)
-    if model.concept_weight == 0:
-        return regions, head
-    return regions, model.with_concepts(head, fmap.mean(dim=(2, 3)))
+    return regions, model.image_features_from_map(fmap)
 
 
 @torch.no_grad()

@@ -308,7 +308,10 @@ class LiteModel(nn.Module):
 
         What the cross-encoder reads (``image_embedding_from_stages``) stays the head alone.
         """
-        fmap = self.image_tower.forward_features(pixels)
+        return self.image_features_from_map(self.image_tower.forward_features(pixels))
+
+    def image_features_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """:meth:`image_features` on the tower's final feature map (the fine regions read the same map)."""
         head = self.image_head(fmap)
         if self.concept_weight == 0:
             return head
