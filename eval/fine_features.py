@@ -138,7 +138,7 @@ def encode_flickr8k_fine(annotations: str | Path, out: str | Path, images: str |
 
     from common.digests import file_sha256
     from common.lite_model import image_transform
-    from retrieval.encoders import LiteEncoder, load_encoder
+    from retrieval.encoders import is_lite_id, load_encoder
     from retrieval.encoders.lite import text_tokenizer
 
     from .datasets_hashing import FINGERPRINT_KEY
@@ -148,13 +148,11 @@ def encode_flickr8k_fine(annotations: str | Path, out: str | Path, images: str |
     dim = check_int("dim", dim, 1)
     out, annotations = Path(out), Path(annotations)
     images = Path(images) if images is not None else annotations.parent / "images"
-    try:  # torch: the region grids need the tower's feature map, which the ONNX graphs do not return
-        encoder = load_encoder(model_id, runtime="torch", device="cpu")
-    except TypeError:  # an encoder class without a runtime argument: not lite
-        encoder = None
-    if not isinstance(encoder, LiteEncoder):
+    if not is_lite_id(model_id):
         raise ValueError(f"fine features need a lite encoder (lite, lite:heads or a lite weights directory), "
                          f"got {model_id!r}")
+    # torch: the region grids need the tower's feature map, which the ONNX graphs do not return
+    encoder = load_encoder(model_id, runtime="torch", device="cpu")
     fingerprint = json.loads(json.dumps(encoder_fingerprint(encoder), sort_keys=True))
     weight_files = {f.name: file_sha256(f) for f in sorted(encoder.path.glob("*.safetensors"))}
     stamp = {"version": VERSION, "encoder": fingerprint, "weight_files_sha256": weight_files,

@@ -100,3 +100,18 @@ def test_image_input_errors_name_the_index(open_clip_dir, tmp_path):
         encoder.encode_images([IMAGES[0], broken])
     mixed = [IMAGES[0], np.zeros((20, 300, 3), np.uint8), Image.new("LA", (8, 8)), Image.new("CMYK", (9, 9))]
     check_embeddings(encoder.encode_images(mixed, batch_size=2), 4, 16)
+
+
+def test_is_lite_id_agrees_with_load_encoder_without_loading(open_clip_dir, hf_clip_dir, tmp_path):
+    """``is_lite_id`` lets a caller refuse a non-lite encoder before a load or a Hub look-up; it must
+    say lite exactly where ``load_encoder`` would build a LiteEncoder."""
+    from retrieval.encoders import LiteEncoder, is_lite_id
+    from common.lite_files import WEIGHTS_DIR as LITE_DIR
+
+    for model_id in ("lite", "lite:int8", "lite:concepts", "lite:heads", str(LITE_DIR)):
+        assert is_lite_id(model_id), model_id
+    assert isinstance(load_encoder(str(LITE_DIR)), LiteEncoder)
+    for model_id in (str(open_clip_dir), str(hf_clip_dir), "open_clip:RN50", "org/not-lite", "lite:unknown",
+                     str(tmp_path / "missing")):
+        assert not is_lite_id(model_id), model_id
+    assert isinstance(load_encoder(str(hf_clip_dir)), TransformersEncoder)
