@@ -696,6 +696,12 @@ def float_recall(ids: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a[:k], b)) / k for a, b in zip(ids, truth)]))
 
 
+def share_in(candidates: np.ndarray, truth: np.ndarray) -> float:
+    """The share of the exact top-k (``truth``) inside each query's ``candidates``, whatever their
+    number: what exact rescoring of those candidates would reach as recall@k."""
+    return float(np.mean([np.isin(t, c).mean() for t, c in zip(truth, candidates)]))
+
+
 class Ours:
     """Stage 1 as the Retriever runs it on a store: Hamming top-``depth`` from a faiss binary index,
     the candidates' fp16 vectors gathered and rescored exactly, the top ``k`` kept."""
@@ -756,9 +762,8 @@ def top10_shares(ours: OursAsymmetric, queries: np.ndarray, truth: np.ndarray, h
         row: dict[str, Any] = {"hamming_depth": d1}
         for d in depths:
             if d < d1:
-                row[f"hamming_top{d}"] = float_recall(deep[:, :d], truth)
-                row[f"asymmetric_top{d}"] = float_recall(asymmetric_top(projected, deep[:, :d1], ours.codes, d),
-                                                         truth)
+                row[f"hamming_top{d}"] = share_in(deep[:, :d], truth)
+                row[f"asymmetric_top{d}"] = share_in(asymmetric_top(projected, deep[:, :d1], ours.codes, d), truth)
         out.append(row)
     return out
 
@@ -960,14 +965,25 @@ def asymmetric_row(hasher: Any, index: Any, kind: str, bits: int, codes: np.ndar
     Three knobs, tuned like ours (:func:`tune_fastest`): one chain per (nprobe from nlist/32
     doubling, Hamming depth D1 of ``--ann-asymmetric-hamming-depths``), the float depth D2
     (``depth``) from ``--ann-min-depth`` doubling below D1 (D2 = D1 is plain ours at extra cost).
+    A chain whose Hamming top-D1 holds less than the target share of the float top-k is skipped:
+    the cut keeps a subset of it, so no D2 can reach the target there (``hamming_bounds``).
     RAM: the saved index plus the codes held for the scorer (faiss' inverted lists do not give
     codes by id). ``top10_shares``: the diagnostic at the narrowest scan.
     """
     ours = OursAsymmetric(hasher, index, vectors16, codes, args.ann_k)
     scans = [{"nprobe": p} for p in doubling(max(1, nlist // 32), nlist)] if kind == "ivf" else [{}]
     d1s = sorted(args.ann_asymmetric_hamming_depths)
-    chains = [[{"depth": d2, "hamming_depth": d1, **scan} for d2 in doubling(args.ann_min_depth, d1) if d2 < d1]
-              for scan in scans for d1 in d1s]
+    ours.hamming_depth = d1s[-1]
+    bounds, chains = [], []
+    for scan in scans:
+        if "nprobe" in scan:
+            index.nprobe = scan["nprobe"]
+        deep = ours.hamming(xq)[1]
+        for d1 in d1s:
+            bounds.append({**scan, "hamming_depth": d1, "recall_bound": share_in(deep[:, :d1], truth)})
+            if bounds[-1]["recall_bound"] >= args.target_recall:
+                chains.append([{"depth": d2, "hamming_depth": d1, **scan}
+                               for d2 in doubling(args.ann_min_depth, d1) if d2 < d1])
 
     def at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
         ours.depth, ours.hamming_depth = setting["depth"], setting["hamming_depth"]
@@ -978,11 +994,17 @@ def asymmetric_row(hasher: Any, index: Any, kind: str, bits: int, codes: np.ndar
     if "nprobe" in scans[0]:
         index.nprobe = scans[0]["nprobe"]
     shares = top10_shares(ours, xq, truth, d1s)
+    if not chains:  # no Hamming top-D1 holds the target: tune where it holds the most
+        best = max(bounds, key=lambda b: b["recall_bound"])
+        chains = [[{"depth": d2, "hamming_depth": best["hamming_depth"],
+                    **{key: v for key, v in best.items() if key == "nprobe"}}
+                   for d2 in doubling(args.ann_min_depth, best["hamming_depth"]) if d2 < best["hamming_depth"]]]
     setting, trace = tune_fastest(chains, at, xq, truth, args.target_recall, single, args.repeats)
     measure(f"ours: {kind} {bits}b + asymmetric + fp16 rescoring", {"bits": bits, **setting}, at(setting), build_s,
             saved_size(index) + codes.nbytes, vectors16.nbytes)
     rows[-1]["tuning"] = trace
     rows[-1]["top10_shares"] = {**scans[0], "shares": shares}
+    rows[-1]["hamming_bounds"] = bounds
     rows[-1]["codes_in_ram_bytes"] = int(codes.nbytes)
 
 

@@ -180,6 +180,7 @@ def test_asymmetric_cut_takes_its_candidates_from_the_hamming_top_and_reranks_th
     assert cand.shape == (20, 10) and all(np.isin(c, h).all() for c, h in zip(cand, hamming))
     np.testing.assert_array_equal(cand, asymmetric_top(hasher.project(q, "text"), hamming, codes, 10))
     assert not np.array_equal(cand, hamming[:, :10]), "the asymmetric order is not the Hamming order"
+    assert bench.share_in(np.array([[9, 8, 2, 1]]), np.array([[1, 2]])) == 1.0, "every candidate counts, not the first k"
     shares = bench.top10_shares(ours, q, exact, [16, 128], depths=(8, 64))
     assert [s["hamming_depth"] for s in shares] == [16, 128] and ours.hamming_depth == 128
     assert set(shares[0]) == {"hamming_depth", "hamming_top8", "asymmetric_top8"}, "only depths below D1"
@@ -276,13 +277,15 @@ def test_ann_stage_tiny(restore_threads: None, monkeypatch: pytest.MonkeyPatch) 
     assert ours["ram_x_hnsw"] == pytest.approx(ours["ram_bytes"] / hnsw["ram_bytes"])
     assert "| faiss IndexHNSWFlat |" in bench.ann_markdown(ann)
     ivf, asym = ann["rows"][5], ann["rows"][6]
-    assert asym["ram_bytes"] == ivf["ram_bytes"] + 3000 * 2, "the same index plus the codes held for the scorer"
+    # the same index plus the codes held for the scorer (the saved config's nprobe may differ by a digit)
+    assert abs(asym["ram_bytes"] - (ivf["ram_bytes"] + 3000 * 2)) < 8 and asym["codes_in_ram_bytes"] == 3000 * 2
     assert asym["params"]["depth"] < asym["params"]["hamming_depth"] and "nprobe" in asym["params"]
-    assert {(t["hamming_depth"], t["nprobe"]) for t in asym["tuning"]} > {(asym["params"]["hamming_depth"],
-                                                                          asym["params"]["nprobe"])}
     shares = asym["top10_shares"]
     assert shares["nprobe"] == 1 and [s["hamming_depth"] for s in shares["shares"]] == [512, 1024, 2048, 4096]
     assert all(0 <= s["asymmetric_top64"] <= 1 for s in shares["shares"])
+    bounds = {(b["nprobe"], b["hamming_depth"]): b["recall_bound"] for b in asym["hamming_bounds"]}
+    assert all(bounds[t["nprobe"], t["hamming_depth"]] >= 0.95 for t in asym["tuning"]), "no hopeless chain tried"
+    assert all(t["recall"] <= bounds[t["nprobe"], t["hamming_depth"]] + 1e-9 for t in asym["tuning"])
 
 
 def test_scale_stage_tiny_reopens_in_a_fresh_process(tmp_path: Path, restore_threads: None) -> None:
