@@ -74,7 +74,8 @@ def asymmetric_scores(projected: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 def asymmetric_scores_reference(projected: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """The definition: unpack the codes to {-1, +1} and take the dot product (float64, returned as
-    float32). About 2-3x slower than the tables at 256 bits; for tests and checks."""
+    float32). It materialises ``m x bits`` floats a query where the tables gather ``m x bits / 8``;
+    for tests and checks."""
     projected, codes = _check(projected, codes)
     nq, m, nbytes = codes.shape
     signs = np.unpackbits(codes, axis=2).astype(np.float64) * 2.0 - 1.0
