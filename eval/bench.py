@@ -30,8 +30,9 @@ says which command and machine produced each). Each timing is the best of ``--re
   Its binary peer in faiss, ``IndexIVFRaBitQ`` with refinement (:func:`rabitq_rows`), is tuned
   the same way. Each ``--ann-asymmetric`` kind (IVF by default) runs a second time with an
   asymmetric cut before the rescoring (:func:`asymmetric_row`): the caption's real-valued
-  projection scored against the Hamming top-D1's codes, the top-D2 of those rescored. ``--ann-data flickr8k-gmm`` replaces the synthetic mixture by Gaussian mixtures
-  fitted to real Flickr8K embeddings (:mod:`eval.embedding_mixture`).
+  projection scored against the Hamming top-D1's codes, the top-D2 of those rescored.
+  ``--ann-data flickr8k-gmm`` replaces the synthetic mixture by Gaussian mixtures fitted to real
+  Flickr8K embeddings (:mod:`eval.embedding_mixture`).
 * **scale**: ``Retriever.create`` on disk + ``add_vectors`` in chunks + ``close`` at each
   ``--scale-sizes`` and ``--scale-dtypes``, then ``Retriever.open`` and single searches in a fresh
   process: build, save and open times, resident memory, p50/p99 latency, disk
@@ -1006,7 +1007,7 @@ def asymmetric_row(hasher: Any, index: Any, kind: str, bits: int, codes: np.ndar
     for d1 in d1s:
         mine = [c for c in chains if c[0]["hamming_depth"] == d1]
         if mine:
-            best_d1, trace_d1 = tune_fastest(mine, at, xq, truth, args.target_recall, single, args.repeats)
+            _, trace_d1 = tune_fastest(mine, at, xq, truth, args.target_recall, single, args.repeats)
             trace += trace_d1
             reached += [t for t in trace_d1 if "single_qps_tuning" in t]
     best = (max(reached, key=lambda t: t["single_qps_tuning"]) if reached
