@@ -3,7 +3,8 @@
     python -m eval.ann_compare docs/bench-ann-250k-*.json
 
 For each JSON: its data, then the single-query QPS and recall of faiss HNSW, faiss IVF-RaBitQ with
-refinement and ours (IVF), and ours' single-query QPS as a ratio to each, measured in that run.
+refinement, ours (IVF) and, where the run has it, ours (IVF) with the asymmetric cut, and each of
+ours' single-query QPS as a ratio to HNSW and RaBitQ, measured in that run.
 Then each run's full table (``eval.bench.ann_markdown``).
 """
 
@@ -24,18 +25,22 @@ def data_name(ann: dict[str, Any]) -> str:
     return f"synthetic, intrinsic {d['intrinsic']}" if d.get("intrinsic") else "synthetic, isotropic"
 
 
-def row(ann: dict[str, Any], prefix: str) -> dict[str, Any] | None:
-    return next((r for r in ann["rows"] if r["system"].startswith(prefix)), None)
+def row(ann: dict[str, Any], prefix: str, asymmetric: bool = False) -> dict[str, Any] | None:
+    """The first row of a system whose name starts with ``prefix``, with or without the asymmetric cut."""
+    return next((r for r in ann["rows"] if r["system"].startswith(prefix)
+                 and (" + asymmetric " in r["system"]) == asymmetric), None)
 
 
 def summary(paths: list[Path]) -> str:
     lines = ["| data (n, machine load) | HNSW single QPS (recall) | IVF-RaBitQ + refine single QPS (recall) | "
-             "ours IVF single QPS (recall) | ours / HNSW | ours / RaBitQ |", "|---|---|---|---|---|---|"]
+             "ours IVF single QPS (recall) | ours / HNSW | ours / RaBitQ | ours IVF + asymmetric single QPS (recall) | "
+             "asymmetric / HNSW | asymmetric / RaBitQ |", "|---|---|---|---|---|---|---|---|---|"]
     tables = []
     for path in paths:
         result = json.loads(Path(path).read_text())
         ann = result["ann"]
         h, q, o = row(ann, "faiss IndexHNSWFlat"), row(ann, "faiss IndexIVFRaBitQ"), row(ann, "ours: ivf")
+        a = row(ann, "ours: ivf", asymmetric=True)
 
         def cell(r: dict[str, Any] | None) -> str:
             return "-" if r is None else f"{r['single_qps']:,.0f} ({r['recall']:.3f})"
@@ -45,7 +50,7 @@ def summary(paths: list[Path]) -> str:
 
         load = ", ".join(f"{v:.1f}" for v in ann.get("loadavg", [])[:1])
         lines.append(f"| {data_name(ann)} ({ann['n']:,}, load {load}) | {cell(h)} | {cell(q)} | {cell(o)} | "
-                     f"{ratio(o, h)} | {ratio(o, q)} |")
+                     f"{ratio(o, h)} | {ratio(o, q)} | {cell(a)} | {ratio(a, h)} | {ratio(a, q)} |")
         tables.append(f"{data_name(ann)}, {ann['n']:,} items (`{result['runs']['ann']['command']}`):\n\n"
                       + ann_markdown(ann))
     return "\n".join(lines) + "\n\n" + "\n\n".join(tables)

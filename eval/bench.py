@@ -28,8 +28,11 @@ says which command and machine produced each). Each timing is the best of ``--re
   reaching it, :func:`tune_fastest`): QPS batch and single, RAM, build time (:func:`bench_ann`).
   Ours runs on each ``--ann-ours`` binary index (flat, IVF, HNSW) at each of ``--ann-bits``.
   Its binary peer in faiss, ``IndexIVFRaBitQ`` with refinement (:func:`rabitq_rows`), is tuned
-  the same way. ``--ann-data flickr8k-gmm`` replaces the synthetic mixture by Gaussian mixtures
-  fitted to real Flickr8K embeddings (:mod:`eval.embedding_mixture`).
+  the same way. Each ``--ann-asymmetric`` kind (IVF by default) runs a second time with an
+  asymmetric cut before the rescoring (:func:`asymmetric_row`): the caption's real-valued
+  projection scored against the Hamming top-D1's codes, the top-D2 of those rescored.
+  ``--ann-data flickr8k-gmm`` replaces the synthetic mixture by Gaussian mixtures fitted to real
+  Flickr8K embeddings (:mod:`eval.embedding_mixture`).
 * **scale**: ``Retriever.create`` on disk + ``add_vectors`` in chunks + ``close`` at each
   ``--scale-sizes`` and ``--scale-dtypes``, then ``Retriever.open`` and single searches in a fresh
   process: build, save and open times, resident memory, p50/p99 latency, disk
@@ -80,8 +83,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common.atomic import write_json
+from hashing.base import pack_signs
 from hashing.hamming import hamming_distances_at
-from hashing.index import PAD_DISTANCE
+from hashing.index import PAD_DISTANCE, asymmetric_top
 
 from .extras import require
 from .machine import machine
@@ -693,6 +697,12 @@ def float_recall(ids: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(a[:k], b)) / k for a, b in zip(ids, truth)]))
 
 
+def share_in(candidates: np.ndarray, truth: np.ndarray) -> float:
+    """The share of the exact top-k (``truth``) inside each query's ``candidates``, whatever their
+    number: what exact rescoring of those candidates would reach as recall@k."""
+    return float(np.mean([np.isin(t, c).mean() for t, c in zip(truth, candidates)]))
+
+
 class Ours:
     """Stage 1 as the Retriever runs it on a store: Hamming top-``depth`` from a faiss binary index,
     the candidates' fp16 vectors gathered and rescored exactly, the top ``k`` kept."""
@@ -701,8 +711,12 @@ class Ours:
         self.hasher, self.index, self.vectors, self.k = hasher, index, vectors16, k
         self.depth = k
 
+    def candidates(self, queries: np.ndarray) -> np.ndarray:
+        """(nq, depth) ids handed to the float rescoring, -1 padded."""
+        return self.index.search(self.hasher.encode(queries, "text"), self.depth).ids
+
     def search(self, queries: np.ndarray) -> np.ndarray:
-        ids = self.index.search(self.hasher.encode(queries, "text"), self.depth).ids
+        ids = self.candidates(queries)
         out = np.full((len(queries), self.k), -1, dtype=np.int64)
         for row, (q, cand) in enumerate(zip(queries, ids)):
             cand = cand[cand >= 0]
@@ -711,6 +725,48 @@ class Ours:
             top = top[np.argsort(-scores[top], kind="stable")]
             out[row, :len(top)] = cand[top]
         return out
+
+
+class OursAsymmetric(Ours):
+    """:class:`Ours` with an asymmetric cut between the Hamming search and the float rescoring:
+    Hamming top-``hamming_depth``, then those candidates' codes (held in RAM, ``codes[id]``)
+    scored against the caption's real-valued projection (``Hasher.project``,
+    :func:`hashing.index.asymmetric_top`), the best ``depth`` of them rescored from fp16 vectors.
+    The aim is a smaller float depth at the same recall: fewer fp16 rows read a query."""
+
+    def __init__(self, hasher: Any, index: Any, vectors16: np.ndarray, codes: np.ndarray, k: int) -> None:
+        super().__init__(hasher, index, vectors16, k)
+        self.codes = codes
+        self.hamming_depth = k
+
+    def hamming(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the queries' projections, their Hamming top-``hamming_depth`` ids): one projection
+        serves both the query's code (its signs) and the asymmetric scores."""
+        projected = self.hasher.project(queries, "text")
+        return projected, self.index.search(pack_signs(projected), self.hamming_depth).ids
+
+    def candidates(self, queries: np.ndarray) -> np.ndarray:
+        projected, ids = self.hamming(queries)
+        return asymmetric_top(projected, ids, self.codes, self.depth)
+
+
+def top10_shares(ours: OursAsymmetric, queries: np.ndarray, truth: np.ndarray, hamming_depths: list[int],
+                 depths: tuple[int, ...] = (64, 256)) -> list[dict[str, Any]]:
+    """The README's diagnostic, at ``ours``' current scan: the share of the float top-k inside the
+    Hamming top-d and inside the asymmetric top-d of the Hamming top-D1, for each D1 of
+    ``hamming_depths`` (prefixes of one search at the largest). With exact rescoring, recall@k at
+    rescoring depth d is this share, so it says how deep each ranking must be rescored."""
+    ours.hamming_depth = max(hamming_depths)
+    projected, deep = ours.hamming(queries)
+    out = []
+    for d1 in sorted(hamming_depths):
+        row: dict[str, Any] = {"hamming_depth": d1}
+        for d in depths:
+            if d < d1:
+                row[f"hamming_top{d}"] = share_in(deep[:, :d], truth)
+                row[f"asymmetric_top{d}"] = share_in(asymmetric_top(projected, deep[:, :d1], ours.codes, d), truth)
+        out.append(row)
+    return out
 
 
 def tune_grid(grid: list[dict[str, Any]], apply: Callable[[dict[str, Any]], Callable[[np.ndarray], np.ndarray]],
@@ -890,6 +946,9 @@ def bench_ann(n: int, data: Any, hasher_factory: Callable[[int], Any], args: arg
             measure(f"ours: {kind} {bits}b + fp16 rescoring", {"bits": bits, **setting}, ours_at(setting), build_s,
                     saved_size(index), vectors16.nbytes)
             rows[-1]["tuning"] = trace
+            if kind in args.ann_asymmetric:
+                asymmetric_row(hasher, index, kind, bits, codes, vectors16, bnlist, measure, rows, xq, truth,
+                               build_s, single, args)
             del index
     hnsw_row = next(r for r in rows if r["system"] == "faiss IndexHNSWFlat")
     for r in rows:
@@ -897,6 +956,69 @@ def bench_ann(n: int, data: Any, hasher_factory: Callable[[int], Any], args: arg
         r["ram_and_mmap_x_hnsw"] = (r["ram_bytes"] + r["mmap_bytes"]) / hnsw_row["ram_bytes"]
     return {"n": n, "dim": data.dim, "k": k, "nq": args.nq, "single": single, "rows": rows,
             "peak_rss_gib": gib(peak_rss()), "wall_s": time.perf_counter() - t_stage, "loadavg": os.getloadavg()}
+
+
+def asymmetric_row(hasher: Any, index: Any, kind: str, bits: int, codes: np.ndarray, vectors16: np.ndarray,
+                   nlist: int, measure: Callable[..., None], rows: list[dict[str, Any]], xq: np.ndarray,
+                   truth: np.ndarray, build_s: float, single: int, args: argparse.Namespace) -> None:
+    """Ours with the asymmetric cut (:class:`OursAsymmetric`) on the same binary index.
+
+    Three knobs, tuned like ours (:func:`tune_fastest`, once per Hamming depth D1 of
+    ``--ann-asymmetric-hamming-depths``, the fastest of those timed kept): one chain per nprobe
+    from nlist/32 doubling, the float depth D2 (``depth``) from ``--ann-min-depth`` doubling below
+    D1 (D2 = D1 is plain ours at extra cost).
+    A chain whose Hamming top-D1 holds less than the target share of the float top-k is skipped:
+    the cut keeps a subset of it, so no D2 can reach the target there (``hamming_bounds``).
+    RAM: the saved index plus the codes held for the scorer (faiss' inverted lists do not give
+    codes by id). ``top10_shares``: the diagnostic at the narrowest scan.
+    """
+    ours = OursAsymmetric(hasher, index, vectors16, codes, args.ann_k)
+    scans = [{"nprobe": p} for p in doubling(max(1, nlist // 32), nlist)] if kind == "ivf" else [{}]
+    d1s = sorted(args.ann_asymmetric_hamming_depths)
+    ours.hamming_depth = d1s[-1]
+    bounds, chains = [], []
+    for scan in scans:
+        if "nprobe" in scan:
+            index.nprobe = scan["nprobe"]
+        deep = ours.hamming(xq)[1]
+        for d1 in d1s:
+            bounds.append({**scan, "hamming_depth": d1, "recall_bound": share_in(deep[:, :d1], truth)})
+            if bounds[-1]["recall_bound"] >= args.target_recall:
+                chains.append([{"depth": d2, "hamming_depth": d1, **scan}
+                               for d2 in doubling(args.ann_min_depth, d1) if d2 < d1])
+
+    def at(setting: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+        ours.depth, ours.hamming_depth = setting["depth"], setting["hamming_depth"]
+        if "nprobe" in setting:
+            index.nprobe = setting["nprobe"]
+        return ours.search
+
+    if "nprobe" in scans[0]:
+        index.nprobe = scans[0]["nprobe"]
+    shares = top10_shares(ours, xq, truth, d1s)
+    if not chains:  # no Hamming top-D1 holds the target: tune where it holds the most
+        best = max(bounds, key=lambda b: b["recall_bound"])
+        chains = [[{"depth": d2, "hamming_depth": best["hamming_depth"],
+                    **{key: v for key, v in best.items() if key == "nprobe"}}
+                   for d2 in doubling(args.ann_min_depth, best["hamming_depth"]) if d2 < best["hamming_depth"]]]
+    # tune_fastest's pruning (a later chain only tries smaller depths) holds along nprobe at one D1,
+    # not across D1 (a smaller D1 at a wider scan can be cheaper at a greater D2): one run per D1
+    trace, reached = [], []
+    for d1 in d1s:
+        mine = [c for c in chains if c[0]["hamming_depth"] == d1]
+        if mine:
+            _, trace_d1 = tune_fastest(mine, at, xq, truth, args.target_recall, single, args.repeats)
+            trace += trace_d1
+            reached += [t for t in trace_d1 if "single_qps_tuning" in t]
+    best = (max(reached, key=lambda t: t["single_qps_tuning"]) if reached
+            else max(trace, key=lambda t: t["recall"]))
+    setting = {key: v for key, v in best.items() if key not in ("recall", "single_qps_tuning")}
+    measure(f"ours: {kind} {bits}b + asymmetric + fp16 rescoring", {"bits": bits, **setting}, at(setting), build_s,
+            saved_size(index) + codes.nbytes, vectors16.nbytes)
+    rows[-1]["tuning"] = trace
+    rows[-1]["top10_shares"] = {**scans[0], "shares": shares}
+    rows[-1]["hamming_bounds"] = bounds
+    rows[-1]["codes_in_ram_bytes"] = int(codes.nbytes)
 
 
 def rabitq_rows(x: np.ndarray, nlist: int, rng: np.random.Generator, measure: Callable[..., None],
@@ -1305,6 +1427,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lists of our binary IVF in the ann stage (4 sqrt(n) at 1M, the low end of faiss' "
                         "4-16 sqrt(n) guideline; with sqrt(n) lists a quarter of them had to be probed); "
                         "0: as the float IVF, sqrt(n) capped by --max-nlist")
+    p.add_argument("--ann-asymmetric", nargs="*", default=["ivf"], choices=["flat", "ivf"],
+                   help="our index kinds (of --ann-ours) also run with the asymmetric cut: Hamming top-D1, the "
+                        "real-valued caption scored against those codes, top-D2 rescored from fp16 (none: skip)")
+    p.add_argument("--ann-asymmetric-hamming-depths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
+                   help="the asymmetric row's Hamming depths D1, each tuned with its float depths D2 < D1")
     p.add_argument("--ann-min-depth", type=int, default=16)
     p.add_argument("--ann-max-depth", type=int, default=4096)
     p.add_argument("--build-threads", type=int, default=2, help="threads for faiss index builds in the comparison")

@@ -16,7 +16,7 @@ distance, ties are broken by faiss's scan order, as they are for a user of the i
 With ``--hamming-candidates N ...``, the cascade of ``retrieval.Retriever`` is measured too: the
 share of the float top-10 inside the Hamming top-N (= inside the ``candidates`` kept after float
 rescoring of those N), and, as a middle stage that needs no float vectors, asymmetric rescoring:
-the query's real-valued projection (``Hasher._project``, the ITQ rotation space for ITQ) dotted
+the query's real-valued projection (``Hasher.project``, the ITQ rotation space for ITQ) dotted
 with each of the N candidates' +-1 codes, keeping the best ``candidates``.
 
 ``--multi-positive`` fits learned hashers with each train pair's image as its label, so all five
@@ -41,7 +41,6 @@ import numpy as np
 from hashing import available_methods, create_hasher
 from hashing.base import unpack_codes
 from hashing.index import create_index
-from hashing.mgsgh_fine import as_fine
 from common.atomic import write_json
 from common.settings_args import by_name, named_setting
 
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
             fit_fine = fine_fit_inputs(fine, data.train.image_labels, fit_rows) if with_fine else {}
             hasher.fit(data.train.image[fit_rows], data.train.text[fit_rows], labels, **fit_fine)
             fit_seconds = time.perf_counter() - t0
-            # the test items' fine inputs, for hashers that take them (encode's and _project's ``fine``)
+            # the test items' fine inputs, for hashers that take them (encode's and project's ``fine``)
             extra = ({"image": {"fine": fine["query"].regions}, "text": {"fine": fine["query"].text_rows()}}
                      if with_fine else {"image": {}, "text": {}})
             encode_seconds = []
@@ -200,8 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                 txt_codes = hasher.encode(test.text, "text", **extra["text"])
                 encode_seconds.append(time.perf_counter() - t0)
             encode_rate = (len(test.image) + len(test.text)) / min(encode_seconds)
-            projected = ({m: hasher._project(x, m, **({"fine": as_fine(extra[m]["fine"], m, len(x))} if with_fine else {}))
-                          for m, x in (("image", test.image), ("text", test.text))} if depths else {})
+            projected = ({m: hasher.project(x, m, **extra[m]) for m, x in (("image", test.image), ("text", test.text))}
+                         if depths else {})
             row = {
                 "i2t": evaluate_direction(test.image, test.text, img_codes, txt_codes, i2t_relevant, bits,
                                           args.candidates, depths, projected.get("image")),

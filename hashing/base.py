@@ -93,7 +93,7 @@ class Hasher(ABC):
     """Learns binary codes shared by images and texts.
 
     Subclasses set ``method``, implement :meth:`fit`, :meth:`_project` (real-valued codes whose
-    sign is the bit), :meth:`get_config` and :meth:`state_dict` / :meth:`load_state_dict`.
+    sign is the bit, public as :meth:`project`), :meth:`get_config` and :meth:`state_dict` / :meth:`load_state_dict`.
     """
 
     method: ClassVar[str] = ""
@@ -120,13 +120,28 @@ class Hasher(ABC):
     def _project(self, features: np.ndarray, modality: str) -> np.ndarray:
         """Real-valued (n, bits) codes; the bit is ``value >= 0``."""
 
+    def project(self, features: np.ndarray, modality: Modality) -> np.ndarray:
+        """Real-valued codes of shape (n, bits), before the sign: bit j of :meth:`encode` is
+        ``project(...)[:, j] >= 0`` (``encode`` packs exactly this array, so the two always agree).
+
+        For asymmetric search, where the query stays real-valued and is scored against stored
+        binary codes (``hashing.index.asymmetric``; Gordo, Perronnin, Gong and Lazebnik, TPAMI
+        2014): the query keeps how far each coordinate is from its sign flip, which symmetric
+        Hamming distance throws away. For ITQ it is the centred features through the rotated PCA
+        (or CCA) projection.
+        """
+        return self._project(self._checked(features, modality, "project"), modality)
+
     def encode(self, features: np.ndarray, modality: Modality) -> np.ndarray:
-        """Packed uint8 codes of shape (n, bits // 8)."""
+        """Packed uint8 codes of shape (n, bits // 8): the signs of :meth:`project`."""
+        return pack_signs(self._project(self._checked(features, modality, "encode"), modality))
+
+    def _checked(self, features: np.ndarray, modality: str, caller: str) -> np.ndarray:
+        """``features`` validated for a fitted ``modality`` (dimension as fitted, finite), float32."""
         check_modality(modality)
         if modality not in self.input_dims:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() before encode()")
-        x = as_features(features, f"{modality} features", self.input_dims[modality])
-        return pack_signs(self._project(x, modality))
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() before {caller}()")
+        return as_features(features, f"{modality} features", self.input_dims[modality])
 
     @property
     def code_bytes(self) -> int:

@@ -517,12 +517,16 @@ class MGSGHHasher(Hasher):
     def encode(self, features: np.ndarray, modality: str, fine: Any = None) -> np.ndarray:
         """Packed codes (``Hasher.encode``); with ``fine=True``, ``fine`` is the items' region grids
         (images) or word sequences (texts), one per row."""
-        check_modality(modality)
-        if modality not in self.input_dims:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() before encode()")
-        x = as_features(features, f"{modality} features", self.input_dims[modality])
+        return pack_signs(self._checked_project(features, modality, fine, "encode"))
+
+    def project(self, features: np.ndarray, modality: str, fine: Any = None) -> np.ndarray:
+        """Real-valued codes before the sign (``Hasher.project``), taking ``fine`` as :meth:`encode` does."""
+        return self._checked_project(features, modality, fine, "project")
+
+    def _checked_project(self, features: np.ndarray, modality: str, fine: Any, caller: str) -> np.ndarray:
+        x = self._checked(features, modality, caller)
         checked = self._check_fine({modality: fine}, len(x))
-        return pack_signs(self._project(x, modality, checked.get(modality)))
+        return self._project(x, modality, checked.get(modality))
 
     def _class_centres(self, branches, data, rows, fine, group, n_groups):
         """Each class's mean relaxed code per modality, (n_groups, bits), under the network as it is

@@ -159,6 +159,34 @@ def test_float_recall_and_our_pipeline_at_full_depth_is_exact() -> None:
     assert bench.float_recall(ours.search(q), exact) < 1.0, "Hamming top-5 alone misses some"
 
 
+def test_asymmetric_cut_takes_its_candidates_from_the_hamming_top_and_reranks_them() -> None:
+    from hashing import create_hasher
+    from hashing.index import asymmetric_top, create_index
+
+    data = bench.Mixture(dim=16, clusters=4, seed=2)
+    x = np.concatenate(list(data.database(500, chunk=256)))
+    q = data.queries(20)
+    hasher = create_hasher("itq", bits=16).fit(*data.pairs(400))
+    codes = hasher.encode(x, "image")
+    index = create_index("flat", 16)
+    index.add(codes)
+    ours = bench.OursAsymmetric(hasher, index, x.astype(np.float16), codes, k=5)
+    ours.hamming_depth, ours.depth = 500, 500
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    assert bench.float_recall(ours.search(q), exact) == pytest.approx(1.0), "everything rescored: exact"
+    ours.hamming_depth, ours.depth = 40, 10
+    cand = ours.candidates(q)
+    hamming = index.search(hasher.encode(q, "text"), 40).ids
+    assert cand.shape == (20, 10) and all(np.isin(c, h).all() for c, h in zip(cand, hamming))
+    np.testing.assert_array_equal(cand, asymmetric_top(hasher.project(q, "text"), hamming, codes, 10))
+    assert not np.array_equal(cand, hamming[:, :10]), "the asymmetric order is not the Hamming order"
+    assert bench.share_in(np.array([[9, 8, 2, 1]]), np.array([[1, 2]])) == 1.0, "every candidate counts, not the first k"
+    shares = bench.top10_shares(ours, q, exact, [16, 128], depths=(8, 64))
+    assert [s["hamming_depth"] for s in shares] == [16, 128] and ours.hamming_depth == 128
+    assert set(shares[0]) == {"hamming_depth", "hamming_top8", "asymmetric_top8"}, "only depths below D1"
+    assert shares[1]["asymmetric_top64"] >= shares[1]["asymmetric_top8"]
+
+
 def test_recall_at_counts_items_within_the_kth_distance_and_never_padding() -> None:
     from hashing.index import PAD_DISTANCE, PAD_ID, SearchResult
 
@@ -226,7 +254,8 @@ def test_ann_stage_tiny(restore_threads: None, monkeypatch: pytest.MonkeyPatch) 
     systems = [r["system"] for r in ann["rows"]]
     assert systems[:4] == ["faiss IndexFlatIP", "faiss IndexHNSWFlat", "faiss IndexIVFPQ",
                            "faiss IndexIVFRaBitQ + fp16 refine"]
-    assert systems[4:] == [f"ours: {kind} 16b + fp16 rescoring" for kind in ("flat", "ivf", "hnsw")]
+    assert systems[4:] == ["ours: flat 16b + fp16 rescoring", "ours: ivf 16b + fp16 rescoring",
+                           "ours: ivf 16b + asymmetric + fp16 rescoring", "ours: hnsw 16b + fp16 rescoring"]
     flat, hnsw = ann["rows"][0], ann["rows"][1]
     assert flat["recall"] == 1.0 and flat["ram_bytes"] == 3000 * 16 * 4
     for r in ann["rows"][1:]:
@@ -247,6 +276,16 @@ def test_ann_stage_tiny(restore_threads: None, monkeypatch: pytest.MonkeyPatch) 
     assert ours["mmap_bytes"] == 3000 * 16 * 2, "fp16 rescoring vectors, counted apart from RAM"
     assert ours["ram_x_hnsw"] == pytest.approx(ours["ram_bytes"] / hnsw["ram_bytes"])
     assert "| faiss IndexHNSWFlat |" in bench.ann_markdown(ann)
+    ivf, asym = ann["rows"][5], ann["rows"][6]
+    # the same index plus the codes held for the scorer (the saved config's nprobe may differ by a digit)
+    assert abs(asym["ram_bytes"] - (ivf["ram_bytes"] + 3000 * 2)) < 8 and asym["codes_in_ram_bytes"] == 3000 * 2
+    assert asym["params"]["depth"] < asym["params"]["hamming_depth"] and "nprobe" in asym["params"]
+    shares = asym["top10_shares"]
+    assert shares["nprobe"] == 1 and [s["hamming_depth"] for s in shares["shares"]] == [512, 1024, 2048, 4096]
+    assert all(0 <= s["asymmetric_top64"] <= 1 for s in shares["shares"])
+    bounds = {(b["nprobe"], b["hamming_depth"]): b["recall_bound"] for b in asym["hamming_bounds"]}
+    assert all(bounds[t["nprobe"], t["hamming_depth"]] >= 0.95 for t in asym["tuning"]), "no hopeless chain tried"
+    assert all(t["recall"] <= bounds[t["nprobe"], t["hamming_depth"]] + 1e-9 for t in asym["tuning"])
 
 
 def test_scale_stage_tiny_reopens_in_a_fresh_process(tmp_path: Path, restore_threads: None) -> None:
@@ -403,8 +442,11 @@ def test_ann_stage_on_fitted_mixture_with_rabitq(tmp_path: Path, restore_threads
     text = ann_compare.main([str(tmp_path / "b.json")])
     line = next(x for x in text.splitlines() if x.startswith("| fitted to lite Flickr8K (4 full components, text queries)"))
     ours, rbq = rows["ours: ivf 16b + fp16 rescoring"], rabitq  # the first ours: ivf row is the 16-bit one
-    assert line.endswith(f"| {ours['single_qps'] / rows['faiss IndexHNSWFlat']['single_qps']:.1f}x | "
-                         f"{ours['single_qps'] / rbq['single_qps']:.1f}x |")
+    asym = rows["ours: ivf 16b + asymmetric + fp16 rescoring"]
+    hnsw = rows["faiss IndexHNSWFlat"]
+    assert line.endswith(f"| {ours['single_qps'] / hnsw['single_qps']:.1f}x | {ours['single_qps'] / rbq['single_qps']:.1f}x "
+                         f"| {asym['single_qps']:,.0f} ({asym['recall']:.3f}) | {asym['single_qps'] / hnsw['single_qps']:.1f}x "
+                         f"| {asym['single_qps'] / rbq['single_qps']:.1f}x |")
     assert "| faiss IndexIVFRaBitQ + fp16 refine |" in text
 
 

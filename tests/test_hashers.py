@@ -432,3 +432,33 @@ def test_shipped_itq_hasher_loads_into_its_config_and_saves_the_same_keys(tmp_pa
         create_hasher("itq", 64, n_iter=0)
     with pytest.raises(TypeError, match="n_iter"):
         create_hasher("lsh", 64, n_iter=3)  # ITQ's own setting is not a linear hasher's
+
+
+#: small settings per registered hasher, so every method's projection is checked in a few seconds
+SMALL = {
+    **FAST,
+    "uddh": {"n_buckets": 4, "n_iter": 2, "epochs_per_iter": 2, "batch_size": 40, "hidden_dim": 16, "progress": False},
+    "mgsgh": {"epochs": 5, "hidden_dim": 32, "k": 5, "progress": False},
+}
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_project_is_the_real_code_whose_sign_encode_packs(method):
+    """``project`` is public for asymmetric search: its signs must be encode's bits, bit for bit,
+    for every registered hasher (a hasher whose encode took another path would break the scorer)."""
+    x, y, labels = paired_data(n=160, n_classes=4)
+    h = create_hasher(method, 24, **SMALL.get(method, {}))
+    with pytest.raises(RuntimeError, match=r"call fit\(\) before project\(\)"):
+        h.project(x, "image")
+    h.fit(x, y, labels)
+    for feats, modality in ((x, "image"), (y, "text")):
+        real = h.project(feats, modality)
+        assert real.shape == (len(feats), 24) and np.issubdtype(real.dtype, np.floating)
+        assert np.isfinite(real).all() and (real != 0).mean() > 0.99  # real-valued, not already signs
+        assert len(np.unique(np.abs(real))) > 24  # magnitudes vary: there is something beyond the sign
+        np.testing.assert_array_equal(np.packbits(real >= 0, axis=1), h.encode(feats, modality))
+        np.testing.assert_array_equal(unpack_codes(h.encode(feats, modality), 24) * real >= 0, True)
+    with pytest.raises(ValueError, match="dimension"):
+        h.project(x[:, :-1], "image")
+    with pytest.raises(ValueError, match="modality"):
+        h.project(x, "audio")

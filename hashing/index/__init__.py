@@ -11,7 +11,8 @@
 * ``gpu_flat``: exact search on a GPU (faiss-gpu, else torch on CUDA)
 
 ``load_index(path)`` restores any of them from :meth:`BinaryIndex.save`. Candidates can then be
-rescored with float vectors by :func:`rescore` / :class:`Rescorer`.
+re-ranked by the real-valued query against their codes (:func:`asymmetric_top`, asymmetric
+distances) and rescored with float vectors by :func:`rescore` / :class:`Rescorer`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .asymmetric import asymmetric_scores, asymmetric_top
 from .base import PAD_DISTANCE, PAD_ID, BinaryIndex, SearchResult, available_indexes, index_class
 from .buckets import BucketIndex, assign_buckets
 from .flat import FlatIndex
@@ -46,6 +48,7 @@ def create_index(kind: str, bits: int, **params: Any) -> BinaryIndex:
 
 __all__ = [
     "PAD_DISTANCE", "PAD_ID", "BinaryIndex", "BucketIndex", "FlatIndex", "GpuFlatIndex", "HNSWIndex",
-    "IVFIndex", "RescoreResult", "Rescorer", "SearchResult", "assign_buckets", "available_indexes",
+    "IVFIndex", "RescoreResult", "Rescorer", "SearchResult", "assign_buckets", "asymmetric_scores",
+    "asymmetric_top", "available_indexes",
     "create_index", "hamming_knn_torch", "load_index", "rescore",
 ]
