@@ -1,5 +1,5 @@
-"""The symmetric contrastive loss both lite trainers use (:mod:`eval.lite_training` on cached trunks,
-:mod:`eval.lite_end_to_end` on pixels).
+"""The symmetric contrastive loss, its batches and its schedule, as both lite trainers use them
+(:mod:`eval.lite_training` on cached trunks, :mod:`eval.lite_end_to_end` on pixels).
 
 Its own module because the end-to-end trainer runs on an accelerator machine that has torch but
 not this toolkit's search stack (faiss, ONNX export): importing it must pull in nothing else.
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,3 +38,23 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, owner: torch.Tenso
         hinge = (margin - pos + neg_caption).clamp(min=0) + (margin - pos + neg_image).clamp(min=0)
         loss = loss + hard_weight * hinge.mean()
     return loss
+
+
+def sample_captions(images: np.ndarray, caps_of: Sequence[np.ndarray], per_image: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """A step's captions: ``per_image`` of each image's (all it has, if fewer), drawn without replacement,
+    and each caption's position in ``images`` (the ``owner`` of :func:`contrastive_loss`)."""
+    caps: list[int] = []
+    owner: list[int] = []
+    for j, i in enumerate(images):
+        mine = caps_of[i]
+        k = min(per_image, len(mine))
+        caps.extend(rng.choice(mine, size=k, replace=False))
+        owner.extend([j] * k)
+    return np.array(caps), owner
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate factor at ``step``: linear warm-up over ``warmup_steps``, times a cosine from 1 to 0."""
+    warm = min(1.0, (step + 1) / warmup_steps)
+    return warm * (0.5 * (1 + math.cos(math.pi * step / total_steps)))  # the trainers' product, bit for bit

@@ -41,7 +41,7 @@ from torch import nn
 
 from common.lite_model import ImageHead, TextHead
 
-from .contrastive import contrastive_loss
+from .contrastive import contrastive_loss, sample_captions, warmup_cosine
 from .recall import retrieval_recall
 
 PACK_VERSION = 1
@@ -51,63 +51,85 @@ WEIGHTS = "model.safetensors"
 # -- the pack (built on the CPU machine, where the pip towers and the data are) ------------------------------
 def build_pack(out: Path, annotations: Path, images: Path, model_dir: Path | None = None, fit_quality: int = 75,
                fit_part_mib: float = 40.0, n_val: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Writes the pack to ``out`` (see the module docstring); returns its ``pack.json``."""
-    from PIL import Image
-    from safetensors.torch import save_file
+    """Writes the pack to ``out`` (see the module docstring), atomically; returns its ``pack.json``.
 
+    Every image must already be square at the model's ``image_size`` (``../shared/data/flickr8k``
+    is stored at 224 x 224), so the run's evaluation view is the image itself; another size is an
+    error naming the file, here rather than on the lease.
+    """
+    from common.atomic import atomic_write_dir
     from common.lite_files import WEIGHTS_DIR
     from common.lite_model import load_lite_model
 
     from .karpathy import load_karpathy
     from .validation import held_out_train
 
-    out.mkdir(parents=True, exist_ok=True)
     model = load_lite_model(model_dir or WEIGHTS_DIR, concept_weight=0.0)
     train, test = load_karpathy(annotations, images, "train"), load_karpathy(annotations, images, "test")
+    side = int(model.config["image_size"])
     captions = list(train.captions) + list(test.captions)
     caption_image = np.concatenate([train.caption_image, test.caption_image + train.n_images]).astype(np.int32)
     tokens = model.tokenizer(captions, padding="longest", truncation=True,
                              max_length=int(model.config["text_max_length"]), return_tensors="np")
     ids, mask = tokens["input_ids"], tokens["attention_mask"].astype(np.uint8)
-    vocab = np.unique(np.concatenate([ids[mask > 0], [model.tokenizer.pad_token_id]]))
+    pad = model.tokenizer.pad_token_id
+    vocab = np.unique(np.concatenate([ids[mask > 0], [pad]]))
     compact = np.searchsorted(vocab, ids).astype(np.int32)
-    compact[mask == 0] = int(np.searchsorted(vocab, model.tokenizer.pad_token_id))
-    np.savez_compressed(out / "captions.npz", ids=compact, mask=mask, caption_image=caption_image)
-
+    compact[mask == 0] = int(np.searchsorted(vocab, pad))
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("image_tower.imagenet_classifier.")}
     key = "text_tower.embeddings.word_embeddings.weight"
     state[key] = state[key][torch.as_tensor(vocab)]
-    save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()},
-              str(out / WEIGHTS))
-    bert = model.text_tower.config.to_dict()
-    bert["vocab_size"] = len(vocab)
-    bert["pad_token_id"] = int(np.searchsorted(vocab, model.tokenizer.pad_token_id))
-
-    held = held_out_train(train.caption_image, train.n_images, n_val=n_val, seed=seed)
-    val = held.val_images
+    bert = {**model.text_tower.config.to_dict(), "vocab_size": len(vocab), "pad_token_id": int(np.searchsorted(vocab, pad))}
+    val = held_out_train(train.caption_image, train.n_images, n_val=n_val, seed=seed).val_images
     fit = np.setdiff1d(np.arange(train.n_images), val)
     test_ids = np.arange(train.n_images, train.n_images + test.n_images)
     paths = list(train.image_paths) + list(test.image_paths)
-    parts = {name: _write_part(out / name, ids, [paths[i].read_bytes() for i in ids])
-             for name, ids in (("images-val", val), ("images-test", test_ids))}
-    budget, chunk, k = fit_part_mib * 2**20, [], 0
-    for i in fit:
-        with Image.open(paths[i]) as im:
-            buf = io.BytesIO()
-            im.convert("RGB").save(buf, "WEBP", quality=fit_quality)
-        if chunk and sum(len(d) for _, d in chunk) + len(buf.getvalue()) > budget:
-            parts[f"images-fit-{k}"] = _write_part(out / f"images-fit-{k}", *zip(*chunk))
-            chunk, k = [], k + 1
-        chunk.append((i, buf.getvalue()))
-    if chunk:
-        parts[f"images-fit-{k}"] = _write_part(out / f"images-fit-{k}", *zip(*chunk))
     meta = {"pack_version": PACK_VERSION, "lite_config": {**model.config, "concept_weight": 0.0},
             "bert_config": bert, "vocab": vocab.tolist(), "n_train": train.n_images, "n_test": test.n_images,
             "val_ids": val.tolist(), "fit_ids": fit.tolist(), "test_ids": test_ids.tolist(),
-            "fit_format": f"WEBP quality {fit_quality}", "eval_format": "original JPEG bytes", "parts": parts,
+            "fit_format": f"WEBP quality {fit_quality}", "eval_format": "original JPEG bytes", "parts": {},
             "source": {"annotations": str(annotations), "model": str(model_dir or WEIGHTS_DIR), "seed": seed}}
-    (out / "pack.json").write_text(json.dumps(meta))
+
+    def write(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        np.savez_compressed(tmp / "captions.npz", ids=compact, mask=mask, caption_image=caption_image)
+        save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()},
+                  str(tmp / WEIGHTS))
+        for name, part_ids in (("images-val", val), ("images-test", test_ids)):
+            meta["parts"][name] = _write_part(tmp / name, part_ids, [_square(paths[i], side, None) for i in part_ids])
+        chunk: list[tuple[int, bytes]] = []
+        size = 0
+        for i in fit:
+            blob = _square(paths[i], side, fit_quality)
+            if chunk and size + len(blob) > fit_part_mib * 2**20:
+                name = f"images-fit-{len(meta['parts']) - 2}"
+                meta["parts"][name] = _write_part(tmp / name, *zip(*chunk))
+                chunk, size = [], 0
+            chunk.append((i, blob))
+            size += len(blob)
+        if chunk:
+            name = f"images-fit-{len(meta['parts']) - 2}"
+            meta["parts"][name] = _write_part(tmp / name, *zip(*chunk))
+        (tmp / "pack.json").write_text(json.dumps(meta))
+
+    atomic_write_dir(out, write)
     return meta
+
+
+def _square(path: Path, side: int, webp_quality: int | None) -> bytes:
+    """The image's file bytes (``webp_quality`` None) or its WebP re-encoding; a ValueError unless it is side x side."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        if im.size != (side, side):
+            raise ValueError(f"{path}: {im.size[0]}x{im.size[1]}, the pack needs images stored at {side}x{side}")
+        if webp_quality is None:
+            return data
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "WEBP", quality=webp_quality)
+    return buf.getvalue()
 
 
 def _write_part(stem: Path, ids: Sequence[int], blobs: Sequence[bytes]) -> dict[str, Any]:
@@ -327,17 +349,11 @@ def train_end_to_end(model: EndToEndLite, data: PackData, o: EndToEndOptions,
         start, losses = time.time(), []
         for b in range(steps_per_epoch):
             images = perm[b * o.batch_size:(b + 1) * o.batch_size]
-            caps, owner = [], []
-            for j, i in enumerate(images):
-                mine = data.caps_of[i]
-                k = min(o.captions_per_image, len(mine))
-                caps.extend(rng.choice(mine, size=k, replace=False))
-                owner.extend([j] * k)
-            rows = torch.as_tensor(np.array(caps), device=device)
-            warm = min(1.0, (step + 1) / o.warmup_steps)
-            decay = 0.5 * (1 + math.cos(math.pi * step / total))
+            caps, owner = sample_captions(images, data.caps_of, o.captions_per_image, rng)
+            rows = torch.as_tensor(caps, device=device)
+            factor = warmup_cosine(step, o.warmup_steps, total)
             for g, lr in zip(optimizer.param_groups, base):
-                g["lr"] = lr * warm * decay
+                g["lr"] = lr * factor
             pixels = random_resized_crops(data.images(images), size, gen, scale=(o.crop_scale, 1.0))
             length = int(data.mask[rows].sum(1).max())
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

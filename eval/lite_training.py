@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from common.lite_model import IMAGE_STAGES, LiteModel, image_transform
 from retrieval.encoders.lite import export, onnxruntime_available
 
-from .contrastive import contrastive_loss  # noqa: F401 - the loss both trainers use; re-exported
+from .contrastive import contrastive_loss, sample_captions, warmup_cosine
 
 
 def cache_key(*parts: object) -> str:
@@ -344,17 +344,12 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
         start_time, losses, class_kls = time.time(), [], []
         for b in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{o.epochs}", leave=False, disable=not o.progress):
             images = perm[b * o.batch_size:(b + 1) * o.batch_size]
-            caps, owner = [], []
-            for j, i in enumerate(images):
-                mine = caps_of[i]
-                caps.extend(rng.choice(mine, size=min(o.captions_per_image, len(mine)), replace=False))
-                owner.extend([j] * min(o.captions_per_image, len(mine)))
-            caps = torch.as_tensor(np.array(caps))
+            caps, owner = sample_captions(images, caps_of, o.captions_per_image, rng)
+            caps = torch.as_tensor(caps)
             view = torch.as_tensor(rng.integers(0, n_views, size=len(images)))
-            warm = min(1.0, (step + 1) / o.warmup_steps)
-            decay = 0.5 * (1 + math.cos(math.pi * step / total))
+            factor = warmup_cosine(step, o.warmup_steps, total)
             for g, lr in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = lr * warm * decay
+                g["lr"] = lr * factor
             img = model.image_top(image_trunk[view, torch.as_tensor(images)], image_from)
             length = int(mask[caps].sum(1).max())
             txt = model.text_top(hidden[caps, :length], mask[caps, :length])

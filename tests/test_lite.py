@@ -134,6 +134,19 @@ def test_cached_trunk_training_advances_frozen_layers_and_learns(tmp_path):
         contrastive_loss(img, close, owner, torch.tensor(math.log(10)))
 
 
+def test_step_captions_and_schedule():
+    """What both lite trainers draw a step from and scale its rates by (eval.contrastive)."""
+    from eval.contrastive import sample_captions, warmup_cosine
+
+    caps_of = [np.array([0, 1, 2, 3, 4]), np.array([5, 6]), np.array([7, 8, 9, 10, 11])]
+    caps, owner = sample_captions(np.array([2, 1]), caps_of, 3, np.random.default_rng(0))
+    assert len(caps) == 5 and owner == [0, 0, 0, 1, 1]  # image 1 has two captions only
+    assert set(caps[:3]) <= {7, 8, 9, 10, 11} and len(set(caps[:3])) == 3 and set(caps[3:]) == {5, 6}
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)  # warm-up from 1/10
+    assert warmup_cosine(9, 10, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 100)))
+    assert warmup_cosine(50, 10, 100) == pytest.approx(0.5) and warmup_cosine(99, 10, 100) < 0.001
+
+
 def test_class_distill_loss_is_kl_to_the_teacher_and_pulls_class_prompts_to_their_images():
     """KL(teacher || softmax(cos / tau)): zero when the joint space already classifies as the teacher
     does; a gradient step on the class-prompt embeddings moves each class towards its images."""

@@ -121,3 +121,21 @@ def test_run_trains_every_layer_and_select_reads_held_out_only(tiny_pack: Path, 
     summary = select_and_test(tiny_pack, [tmp_path / "a", other], device="cpu", log=lambda _: None)
     assert summary["chosen"] == str(other) and summary["test_images"] == 3
     assert summary["chosen_test"] == summary["start_test"]  # b holds the starting weights
+
+
+def test_pack_refuses_an_image_of_another_size_and_writes_nothing(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from eval.lite_end_to_end import build_pack
+
+    full = json.loads((FLICKR8K / "dataset_flickr8k.json").read_text())
+    items = [next(im for im in full["images"] if im["split"] == s) for s in ("train", "test")]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (300, 200), "white").save(folder / items[0]["filename"])
+    Image.new("RGB", (224, 224), "white").save(folder / items[1]["filename"])
+    annotations = tmp_path / "two.json"
+    annotations.write_text(json.dumps({"dataset": "flickr8k", "images": items}))
+    with pytest.raises(ValueError, match=rf"{items[0]['filename']}: 300x200, the pack needs images stored at 224x224"):
+        build_pack(tmp_path / "pack", annotations, folder, n_val=1)
+    assert not (tmp_path / "pack").exists() and not list(tmp_path.glob(".pack.*"))
