@@ -410,9 +410,16 @@ def run(pack: Path, options: EndToEndOptions, out: Path, device: str = "cuda", r
     return report
 
 
-def select_and_test(pack: Path, runs: Sequence[Path], device: str = "cuda", log: Any = print) -> dict[str, Any]:
+def select_and_test(pack: Path, runs: Sequence[Path], device: str = "cuda", log: Any = print,
+                    export: Path | None = None, shard_mib: int = 15) -> dict[str, Any]:
     """Picks the setting with the best held-out rsum (never test), then measures the starting point and
-    that setting on the test images, on the same pixels: test is looked at once."""
+    that setting on the test images, on the same pixels: test is looked at once.
+
+    ``export``: also write the chosen weights there (fp16, safetensors shards of at most
+    ``shard_mib`` MiB with their index, as ``huggingface_hub.save_torch_state_dict`` lays them out,
+    so they come back through the device tool's 16 MiB-a-file limit) and ``export.json`` (the
+    configs, the kept token ids and the summary), which is how the weights leave a lease.
+    """
     from safetensors.torch import load_file
 
     reports = {str(r): json.loads((r / "report.json").read_text()) for r in runs if (r / "report.json").is_file()}
@@ -431,4 +438,12 @@ def select_and_test(pack: Path, runs: Sequence[Path], device: str = "cuda", log:
     model.load_state_dict({k: v.float() for k, v in load_file(str(Path(chosen) / "best.safetensors")).items()})
     summary["chosen_test"] = evaluate(model, data, data.test)
     log(json.dumps({k: summary[k] for k in ("chosen", "start_test", "chosen_test")}))
+    if export is not None:
+        from huggingface_hub import save_torch_state_dict
+
+        export.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().half().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_torch_state_dict(state, str(export), max_shard_size=shard_mib * 2**20)
+        keep = ("lite_config", "bert_config", "vocab", "n_train", "n_test", "fit_format", "source")
+        (export / "export.json").write_text(json.dumps({**{k: meta[k] for k in keep}, "summary": summary}))
     return summary

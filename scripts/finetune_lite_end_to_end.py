@@ -5,10 +5,11 @@ where the accelerator is (they need only torch, timm, transformers, safetensors 
 
     python scripts/finetune_lite_end_to_end.py pack --out runs/e2e-pack
     python scripts/finetune_lite_end_to_end.py train --pack runs/e2e-pack --out /tmp/e2e/a --image-lr 1e-4
-    python scripts/finetune_lite_end_to_end.py select --pack runs/e2e-pack /tmp/e2e/a /tmp/e2e/b
+    python scripts/finetune_lite_end_to_end.py select --pack runs/e2e-pack /tmp/e2e/a /tmp/e2e/b --export $OUT/model
 
 ``train`` measures one setting on the 500 held-out train images (start and best epoch);
-``select`` takes the setting with the best held-out rsum and measures it and the start on test.
+``select`` takes the setting with the best held-out rsum and measures it and the start on test,
+and with ``--export`` writes its weights in shards small enough to come back from a lease.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     se.add_argument("--pack", type=Path, required=True)
     se.add_argument("--device", default="cuda")
     se.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
+    se.add_argument("--export", type=Path, default=None,
+                    help="also write the chosen weights here, in shards of at most 15 MiB (how they leave a lease)")
     se.add_argument("runs", type=Path, nargs="+")
     args = p.parse_args(argv)
     if args.command == "pack":
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.command == "train":
         options = EndToEndOptions(**{f.name: getattr(args, f.name) for f in fields(EndToEndOptions)})
         return run(args.pack, options, args.out, args.device, require_all=not args.partial)
-    summary = select_and_test(args.pack, args.runs, args.device)
+    summary = select_and_test(args.pack, args.runs, args.device, export=args.export)
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2))
     return summary

@@ -118,9 +118,17 @@ def test_run_trains_every_layer_and_select_reads_held_out_only(tiny_pack: Path, 
     other.mkdir()
     (other / "best.safetensors").write_bytes((tiny_pack / "model.safetensors").read_bytes())
     (other / "report.json").write_text(json.dumps({**report, "best_val": {**report["best_val"], "rsum": 601.0}}))
-    summary = select_and_test(tiny_pack, [tmp_path / "a", other], device="cpu", log=lambda _: None)
+    summary = select_and_test(tiny_pack, [tmp_path / "a", other], device="cpu", log=lambda _: None,
+                              export=tmp_path / "export")
     assert summary["chosen"] == str(other) and summary["test_images"] == 3
     assert summary["chosen_test"] == summary["start_test"]  # b holds the starting weights
+
+    # the chosen weights leave in shards the device tool returns (16 MiB a file at most), whole
+    shards = sorted((tmp_path / "export").glob("*.safetensors"))
+    assert len(shards) >= 2 and all(f.stat().st_size <= 16 * 2**20 for f in shards)
+    exported = {k: v for f in shards for k, v in load_file(str(f)).items()}
+    assert exported.keys() == start.keys() and all(torch.equal(exported[k], start[k]) for k in start)
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["summary"]["chosen"] == str(other)
 
 
 def test_pack_refuses_an_image_of_another_size_and_writes_nothing(tmp_path: Path) -> None:
