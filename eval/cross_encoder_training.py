@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from common.atomic import atomic_write_dir
 from common.checks import check_int
 from common.lite_model import WEIGHTS_DIR as LITE_DIR
+from eval.contrastive import captions_by_image
 from eval.lite_training import embed_cached, image_trunk_features, text_trunk_features
 from eval.recall import retrieval_recall
 from hashing import create_hasher
@@ -226,7 +227,7 @@ def subset(feats: Features, caption_image: np.ndarray, images: np.ndarray, optio
     which the hard negatives are drawn from the top of; recall does not depend on the order)."""
     caption_image = np.asarray(caption_image)
     n_images = len(feats["image_embedding"])
-    caps_of = [np.flatnonzero(caption_image == i) for i in range(n_images)]
+    caps_of = captions_by_image(caption_image, n_images)
     caps = np.concatenate([caps_of[i] for i in images])
     position = -np.ones(n_images, dtype=np.int64)
     position[images] = np.arange(len(images))

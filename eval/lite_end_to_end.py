@@ -41,11 +41,12 @@ from torch import nn
 
 from common.lite_model import ImageHead, TextHead
 
-from .contrastive import contrastive_loss, sample_captions, warmup_cosine
+from .contrastive import captions_by_image, contrastive_loss, sample_captions, warmup_cosine
 from .recall import retrieval_recall
 
 PACK_VERSION = 1
 WEIGHTS = "model.safetensors"
+VAL_PART, TEST_PART = "images-val", "images-test"
 
 
 # -- the pack (built on the CPU machine, where the pip towers and the data are) ------------------------------
@@ -96,7 +97,7 @@ def build_pack(out: Path, annotations: Path, images: Path, model_dir: Path | Non
         np.savez_compressed(tmp / "captions.npz", ids=compact, mask=mask, caption_image=caption_image)
         save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()},
                   str(tmp / WEIGHTS))
-        for name, part_ids in (("images-val", val), ("images-test", test_ids)):
+        for name, part_ids in ((VAL_PART, val), (TEST_PART, test_ids)):
             meta["parts"][name] = _write_part(tmp / name, part_ids, [_square(paths[i], side, None) for i in part_ids])
         chunk: list[tuple[int, bytes]] = []
         size = 0
@@ -267,16 +268,18 @@ class EndToEndOptions:
 
 
 class PackData:
-    """The pack's captions and (whatever parts are present of) its images, on ``device``."""
+    """The pack's captions and (whatever is present of) its image parts ``parts`` (default: all), on ``device``."""
 
-    def __init__(self, pack: Path, meta: dict[str, Any], device: torch.device, require_all: bool = True) -> None:
+    def __init__(self, pack: Path, meta: dict[str, Any], device: torch.device, require_all: bool = True,
+                 parts: Sequence[str] | None = None) -> None:
         caps = np.load(pack / "captions.npz")
         self.ids = torch.as_tensor(caps["ids"].astype(np.int64), device=device)
         self.mask = torch.as_tensor(caps["mask"].astype(np.int64), device=device)
         self.caption_image = caps["caption_image"].astype(np.int64)
-        present = [p for p in meta["parts"] if (pack / f"{p}.bin").is_file()]
-        if require_all and len(present) != len(meta["parts"]):
-            raise FileNotFoundError(f"pack {pack} lacks parts {sorted(set(meta['parts']) - set(present))}")
+        wanted = list(meta["parts"]) if parts is None else list(parts)
+        present = [p for p in wanted if (pack / f"{p}.bin").is_file()]
+        if require_all and len(present) != len(wanted):
+            raise FileNotFoundError(f"pack {pack} lacks parts {sorted(set(wanted) - set(present))}")
         side = meta["lite_config"]["image_size"]
         ids, pixels = read_pack_images(pack, present, side)
         self.slot = -np.ones(meta["n_train"] + meta["n_test"], dtype=np.int64)
@@ -286,7 +289,7 @@ class PackData:
         self.fit = np.array([i for i in meta["fit_ids"] if have[i]])
         self.val = np.array([i for i in meta["val_ids"] if have[i]])
         self.test = np.array([i for i in meta["test_ids"] if have[i]])
-        self.caps_of = [np.flatnonzero(self.caption_image == i) for i in range(len(self.slot))]
+        self.caps_of = captions_by_image(self.caption_image, len(self.slot))
 
     def images(self, image_ids: np.ndarray) -> torch.Tensor:
         return self.pixels[torch.as_tensor(self.slot[image_ids], device=self.pixels.device)]
@@ -392,7 +395,7 @@ def run(pack: Path, options: EndToEndOptions, out: Path, device: str = "cuda", r
     model.to(dev)
     if dev.type == "cuda":
         model.image_tower.to(memory_format=torch.channels_last)
-    data = PackData(pack, meta, dev, require_all=require_all)
+    data = PackData(pack, meta, dev, require_all=require_all, parts=[p for p in meta["parts"] if p != TEST_PART])
     log(json.dumps({"images": {"fit": len(data.fit), "val": len(data.val)},
                     "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}))
     report: dict[str, Any] = {"options": asdict(options), "start_val": evaluate(model, data, data.val)}
@@ -429,7 +432,7 @@ def select_and_test(pack: Path, runs: Sequence[Path], device: str = "cuda", log:
     dev = torch.device(device)
     model, meta = EndToEndLite.from_pack(pack)
     model.to(dev)
-    data = PackData(pack, meta, dev, require_all=False)
+    data = PackData(pack, meta, dev, parts=[TEST_PART])
     summary: dict[str, Any] = {
         "settings": {r: {"options": rep["options"], "start_val_rsum": rep["start_val"]["rsum"],
                          "best_epoch": rep["best_epoch"], "best_val": rep["best_val"],

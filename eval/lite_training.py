@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from common.lite_model import IMAGE_STAGES, LiteModel, image_transform
 from retrieval.encoders.lite import export, onnxruntime_available
 
-from .contrastive import contrastive_loss, sample_captions, warmup_cosine
+from .contrastive import captions_by_image, contrastive_loss, sample_captions, warmup_cosine
 
 
 def cache_key(*parts: object) -> str:
@@ -324,7 +324,7 @@ def train(model: LiteModel, image_trunk: torch.Tensor, hidden: torch.Tensor, mas
     image_trunk, image_from, hidden = advance_frozen(model, image_trunk, image_from, hidden, mask, text_from)
     caption_image = np.asarray(caption_image)
     val_caps, val_owner = select(caption_image, val_ids)
-    caps_of = [np.flatnonzero(caption_image == i) for i in range(int(caption_image.max()) + 1)]
+    caps_of = captions_by_image(caption_image, int(caption_image.max()) + 1)
 
     tower_params = model.trainable_tower_parameters()
     tower_ids = {id(p) for p in tower_params}

@@ -136,7 +136,10 @@ def test_cached_trunk_training_advances_frozen_layers_and_learns(tmp_path):
 
 def test_step_captions_and_schedule():
     """What both lite trainers draw a step from and scale its rates by (eval.contrastive)."""
-    from eval.contrastive import sample_captions, warmup_cosine
+    from eval.contrastive import captions_by_image, sample_captions, warmup_cosine
+
+    grouped = captions_by_image(np.array([2, 0, 2, 1, 0, 2]), 4)
+    assert [g.tolist() for g in grouped] == [[1, 4], [3], [0, 2, 5], []]  # ascending, empty for an image without any
 
     caps_of = [np.array([0, 1, 2, 3, 4]), np.array([5, 6]), np.array([7, 8, 9, 10, 11])]
     caps, owner = sample_captions(np.array([2, 1]), caps_of, 3, np.random.default_rng(0))
